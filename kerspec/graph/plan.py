@@ -1,0 +1,148 @@
+"""The execution plan: a graph flattened once into numbered slots and steps.
+
+A forward pass is one loop over prepared steps that reads and writes a list of slots: no
+dictionary look-ups by name, no shape checks. Training records each step's backprop closure on a
+tape; inference keeps none and drops every intermediate value as soon as its last reader ran.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from kerspec.graph.compile import Graph, Ref
+from kerspec.layers import Context, Layer
+from kerspec.regularizers import Regularizer
+
+Params = dict[str, dict[str, np.ndarray]]
+NO_WEIGHTS: dict[str, np.ndarray] = {}
+
+
+@dataclass(frozen=True)
+class Step:
+    layer: Layer
+    owner: str
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    node: int
+    # False when every input is a model input: no gradient is wanted for it.
+    need_dx: bool
+    activity: Regularizer | None
+    trainable: bool
+
+
+@dataclass
+class Tape:
+    backprops: list
+    values: list
+
+
+class Plan:
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        slots: dict[Ref, int] = {}
+        for node in graph.nodes:
+            for index in range(len(node.output_shapes)):
+                slots[Ref(node.name, index)] = len(slots)
+        self.n_slots = len(slots)
+        self.input_slots = [slots[Ref(name)] for name in graph.inputs]
+        self.output_slots = [slots[ref] for ref in graph.outputs]
+        input_names = set(graph.inputs)
+        self.steps: list[Step] = []
+        for i, node in enumerate(graph.nodes):
+            if node.name in input_names:
+                continue
+            self.steps.append(
+                Step(
+                    layer=node.layer,
+                    owner=node.owner,
+                    inputs=tuple(slots[r] for r in node.inputs),
+                    outputs=tuple(slots[Ref(node.name, k)] for k in range(len(node.output_shapes))),
+                    node=i,
+                    need_dx=any(r.node not in input_names for r in node.inputs),
+                    activity=getattr(node.layer, "activity_regularizer", None),
+                    trainable=node.layer.trainable,
+                )
+            )
+        self.free_after = self._last_reads()
+
+    def _last_reads(self) -> list[tuple[int, ...]]:
+        """For inference: the slots no later step reads, to drop after each step."""
+        last: dict[int, int] = {}
+        for i, step in enumerate(self.steps):
+            for slot in step.inputs:
+                last[slot] = i
+        keep = set(self.output_slots)
+        free: list[list[int]] = [[] for _ in self.steps]
+        for slot, i in last.items():
+            if slot not in keep:
+                free[i].append(slot)
+        return [tuple(f) for f in free]
+
+    def forward(
+        self, params: Params, inputs: list[np.ndarray], ctx: Context, *, record: bool
+    ) -> tuple[list[np.ndarray], Tape | None, float]:
+        """Run every step; return the outputs, the tape (if `record`) and the activity penalty."""
+        values: list = [None] * self.n_slots
+        for slot, x in zip(self.input_slots, inputs):
+            values[slot] = x
+        backprops = [] if record else None
+        penalty = 0.0
+        for i, step in enumerate(self.steps):
+            ctx.node = step.node
+            ctx.need_dx = step.need_dx
+            ys, backprop = step.layer.forward(
+                params.get(step.owner, NO_WEIGHTS), [values[s] for s in step.inputs], ctx
+            )
+            for slot, y in zip(step.outputs, ys):
+                values[slot] = y
+            if step.activity is not None and ctx.training:
+                # Keras 3 divides an activity penalty by the batch size.
+                penalty += sum(step.activity.penalty(y) for y in ys) / len(ys[0])
+            if record:
+                backprops.append(backprop)
+            else:
+                for slot in self.free_after[i]:
+                    values[slot] = None
+        outputs = [values[s] for s in self.output_slots]
+        return outputs, (Tape(backprops, values) if record else None), penalty
+
+    def backward(self, tape: Tape, d_outputs: list[np.ndarray]) -> Params:
+        """Gradients of every trainable weight, summed over the places a layer is applied."""
+        grads: list = [None] * self.n_slots
+        owned: set[int] = set()
+
+        def add(slot: int, g: np.ndarray) -> None:
+            # A layer may hand the same array to several inputs (Add) or return a view of its
+            # own dy; sum into a fresh array the first time, in place after that.
+            if grads[slot] is None:
+                grads[slot] = g
+            elif slot in owned:
+                grads[slot] += g
+            else:
+                grads[slot] = grads[slot] + g
+                owned.add(slot)
+
+        for slot, g in zip(self.output_slots, d_outputs):
+            add(slot, g)
+        weight_grads: Params = {}
+        for step, backprop in zip(reversed(self.steps), reversed(tape.backprops)):
+            dys = [grads[s] for s in step.outputs]
+            if all(dy is None for dy in dys):
+                continue
+            if step.activity is not None:
+                batch = len(tape.values[step.outputs[0]])
+                for k, slot in enumerate(step.outputs):
+                    extra = step.activity.gradient(tape.values[slot]) / batch
+                    dys[k] = extra if dys[k] is None else dys[k] + extra
+            dxs, dws = backprop(dys)
+            if step.need_dx:
+                for slot, dx in zip(step.inputs, dxs):
+                    if dx is not None:
+                        add(slot, dx)
+            if step.trainable and dws:
+                into = weight_grads.setdefault(step.owner, {})
+                for name, g in dws.items():
+                    into[name] = g if name not in into else into[name] + g
+        return weight_grads

@@ -1,0 +1,139 @@
+"""What every layer is: a validated Keras configuration that also knows its shapes and math.
+
+A layer never holds weights or per-batch state. Weights are passed in (so a shared layer is the
+same object applied at several places) and `forward` returns the outputs with a `backprop`
+closure that holds what the backward pass needs, as in Thinc and micrograd. Gradients are
+returned, never accumulated here: the plan sums them, which makes fan-out and sharing correct.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+from pydantic import ConfigDict, Field
+
+from kerspec.constraints import Constraint
+from kerspec.initializers import Initializer
+from kerspec.registry import Item, Registry
+from kerspec.regularizers import Regularizer
+
+LAYERS = Registry("layer")
+# Layer names key weights as LAYER/WEIGHT and outputs as LAYER[i]; those characters stay out.
+NAME_PATTERN = r"^[^/\[\]\s]+$"
+
+Shape = tuple[int | None, ...]
+Arrays = list[np.ndarray]
+# backprop(d_outputs) -> (d_inputs, d_weights); an unused output's gradient comes in as None.
+Backprop = Callable[[list[np.ndarray | None]], tuple[list[np.ndarray | None], dict[str, np.ndarray]]]
+
+
+class ShapeError(ValueError):
+    """A layer cannot take the shapes it is given; the compiler adds the spec entry's place."""
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    name: str
+    shape: tuple[int, ...]
+    initializer: Initializer
+    regularizer: Regularizer | None = None
+    constraint: Constraint | None = None
+    trainable: bool = True
+
+
+@dataclass
+class Context:
+    """What a forward pass needs besides weights and inputs."""
+
+    training: bool
+    rng: np.random.Generator
+    # Preallocated arrays per (node, name, shape, dtype), reused batch after batch (`out=`).
+    buffers: dict = field(default_factory=dict)
+    node: int = 0
+    # False when no gradient is wanted for the inputs (they are model inputs): skip computing it.
+    need_dx: bool = True
+
+    # Generators of layers that carry their own `seed`, kept across batches.
+    seeded: dict = field(default_factory=dict)
+
+    def seeded_rng(self, owner: object, seed: int) -> np.random.Generator:
+        rng = self.seeded.get(id(owner))
+        if rng is None:
+            rng = self.seeded[id(owner)] = np.random.default_rng(seed)
+        return rng
+
+    def buffer(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        key = (self.node, name, shape, dtype)
+        array = self.buffers.get(key)
+        if array is None:
+            array = self.buffers[key] = np.empty(shape, dtype)
+        return array
+
+
+class Layer(Item):
+    """Arguments every Keras layer takes, and the interface the graph runs."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    name: str | None = Field(None, pattern=NAME_PATTERN)
+    from_: str | list[str] | None = Field(None, alias="from")
+    trainable: bool = True
+    input_shape: list[int | None] | None = Field(
+        None, description="Sequential shorthand: only on the first layer, instead of an Input."
+    )
+
+    # How many inputs the layer takes: a number, or None for "two or more" (merge layers).
+    arity: ClassVar[int | None] = 1
+
+    def output_shapes(self, shapes: list[Shape]) -> list[Shape]:
+        raise NotImplementedError
+
+    def weights(self, shapes: list[Shape]) -> list[WeightSpec]:
+        return []
+
+    def forward(self, w: dict[str, np.ndarray], xs: Arrays, ctx: Context) -> tuple[Arrays, Backprop]:
+        raise NotImplementedError
+
+
+class SimpleLayer(Layer):
+    """A layer with one input and one output: implement `output_shape` and `call`."""
+
+    def output_shape(self, shape: Shape) -> Shape:
+        raise NotImplementedError
+
+    def call(self, w: dict[str, np.ndarray], x: np.ndarray, ctx: Context):
+        """Return `(y, backprop)` with `backprop(dy) -> (dx, {weight name: gradient})`."""
+        raise NotImplementedError
+
+    def output_shapes(self, shapes):
+        return [self.output_shape(shapes[0])]
+
+    def weights(self, shapes):
+        return self.weight_specs(shapes[0])
+
+    def weight_specs(self, shape: Shape) -> list[WeightSpec]:
+        return []
+
+    def forward(self, w, xs, ctx):
+        y, backprop = self.call(w, xs[0], ctx)
+
+        def backprop_list(dys):
+            dx, dw = backprop(dys[0])
+            return [dx], dw
+
+        return [y], backprop_list
+
+
+def require_known(shape: Shape, what: str) -> None:
+    """Refuse an unknown (None) dimension where weights depend on it."""
+    if any(d is None for d in shape):
+        raise ShapeError(f"{what} must be known to build weights; received shape {format_shape(shape)}")
+
+
+def format_shape(shape: Shape) -> str:
+    """A shape as Keras prints it, with the batch dimension: (None, 8, 8, 1)."""
+    dims = ["None", *("None" if d is None else str(d) for d in shape)]
+    return "(" + ", ".join(dims) + (",)" if len(dims) == 1 else ")")

@@ -1,0 +1,170 @@
+"""Spec files → validated `Spec` objects, with every problem reported at its line and column."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from kerspec.activations import ACTIVATIONS
+from kerspec.constraints import CONSTRAINTS
+from kerspec.errors import KerspecError, SpecError
+from kerspec.initializers import INITIALIZERS
+from kerspec.layers import LAYERS
+from kerspec.regularizers import REGULARIZERS
+from kerspec.spec.overrides import apply_overrides
+from kerspec.spec.schema import Compile, Data, Fit, Shared, Spec, json_schema
+from kerspec.spec.source import Source, parse_yaml, read_spec_text
+from kerspec.training.losses import LOSSES
+from kerspec.training.metrics import METRICS
+from kerspec.training.optimizers import OPTIMIZERS
+
+__all__ = ["LoadedSpec", "Spec", "json_schema", "load_spec", "parse_spec"]
+
+
+class LoadedSpec:
+    """A validated spec with where it came from, so later stages can point at its lines."""
+
+    def __init__(self, spec: Spec, source: Source, path: Path | None, raw: Any):
+        self.spec = spec
+        self.source = source
+        self.path = path
+        self.raw = raw
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent if self.path else Path.cwd()
+
+    @property
+    def name(self) -> str:
+        return self.spec.name or (self.path.stem if self.path else "model")
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> LoadedSpec:
+    path = Path(path)
+    text = read_spec_text(path, str(path))
+    return parse_spec(text, str(path), overrides, path=path)
+
+
+def parse_spec(
+    text: str, display: str = "<spec>", overrides: list[str] | None = None, path: Path | None = None
+) -> LoadedSpec:
+    data, source = parse_yaml(text, display)
+    if data is None:
+        raise SpecError([KerspecError("the spec is empty", display)])
+    if not isinstance(data, dict):
+        raise SpecError(
+            [KerspecError("a spec must be a mapping with at least 'layers'", source.where(()))]
+        )
+    data, source.overrides = apply_overrides(data, overrides or [])
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as err:
+        problems = [_problem(error, data, source) for error in err.errors()]
+        raise SpecError(_unique(problems)) from None
+    return LoadedSpec(spec, source, path, data)
+
+
+def _unique(problems: list[KerspecError]) -> list[KerspecError]:
+    seen, kept = set(), []
+    for problem in problems:
+        if str(problem) not in seen:
+            seen.add(str(problem))
+            kept.append(problem)
+    return kept
+
+
+def _walk(data: Any, loc: tuple) -> tuple[tuple, list]:
+    """Split a pydantic `loc` into the path through the data and the union tags pydantic added."""
+    path, tags, node = [], [], data
+    for segment in loc:
+        if isinstance(node, dict) and segment in node:
+            path.append(segment)
+            node = node[segment]
+        elif isinstance(node, list) and isinstance(segment, int) and 0 <= segment < len(node):
+            path.append(segment)
+            node = node[segment]
+        elif isinstance(node, dict | list):
+            tags.append(segment)
+        else:
+            break
+    return tuple(path), tags
+
+
+def _label(data: dict, path: tuple) -> tuple[str, tuple]:
+    """`Dense 'hidden'` for a problem inside a layer entry, and the path inside that entry."""
+    if len(path) >= 2 and path[0] == "layers" and isinstance(path[1], int):
+        entry = data["layers"][path[1]]
+        if isinstance(entry, dict):
+            kind = "shared layer" if "share" in entry else str(entry.get("type", "layer"))
+            name = entry.get("name")
+            label = f"{kind} {name!r}" if isinstance(name, str) else f"{kind} (layers[{path[1]}])"
+        else:
+            label = f"layers[{path[1]}]"
+        return label, path[2:]
+    return "", path
+
+
+REGISTRIES = (
+    LAYERS, ACTIVATIONS, INITIALIZERS, REGULARIZERS, CONSTRAINTS, LOSSES, METRICS, OPTIMIZERS
+)
+SECTIONS: dict[tuple, type[BaseModel]] = {(): Spec, ("compile",): Compile, ("fit",): Fit, ("data",): Data}
+
+
+def _fields_of(tags: list, parent: tuple) -> list[str]:
+    """Argument names of the model that rejected a key, for a did-you-mean hint."""
+    for tag in reversed(tags):
+        if tag == "share":
+            return _names(Shared)
+        for registry in REGISTRIES:
+            if tag in registry.names():
+                return _names(registry.get(tag))
+    model = SECTIONS.get(parent)
+    return _names(model) if model else []
+
+
+def _names(model: type[BaseModel]) -> list[str]:
+    return [field.alias or name for name, field in model.model_fields.items()]
+
+
+def _problem(error: dict, data: Any, source: Source) -> KerspecError:
+    kind, loc = error["type"], error["loc"]
+    if kind in ("missing", "extra_forbidden"):
+        path, tags = _walk(data, loc[:-1])
+        key = loc[-1]
+        where = source.where((*path, key), at_key=True) if kind == "extra_forbidden" else source.where(path)
+        label, inner = _label(data, path)
+        if kind == "missing":
+            message = f"missing required argument {key!r}"
+        else:
+            close = difflib.get_close_matches(str(key), _fields_of(tags, path), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            message = f"unknown argument {key!r}{hint}"
+        if inner:
+            message = f"{_dotted(inner)}: {message}"
+    else:
+        path, _ = _walk(data, loc)
+        where = source.where(path)
+        label, inner = _label(data, path)
+        message = error["msg"]
+        if kind.startswith(("union_tag", "layer_", "unknown_name", "missing_type")):
+            pass
+        elif message.startswith("Value error, "):
+            message = message.removeprefix("Value error, ")
+        else:
+            message = message.replace("Input should", "should", 1)
+            message = f"{message} (received {_short(error.get('input'))})"
+        if inner:
+            message = f"{_dotted(inner)}: {message}"
+    return KerspecError(f"{label}: {message}" if label else message, where)
+
+
+def _dotted(path: tuple) -> str:
+    return ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in path).replace(".[", "[")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,83 @@
+"""`--set KEY=VALUE`: change any spec field by dotted path before validation.
+
+Layers are addressed by name or index (`layers.hidden.units=32`, `layers.0.rate=0.1`); values are
+YAML scalars or flow collections, parsed with the safe loader (`[1, 2]`, `{type: l2}`, `null`).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from typing import Any
+
+import yaml
+
+from kerspec.errors import KerspecError, SpecError, Where
+
+
+def apply_overrides(data: Any, sets: list[str]) -> tuple[Any, dict[tuple, str]]:
+    """Return a changed copy of `data` and, per changed path, the option text that changed it."""
+    if not sets:
+        return data, {}
+    data = copy.deepcopy(data)
+    applied: dict[tuple, str] = {}
+    problems = []
+    for text in sets:
+        try:
+            path = _apply(data, text)
+        except KerspecError as err:
+            problems.append(err)
+        else:
+            applied[path] = text
+    if problems:
+        raise SpecError(problems)
+    return data, applied
+
+
+def _apply(data: Any, text: str) -> tuple:
+    where = Where(f"--set {text}")
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise KerspecError("expected KEY=VALUE, e.g. fit.epochs=3", where)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise KerspecError(f"cannot read the value {raw!r} as YAML", where) from None
+    if not isinstance(data, dict):
+        raise KerspecError("the spec is not a mapping", where)
+    segments = key.strip().split(".")
+    node: Any = data
+    path: list = []
+    for i, segment in enumerate(segments):
+        last = i == len(segments) - 1
+        if isinstance(node, list):
+            index = _list_index(node, segment, where, ".".join(segments[:i]))
+            path.append(index)
+            if last:
+                node[index] = value
+            else:
+                node = node[index]
+        elif isinstance(node, dict):
+            path.append(segment)
+            if last:
+                node[segment] = value
+            else:
+                node = node.setdefault(segment, {}) if node.get(segment) is None else node[segment]
+        else:
+            raise KerspecError(f"{'.'.join(segments[:i])} is a value, not a mapping or list", where)
+    return tuple(path)
+
+
+def _list_index(items: list, segment: str, where: Where, parent: str) -> int:
+    if segment.lstrip("-").isdigit():
+        index = int(segment)
+        if not -len(items) <= index < len(items):
+            raise KerspecError(f"{parent} has {len(items)} entries; no index {index}", where)
+        return index % len(items)
+    names = [item.get("name") for item in items if isinstance(item, dict)]
+    for index, item in enumerate(items):
+        if isinstance(item, dict) and item.get("name") == segment:
+            return index
+    close = difflib.get_close_matches(segment, [n for n in names if isinstance(n, str)], n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise KerspecError(f"no entry named {segment!r} in {parent}{hint}", where)

@@ -1,0 +1,135 @@
+"""The spec format as pydantic models: what `kerspec validate` checks and `kerspec schema` prints."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    Tag,
+)
+from pydantic_core import PydanticCustomError
+
+from kerspec.layers import LAYERS
+from kerspec.layers.base import NAME_PATTERN
+from kerspec.registry import Registry
+from kerspec.training.data import DataEntry
+from kerspec.training.losses import LOSSES
+from kerspec.training.metrics import METRICS
+from kerspec.training.optimizers import OPTIMIZERS
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Shared(Section):
+    """Applies an existing layer, with the same weights, to another input."""
+
+    name: str | None = Field(None, pattern=NAME_PATTERN)
+    share: str = Field(description="The name of the layer whose weights are reused.")
+    from_: str | list[str] | None = Field(None, alias="from")
+
+
+def _layer_tag(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return "share" if "share" in value else value.get("type")
+    return "share" if isinstance(value, Shared) else getattr(value, "type", None)
+
+
+def _normalize_layer(value: Any) -> Any:
+    if not isinstance(value, dict):
+        raise PydanticCustomError("layer_entry", "a layer entry must be a mapping with a 'type'")
+    if "share" in value:
+        return value
+    if "type" not in value:
+        raise PydanticCustomError(
+            "layer_type", "a layer entry needs a 'type' (or 'share' to reuse a layer)"
+        )
+    return LAYERS.normalize(value)
+
+
+def _layer_entry():
+    variants = [Annotated[cls, Tag(name)] for name, cls in zip(LAYERS.names(), _classes(LAYERS))]
+    variants.append(Annotated[Shared, Tag("share")])
+    return Annotated[
+        Union[tuple(variants)],  # noqa: UP007
+        Discriminator(_layer_tag),
+        BeforeValidator(_normalize_layer),
+    ]
+
+
+def _classes(registry: Registry):
+    return [registry.get(name) for name in registry.names()]
+
+
+def _single_or_per_output(registry: Registry, many: bool):
+    """A catalog entry (or list) for every output, or a mapping from output name to one."""
+    ref = registry.ref()
+    one = list[ref] if many else ref
+
+    def tag(value: Any) -> str:
+        if isinstance(value, dict) and "type" not in value:
+            return "per_output"
+        return "shared"
+
+    return Annotated[
+        Union[Annotated[one, Tag("shared")], Annotated[dict[str, one], Tag("per_output")]],  # noqa: UP007
+        Discriminator(tag),
+    ]
+
+
+class Compile(Section):
+    optimizer: OPTIMIZERS.ref() = "rmsprop"
+    loss: _single_or_per_output(LOSSES, many=False) | None = None
+    loss_weights: dict[str, float] | list[float] | None = None
+    metrics: _single_or_per_output(METRICS, many=True) = []
+
+
+class Fit(Section):
+    epochs: PositiveInt = 1
+    batch_size: PositiveInt = 32
+    shuffle: bool = True
+    validation_split: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class Data(Section):
+    train: DataEntry | None = None
+    validation: DataEntry | None = None
+    test: DataEntry | None = None
+
+
+LayerEntry = _layer_entry()
+Names = Annotated[list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)]
+
+
+class Spec(Section):
+    """A kerspec model file."""
+
+    model_config = ConfigDict(title="kerspec model spec")
+
+    kerspec: Literal[1] = Field(1, description="Spec format version.")
+    name: str | None = Field(None, description="Model name; defaults to the file's stem.")
+    description: str | None = None
+    seed: NonNegativeInt | None = Field(
+        None, description="Every random draw follows from it; a fresh seed when left out."
+    )
+    dtype: Literal["float32", "float64"] = "float32"
+    layers: list[LayerEntry] = Field(min_length=1)
+    inputs: Names | None = Field(None, description="Model inputs; default: every Input layer.")
+    outputs: Names | None = Field(None, description="Model outputs; default: the last layer.")
+    compile: Compile | None = None
+    data: Data | None = None
+    fit: Fit = Fit()
+
+
+def json_schema() -> dict[str, Any]:
+    schema = Spec.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema

@@ -1,0 +1,12 @@
+import os
+
+# Keras reads its backend once, at import: set it before any test module imports keras.
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
