@@ -24,7 +24,7 @@ def _key(name: str) -> str:
 class Item(BaseModel):
     """Base of every catalog entry: frozen, and unknown arguments are errors, never ignored."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
 class Registry:

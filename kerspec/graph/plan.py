@@ -81,9 +81,16 @@ class Plan:
         return [tuple(f) for f in free]
 
     def forward(
-        self, params: Params, inputs: list[np.ndarray], ctx: Context, *, record: bool
+        self,
+        params: Params,
+        inputs: list[np.ndarray],
+        ctx: Context,
+        *,
+        record: bool,
+        penalties: bool = False,
     ) -> tuple[list[np.ndarray], Tape | None, float]:
-        """Run every step; return the outputs, the tape (if `record`) and the activity penalty."""
+        """Run every step; return the outputs, the tape (if `record`) and the activity penalty
+        (computed when recording or when `penalties` asks for it, as evaluation does)."""
         values: list = [None] * self.n_slots
         for slot, x in zip(self.input_slots, inputs):
             values[slot] = x
@@ -97,7 +104,7 @@ class Plan:
             )
             for slot, y in zip(step.outputs, ys):
                 values[slot] = y
-            if step.activity is not None and ctx.training:
+            if step.activity is not None and (record or penalties):
                 # Keras 3 divides an activity penalty by the batch size.
                 penalty += sum(step.activity.penalty(y) for y in ys) / len(ys[0])
             if record:

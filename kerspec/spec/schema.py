@@ -26,7 +26,9 @@ from kerspec.training.optimizers import OPTIMIZERS
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, validate_default=True
+    )
 
 
 class Shared(Section):

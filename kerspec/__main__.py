@@ -1,0 +1,3 @@
+from kerspec.cli import main
+
+main()

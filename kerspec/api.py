@@ -1,0 +1,287 @@
+"""The Python API the CLI is a thin layer over.
+
+    import kerspec
+    model = kerspec.load("specs/digits_mlp.yaml")
+    history = model.fit()
+    print(model.evaluate())
+    probabilities = model.predict(x)
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import numpy as np
+
+from kerspec.errors import DataError, GraphError, KerspecError, RunError
+from kerspec.graph import Graph, Params, Plan, compile_spec
+from kerspec.layers import Context
+from kerspec.spec import LoadedSpec, load_spec, parse_spec
+from kerspec.training import loop
+from kerspec.training.callbacks import Callback, History
+from kerspec.training.data import Dataset, OutputInfo, load_dataset, load_inputs
+from kerspec.training.trainer import Head, Trainer
+from kerspec import io
+from kerspec.summary import render_summary, summary_rows
+
+
+def load(path: str | Path, overrides: list[str] | None = None, *, seed: int | None = None) -> Model:
+    """Load, validate and compile a spec file; `overrides` are `--set` strings (`fit.epochs=3`)."""
+    return Model(load_spec(path, overrides), seed=seed)
+
+
+def from_yaml(text: str, *, seed: int | None = None) -> Model:
+    """A model from spec text; relative data paths resolve against the current folder."""
+    return Model(parse_spec(text), seed=seed)
+
+
+class Model:
+    def __init__(self, loaded: LoadedSpec, *, seed: int | None = None):
+        self.loaded = loaded
+        self.spec = loaded.spec
+        self.graph: Graph = compile_spec(loaded)
+        self.plan = Plan(self.graph)
+        self.dtype = np.dtype(self.spec.dtype)
+        if seed is None:
+            seed = self.spec.seed
+        self.seed = seed if seed is not None else secrets.randbits(32)
+        init_seq, shuffle_seq, noise_seq = np.random.SeedSequence(self.seed).spawn(3)
+        self.shuffle_rng = np.random.default_rng(shuffle_seq)
+        self.ctx = Context(training=False, rng=np.random.default_rng(noise_seq))
+        init_rng = np.random.default_rng(init_seq)
+        self.params: Params = {
+            owner: {s.name: s.initializer(s.shape, init_rng, self.dtype) for s in specs}
+            for owner, specs in self.graph.weights.items()
+            if specs
+        }
+        self._trainer: Trainer | None = None
+
+    # -- description ---------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.loaded.name
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self.graph.inputs)
+
+    @property
+    def output_names(self) -> list[str]:
+        return [str(ref) for ref in self.graph.outputs]
+
+    def count_params(self) -> tuple[int, int]:
+        """(trainable, non-trainable) parameter counts, as Keras's summary gives them."""
+        trainable_owners = {n.owner for n in self.graph.nodes if n.layer.trainable}
+        counts = [0, 0]
+        for owner, specs in self.graph.weights.items():
+            for spec in specs:
+                size = int(np.prod(spec.shape))
+                counts[0 if spec.trainable and owner in trainable_owners else 1] += size
+        return counts[0], counts[1]
+
+    def summary(self) -> str:
+        """The Keras-style summary table as text."""
+        trainable, frozen = self.count_params()
+        return render_summary(self.graph, trainable, frozen, self.dtype.itemsize)
+
+    def summary_data(self) -> dict:
+        trainable, frozen = self.count_params()
+        return {
+            "name": self.name,
+            "layers": summary_rows(self.graph),
+            "total_params": trainable + frozen,
+            "trainable_params": trainable,
+            "non_trainable_params": frozen,
+        }
+
+    # -- weights --------------------------------------------------------------------------------
+
+    def save_weights(self, path: str | Path) -> None:
+        io.save_weights(Path(path), self.params)
+
+    def load_weights(self, path: str | Path) -> None:
+        io.load_weights(Path(path), self.params)
+
+    # -- data -----------------------------------------------------------------------------------
+
+    def _output_info(self) -> dict[str, OutputInfo]:
+        heads = {h.name: h for h in self.trainer.heads} if self.spec.compile else {}
+        info = {}
+        for name, ref in zip(self.output_names, self.graph.outputs):
+            shape = self.graph.output_shape(ref)
+            head = heads.get(name)
+            info[name] = OutputInfo(shape, _target_kind(head.loss.type if head else None, shape))
+        return info
+
+    def dataset(self, which: str, *, path: str | None = None, require_targets: bool = True) -> Dataset:
+        """Load the spec's `data.<which>` entry, or `path` when given."""
+        entry = path
+        if entry is None:
+            section = self.spec.data
+            entry = getattr(section, which) if section else None
+            if entry is None:
+                raise DataError(f"the spec has no data.{which} entry (give one with --data)",
+                                self.loaded.source.where(("data",)))
+            base = self.loaded.base_dir
+        else:
+            base = Path.cwd()
+        return load_dataset(
+            entry,
+            base_dir=base,
+            inputs=self.graph.input_shapes(),
+            outputs=self._output_info(),
+            dtype=self.dtype,
+            rng=self.shuffle_rng,
+            require_targets=require_targets,
+        )
+
+    # -- training -------------------------------------------------------------------------------
+
+    @property
+    def trainer(self) -> Trainer:
+        if self._trainer is None:
+            heads = self._heads()
+            self._trainer = Trainer(self.graph, self.plan, self.params, heads, self._compile().optimizer)
+        return self._trainer
+
+    def _compile(self):
+        if self.spec.compile is None or self.spec.compile.loss is None:
+            raise GraphError([KerspecError("training needs compile.loss in the spec",
+                                           self.loaded.source.where(("compile",)))])
+        return self.spec.compile
+
+    def _heads(self) -> list[Head]:
+        compile_ = self._compile()
+        names = self.output_names
+        where = self.loaded.source.where
+        problems = []
+        for field in ("loss", "loss_weights", "metrics"):
+            value = getattr(compile_, field)
+            if isinstance(value, dict):
+                for key in value:
+                    if key not in names:
+                        problems.append(KerspecError(
+                            f"compile.{field}: {key!r} is not an output (outputs: {', '.join(names)})",
+                            where(("compile", field, key), at_key=True)))
+        if isinstance(compile_.loss, dict):
+            for name in names:
+                if name not in compile_.loss:
+                    problems.append(KerspecError(f"compile.loss: no loss for output {name!r}",
+                                                 where(("compile", "loss"))))
+        weights = compile_.loss_weights
+        if isinstance(weights, list) and len(weights) != len(names):
+            problems.append(KerspecError(
+                f"compile.loss_weights has {len(weights)} entries for {len(names)} outputs",
+                where(("compile", "loss_weights"))))
+        if problems:
+            raise GraphError(problems)
+        heads = []
+        for i, name in enumerate(names):
+            loss = compile_.loss[name] if isinstance(compile_.loss, dict) else compile_.loss
+            if isinstance(weights, dict):
+                weight = weights.get(name, 1.0)
+            elif isinstance(weights, list):
+                weight = weights[i]
+            else:
+                weight = 1.0
+            metrics = compile_.metrics
+            metrics = metrics.get(name, []) if isinstance(metrics, dict) else metrics
+            heads.append(Head(name, loss, float(weight), list(metrics)))
+        return heads
+
+    def fit(
+        self,
+        train: Dataset | None = None,
+        *,
+        validation: Dataset | None = None,
+        epochs: int | None = None,
+        batch_size: int | None = None,
+        callbacks: list[Callback] = (),
+    ) -> History:
+        """Train with the spec's fit settings (arguments override them); returns the history."""
+        fit = self.spec.fit
+        trainer = self.trainer
+        if train is None:
+            train = self.dataset("train")
+        self._require_targets(train)
+        if validation is None and fit.validation_split > 0:
+            train, validation = loop.split_validation(train, fit.validation_split)
+        elif validation is None and self.spec.data and self.spec.data.validation is not None:
+            validation = self.dataset("validation")
+        self.ctx.training = True
+        try:
+            return loop.fit(
+                trainer,
+                train,
+                inputs=self.input_names,
+                outputs=self.output_names,
+                epochs=epochs or fit.epochs,
+                batch_size=batch_size or fit.batch_size,
+                shuffle=fit.shuffle,
+                shuffle_rng=self.shuffle_rng,
+                ctx=self.ctx,
+                validation=validation,
+                callbacks=list(callbacks),
+            )
+        finally:
+            self.ctx.training = False
+
+    def evaluate(self, data: Dataset | None = None, *, batch_size: int | None = None) -> dict[str, float]:
+        """Loss and metrics on `data`, else the spec's test data, else its validation data."""
+        if data is None:
+            section = self.spec.data
+            which = "test" if section and section.test is not None else "validation"
+            data = self.dataset(which)
+        self._require_targets(data)
+        return loop.evaluate(
+            self.trainer,
+            data,
+            inputs=self.input_names,
+            outputs=self.output_names,
+            batch_size=batch_size or self.spec.fit.batch_size,
+            ctx=self.ctx,
+        )
+
+    def _require_targets(self, data: Dataset) -> None:
+        if data.y is None:
+            raise DataError("this data has no targets, so it cannot be trained or scored on", data.source)
+
+    # -- prediction -----------------------------------------------------------------------------
+
+    def read_inputs(self, path: str | Path) -> dict[str, np.ndarray]:
+        return load_inputs(path, inputs=self.graph.input_shapes(), dtype=self.dtype)
+
+    def predict(self, x: dict[str, np.ndarray] | np.ndarray, *, batch_size: int = 1024) -> dict[str, np.ndarray]:
+        """Outputs keyed by output name; inference mode, in large batches, with no backward cache."""
+        if isinstance(x, np.ndarray):
+            if len(self.input_names) != 1:
+                raise DataError(f"the model has {len(self.input_names)} inputs; pass a dict keyed by name")
+            x = {self.input_names[0]: x}
+        missing = [name for name in self.input_names if name not in x]
+        if missing:
+            raise DataError(f"no array for input(s) {', '.join(missing)}")
+        xs = [np.asarray(x[name], dtype=self.dtype) for name in self.input_names]
+        n = len(xs[0])
+        results: list[np.ndarray] | None = None
+        for start in range(0, n, batch_size):
+            batch = [a[start : start + batch_size] for a in xs]
+            outputs, _, _ = self.plan.forward(self.params, batch, self.ctx, record=False)
+            if results is None:
+                results = [np.empty((n, *o.shape[1:]), o.dtype) for o in outputs]
+            for result, output in zip(results, outputs):
+                result[start : start + len(output)] = output
+        if results is None:
+            raise RunError("no samples to predict")
+        return dict(zip(self.output_names, results))
+
+
+def _target_kind(loss: str | None, shape) -> str:
+    if loss == "sparse_categorical_crossentropy":
+        return "sparse"
+    if loss in ("categorical_crossentropy", "categorical_hinge", "kl_divergence"):
+        return "categorical"
+    if loss == "binary_crossentropy":
+        return "binary"
+    return "real"

@@ -1,0 +1,203 @@
+"""The `kerspec` command: each command parses options, calls the API, and renders the result.
+
+User errors (KerspecError) are caught in one place, printed as `WHERE: message` and exit 1;
+usage errors exit 2 (Typer's own). Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kerspec import api, console
+from kerspec.errors import KerspecError, Problems
+from kerspec.io import write_predictions
+from kerspec.runs import RunFolder, new_run_dir
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Declarative deep learning: Keras-style models as YAML specs, trained with NumPy.",
+)
+
+SpecArg = Annotated[Path, typer.Argument(help="The model spec (YAML).", show_default=False)]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a spec field: KEY=VALUE, e.g. fit.epochs=3.", show_default=False),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed for every random draw.", show_default=False)]
+BatchOpt = Annotated[int | None, typer.Option("--batch-size", min=1, help="Batch size.", show_default=False)]
+DataOpt = Annotated[str | None, typer.Option("--data", help="Data file instead of the spec's.", show_default=False)]
+WeightsOpt = Annotated[Path, typer.Option("--weights", help="Weights file (.npz).", show_default=False)]
+
+
+@contextmanager
+def user_errors():
+    """The one place a user error becomes a message and exit code 1."""
+    try:
+        yield
+    except Problems as err:
+        for problem in err.problems:
+            console.err.print(str(problem), markup=False)
+        raise typer.Exit(1) from None
+    except KerspecError as err:
+        console.err.print(str(err), markup=False)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        console.err.print("interrupted", markup=False)
+        raise typer.Exit(1) from None
+
+
+def _load(spec: Path, sets: list[str] | None, seed: int | None = None) -> api.Model:
+    return api.load(spec, sets or [], seed=seed)
+
+
+@app.command()
+def validate(
+    specs: Annotated[list[Path], typer.Argument(help="Spec files to check.", show_default=False)],
+    json_out: JsonOpt = False,
+) -> None:
+    """Check specs; print every problem as FILE:LINE:COL: message."""
+    report = []
+    for spec in specs:
+        try:
+            api.load(spec, seed=0)
+        except Problems as err:
+            report.append({"file": str(spec), "problems": [str(p) for p in err.problems]})
+        except KerspecError as err:
+            report.append({"file": str(spec), "problems": [str(err)]})
+        else:
+            report.append({"file": str(spec), "problems": []})
+    failed = any(r["problems"] for r in report)
+    if json_out:
+        console.emit_json({"ok": not failed, "specs": report})
+    else:
+        for entry in report:
+            for problem in entry["problems"]:
+                console.err.print(problem, markup=False)
+            if not entry["problems"]:
+                console.out.print(f"{entry['file']}: ok", markup=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def summary(spec: SpecArg, set_: SetOpt = None, json_out: JsonOpt = False) -> None:
+    """The Keras-style summary: layers, output shapes, parameter counts."""
+    with user_errors():
+        model = _load(spec, set_, seed=0)
+    if json_out:
+        console.emit_json(model.summary_data())
+    else:
+        console.out.print(model.summary(), markup=False, end="")
+
+
+@app.command()
+def train(
+    spec: SpecArg,
+    data: DataOpt = None,
+    validation: Annotated[str | None, typer.Option("--validation", help="Validation data file.", show_default=False)] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Number of epochs.", show_default=False)] = None,
+    batch_size: BatchOpt = None,
+    seed: SeedOpt = None,
+    set_: SetOpt = None,
+    init_weights: Annotated[Path | None, typer.Option("--init-weights", help="Start from these weights.", show_default=False)] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Run folder (default runs/NAME-TIME).", show_default=False)] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Train SPEC with its data and fit settings; write a run folder."""
+    progress = console.RichProgress()
+    with user_errors():
+        model = _load(spec, set_, seed)
+        if init_weights is not None:
+            model.load_weights(init_weights)
+        train_data = model.dataset("train", path=data)
+        validation_data = model.dataset("validation", path=validation) if validation else None
+        run_dir = out or new_run_dir(Path("runs"), model.name)
+        folder = RunFolder(run_dir, model)
+        try:
+            history = model.fit(
+                train_data,
+                validation=validation_data,
+                epochs=epochs,
+                batch_size=batch_size,
+                callbacks=[progress, folder],
+            )
+        finally:
+            progress.close()
+    final = history.last()
+    if json_out:
+        console.emit_json({"run": str(run_dir), "seed": model.seed, "metrics": final, "history": history.history})
+    else:
+        console.emit_metrics(f"Trained {model.name} (seed {model.seed}); run folder {run_dir}", final)
+
+
+@app.command()
+def evaluate(
+    spec: SpecArg,
+    weights: WeightsOpt,
+    data: DataOpt = None,
+    batch_size: BatchOpt = None,
+    set_: SetOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Loss and metrics on the spec's test (else validation) data, or --data."""
+    with user_errors():
+        model = _load(spec, set_, seed=0)
+        model.load_weights(weights)
+        dataset = model.dataset("test", path=data) if data else None
+        scores = model.evaluate(dataset, batch_size=batch_size)
+    if json_out:
+        console.emit_json(scores)
+    else:
+        console.emit_metrics(f"Evaluated {model.name}", scores)
+
+
+@app.command()
+def predict(
+    spec: SpecArg,
+    weights: WeightsOpt,
+    input_: Annotated[Path, typer.Option("--input", help="Inputs: .npy, .npz or .csv.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", help="Predictions: .npz, .npy or .csv.", show_default=False)],
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Batch size.")] = 1024,
+    set_: SetOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Write the model's predictions for --input to --output."""
+    with user_errors():
+        model = _load(spec, set_, seed=0)
+        model.load_weights(weights)
+        predictions = model.predict(model.read_inputs(input_), batch_size=batch_size)
+        write_predictions(output, predictions)
+    shapes = {name: list(array.shape) for name, array in predictions.items()}
+    if json_out:
+        console.emit_json({"output": str(output), "shapes": shapes})
+    else:
+        console.out.print(f"Wrote {output}: " + ", ".join(f"{k} {tuple(v)}" for k, v in shapes.items()), markup=False)
+
+
+@app.command()
+def schema(
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to a file instead of stdout.", show_default=False)] = None,
+) -> None:
+    """Print the JSON Schema of the spec format (for editors)."""
+    from kerspec.io import write_text
+    from kerspec.spec import json_schema
+
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        with user_errors():
+            write_text(output, text)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,153 @@
+"""Files kerspec writes and reads back: weights, predictions, run folders.
+
+Every write goes to a temporary file in the destination's folder and is renamed over the
+destination only when complete, so an interrupted or killed process never leaves a half-written
+file where a good one was.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+import zipfile
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from kerspec.errors import DataError, KerspecError, WeightsError
+from kerspec.layers.base import format_shape
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write `path` through `write(file)` all or nothing."""
+    path = Path(path)
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as err:
+        raise KerspecError(f"cannot write: {err.strerror}", str(path)) from None
+    try:
+        with os.fdopen(fd, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise KerspecError(f"cannot write: {err.strerror}", str(path)) from None
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def write_json(path: Path, data) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def save_weights(path: Path, params: dict[str, dict[str, np.ndarray]]) -> None:
+    """One array per weight, keyed `LAYER/WEIGHT` with Keras's names and layouts."""
+    write_npz(path, {f"{layer}/{name}": w for layer, ws in params.items() for name, w in ws.items()})
+
+
+def read_npz(path: Path, error: type[KerspecError]) -> dict[str, np.ndarray]:
+    """Every array of an .npz file, refusing pickles; damage becomes `error`, naming the file."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+    except FileNotFoundError:
+        raise error("no such file", str(path)) from None
+    except IsADirectoryError:
+        raise error("is a folder, not a file", str(path)) from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as err:
+        raise error(f"not a readable .npz file ({_reason(err)})", str(path)) from None
+
+
+def _reason(err: Exception) -> str:
+    text = str(err)
+    if "allow_pickle" in text or "Object arrays" in text:
+        return "it holds Python objects, which kerspec never loads"
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def load_weights(path: Path, params: dict[str, dict[str, np.ndarray]]) -> None:
+    """Copy the file's arrays into `params` in place, after checking every name and shape."""
+    arrays = read_npz(path, WeightsError)
+    expected = {f"{layer}/{name}": w for layer, ws in params.items() for name, w in ws.items()}
+    problems = []
+    missing = [k for k in expected if k not in arrays]
+    extra = [k for k in arrays if k not in expected]
+    if missing:
+        problems.append(f"missing {', '.join(missing)}")
+    if extra:
+        problems.append(f"unexpected {', '.join(extra)}")
+    for key, target in expected.items():
+        array = arrays.get(key)
+        if array is None:
+            continue
+        if array.shape != target.shape:
+            problems.append(f"{key} has shape {array.shape}, the model needs {target.shape}")
+        elif not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+            problems.append(f"{key} has dtype {array.dtype}, expected real numbers")
+        elif not np.all(np.isfinite(array)):
+            problems.append(f"{key} holds NaN or infinite values")
+    if problems:
+        raise WeightsError("weights do not fit the model: " + "; ".join(problems), str(path))
+    for key, target in expected.items():
+        target[...] = arrays[key]
+
+
+def write_predictions(path: Path, predictions: dict[str, np.ndarray]) -> None:
+    """By extension: .npz keyed by output name, .npy for one output, .csv with a header."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".npz":
+        write_npz(path, predictions)
+    elif suffix == ".npy":
+        if len(predictions) != 1:
+            raise DataError(
+                f"a .npy file holds one array; the model has {len(predictions)} outputs "
+                "(use .npz or .csv)", str(path)
+            )
+        (array,) = predictions.values()
+        atomic_write(path, lambda f: np.save(f, array))
+    elif suffix == ".csv":
+        write_text(path, _csv_text(predictions))
+    else:
+        raise DataError(
+            f"unsupported prediction file type {suffix or '(none)'!r}: use .npz, .npy or .csv",
+            str(path),
+        )
+
+
+def _csv_text(predictions: dict[str, np.ndarray]) -> str:
+    columns, header = [], []
+    for name, array in predictions.items():
+        flat = array.reshape(len(array), -1)
+        columns.append(flat)
+        if flat.shape[1] == 1:
+            header.append(name)
+        else:
+            header.extend(f"{name}_{i}" for i in range(flat.shape[1]))
+    table = np.concatenate(columns, axis=1)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows([repr(float(v)) for v in row] for row in table)
+    return buffer.getvalue()
+
+
+def describe_shapes(shapes: dict[str, tuple]) -> str:
+    return ", ".join(f"{name} {format_shape(shape)}" for name, shape in shapes.items())
