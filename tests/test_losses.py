@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from gradcheck import check_grads
+from tests.gradcheck import check_grads
 from pydantic import ValidationError
 
 from kerspec.training.losses import LOSSES
