@@ -132,7 +132,10 @@ def train(
             )
         finally:
             progress.close()
-    final = history.last()
+        final = history.last()
+        if data is None and model.spec.data is not None and model.spec.data.test is not None:
+            final.update({f"test_{k}": v for k, v in model.evaluate().items()})
+        folder.write_metrics(final)
     if json_out:
         console.emit_json({"run": str(run_dir), "seed": model.seed, "metrics": final, "history": history.history})
     else:

@@ -68,9 +68,11 @@ class RunFolder(Callback):
 
     def on_train_end(self, logs=None):
         self.model.save_weights(self.path / "weights.npz")
-        io.write_json(self.path / "metrics.json", logs or {})
         self.info["ended"] = _now()
         io.write_json(self.path / "run.json", self.info)
+
+    def write_metrics(self, metrics: dict[str, float]) -> None:
+        io.write_json(self.path / "metrics.json", metrics)
 
 
 def _cell(value) -> str:
