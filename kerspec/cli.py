@@ -96,7 +96,7 @@ def summary(spec: SpecArg, set_: SetOpt = None, json_out: JsonOpt = False) -> No
     if json_out:
         console.emit_json(model.summary_data())
     else:
-        console.out.print(model.summary(), markup=False, end="")
+        console.out.print(model.summary().rstrip("\n"), markup=False)
 
 
 @app.command()

@@ -87,8 +87,16 @@ class _Problems:
         self.found: list[KerspecError] = []
 
     def add(self, message: str, entry: int | None, *path, at_key: bool = False) -> None:
-        where_path = ("layers", entry, *path) if entry is not None else path
-        self.found.append(KerspecError(message, self.loaded.source.where(where_path, at_key=at_key)))
+        """A problem at spec entry `entry` (labelled `Dense 'hidden'`), or at a top-level path."""
+        if entry is not None:
+            layer = self.loaded.spec.layers[entry]
+            name = f"{layer.name!r}" if layer.name else f"(layers[{entry}])"
+            if isinstance(layer, Shared):
+                message = f"{name} (sharing {layer.share!r}): {message}"
+            else:
+                message = f"{layer.type} {name}: {message}"
+            path = ("layers", entry, *path)
+        self.found.append(KerspecError(message, self.loaded.source.where(path, at_key=at_key)))
 
     def raise_any(self) -> None:
         if self.found:
@@ -198,9 +206,9 @@ def _link(entries, nodes: list[Node], by_name: dict[str, Node], problems: _Probl
                 problems.add(_unknown("from", ref.node, by_name), node.entry, "from")
         arity = layer.arity
         if arity is None and len(refs) < 2:
-            problems.add(f"{layer.type} merges two or more inputs; 'from' names {len(refs)}", node.entry, "from")
+            problems.add(f"merges two or more inputs; 'from' names {len(refs)}", node.entry, "from")
         elif arity is not None and len(refs) != arity:
-            problems.add(f"{layer.type} takes {arity} input(s); 'from' names {len(refs)}", node.entry, "from")
+            problems.add(f"takes {arity} input(s); 'from' names {len(refs)}", node.entry, "from")
         node.inputs = refs
 
 
@@ -278,9 +286,9 @@ def _prune(order, inputs, outputs, by_name, problems: _Problems) -> list[Node]:
                 )
             continue
         if isinstance(node.layer, Input):
-            problems.add(f"input {node.name!r} is not used by any output", node.entry)
+            problems.add("this input is not used by any output", node.entry)
         else:
-            problems.add(f"layer {node.name!r} does not lead to any output", node.entry)
+            problems.add("does not lead to any output (is 'outputs' or a 'from' missing it?)", node.entry)
     return [n for n in order if n.name in needed]
 
 
@@ -307,7 +315,7 @@ def _infer_shapes(order: list[Node], by_name, problems: _Problems) -> dict[str, 
             node.output_shapes = node.layer.output_shapes(shapes)
             specs = node.layer.weights(shapes)
         except ShapeError as err:
-            problems.add(f"{node.type} {node.name!r}: {err}", node.entry)
+            problems.add(str(err), node.entry)
             failed.add(node.name)
             continue
         if node.owner not in weights:
@@ -318,7 +326,7 @@ def _infer_shapes(order: list[Node], by_name, problems: _Problems) -> dict[str, 
         if before != after:
             got = ", ".join(format_shape(s) for s in shapes)
             problems.add(
-                f"shared layer {node.owner!r} cannot take input {got}: its weights would be "
+                f"cannot take input {got}: the weights of {node.owner!r} would be "
                 f"{_weight_text(after)} instead of {_weight_text(before)}",
                 node.entry,
             )
