@@ -1,0 +1,486 @@
+"""Recurrent layers: SimpleRNN, LSTM and GRU, with Keras 3's arguments, weight layouts and math.
+
+Every layer runs the same way. The input projection of all time steps is one matmul before the
+loop (`zx = x @ kernel + bias` over (time * batch, features)); the loop over time, the only
+Python loop, does one fused matmul per step (`h @ recurrent_kernel`, all gates at once) and the
+gate nonlinearities on contiguous gate blocks. Backpropagation through time runs the loop in
+reverse, storing the pre-activation gradients of every step; the kernel, recurrent kernel, bias
+and input gradients are then each one matmul or sum over all steps.
+
+Arrays inside are time-major: step t reads `zx[t]`, a contiguous (batch, gates * units) block,
+and the states live in (time + 1, batch, units) arrays whose row 0 is the zero initial state, so
+step t reads row t and writes row t + 1 and nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar, Literal
+
+import numpy as np
+from pydantic import Field, PositiveInt, field_validator
+
+from kerspec.activations import ACTIVATIONS
+from kerspec.constraints import CONSTRAINTS
+from kerspec.initializers import INITIALIZERS, Initializer
+from kerspec.layers.base import LAYERS, Context, Layer, ShapeError, WeightSpec, format_shape
+from kerspec.regularizers import REGULARIZERS
+
+ActivationRef = ACTIVATIONS.ref()
+InitializerRef = INITIALIZERS.ref()
+RegularizerRef = REGULARIZERS.ref() | None
+ConstraintRef = CONSTRAINTS.ref() | None
+Rate = Field(0.0, ge=0.0, lt=1.0)
+
+# scan_backprop(d_sequence, d_final_states) -> (dz, d recurrent_kernel, d recurrent bias or None):
+# `d_sequence` is the time-major (time, batch, units) gradient of the returned sequence or None;
+# `d_final_states` holds one owned (batch, units) gradient per state; dz is (time, batch, n).
+ScanBackprop = Callable[
+    [np.ndarray | None, list[np.ndarray]], tuple[np.ndarray, np.ndarray, np.ndarray | None]
+]
+
+
+class UnitForgetBias(Initializer):
+    """Keras's `unit_forget_bias` for the LSTM bias (i, f, c, o): `base` for the i, c and o
+    blocks and ones for the forget gate, so that the cell remembers from the start."""
+
+    base: Initializer
+    units: PositiveInt
+
+    def __call__(self, shape, rng, dtype):
+        units = self.units
+        # Two calls of `base`, as Keras makes them, so a seeded random base draws the same values.
+        return np.concatenate(
+            [
+                self.base((units,), rng, dtype),
+                np.ones(units, dtype),
+                self.base((2 * units,), rng, dtype),
+            ]
+        )
+
+
+def keep_mask(
+    rng: np.random.Generator, rate: float, shape: tuple[int, ...], dtype
+) -> np.ndarray | None:
+    """A dropout mask: 0 with probability `rate`, else 1 / (1 - rate); None when `rate` is 0."""
+    if rate == 0.0:
+        return None
+    keep = 1.0 - rate
+    mask = (rng.random(shape, dtype=np.float32) < keep).astype(dtype)
+    mask *= 1.0 / keep
+    return mask
+
+
+class Recurrent(Layer):
+    """What SimpleRNN, LSTM and GRU share: arguments, shapes, weights, dropout and the input side.
+
+    Input shape (batch, time, features); output (batch, time, units) with `return_sequences`,
+    else (batch, units); with `return_state` the final states follow as (batch, units) each.
+    Dropout follows Keras: one input mask (batch, features) and one recurrent mask (batch, units)
+    per sequence, drawn in training only and reused at every step. The recurrent mask applies to
+    the previous state where it enters the recurrent matmul, never to the carried state. One
+    difference: where Keras's LSTM and GRU switch to per-gate kernels (recurrent_dropout > 0, or
+    implementation=1) they draw one mask per gate; here the gates share the two masks, which keeps
+    each step one fused matmul.
+    """
+
+    units: PositiveInt
+    activation: ActivationRef = "tanh"
+    use_bias: bool = True
+    kernel_initializer: InitializerRef = "glorot_uniform"
+    recurrent_initializer: InitializerRef = "orthogonal"
+    bias_initializer: InitializerRef = "zeros"
+    kernel_regularizer: RegularizerRef = None
+    recurrent_regularizer: RegularizerRef = None
+    bias_regularizer: RegularizerRef = None
+    activity_regularizer: RegularizerRef = None
+    kernel_constraint: ConstraintRef = None
+    recurrent_constraint: ConstraintRef = None
+    bias_constraint: ConstraintRef = None
+    dropout: float = Rate
+    recurrent_dropout: float = Rate
+    seed: int | None = Field(None, ge=0, description="Seed of the dropout masks.")
+    return_sequences: bool = False
+    return_state: bool = False
+    go_backwards: bool = Field(False, description="Read the sequence from its last step.")
+    stateful: bool = Field(False, description="Not supported: states start at zero every batch.")
+    unroll: bool = Field(False, description="Accepted for Keras compatibility; no effect.")
+
+    # Gate blocks in the kernels (1, 4 or 3) and states carried from step to step (h, or h and c).
+    gates: ClassVar[int]
+    n_states: ClassVar[int] = 1
+
+    @field_validator("stateful")
+    @classmethod
+    def _not_stateful(cls, value):
+        if value:
+            raise ValueError(
+                "stateful=True is not supported: kerspec starts every batch from zero states"
+            )
+        return value
+
+    def output_shapes(self, shapes):
+        shape = shapes[0]
+        if len(shape) != 2 or shape[1] is None:
+            raise ShapeError(
+                f"{self.type} expects a 3-D input (batch, time, features) with a known number of "
+                f"features; received {format_shape(shape)}"
+            )
+        time = shape[0]
+        if self.unroll and time is None:
+            raise ShapeError("cannot unroll an RNN over an unknown number of time steps")
+        output = (time, self.units) if self.return_sequences else (self.units,)
+        return [output, *[(self.units,)] * (self.n_states if self.return_state else 0)]
+
+    def bias_shape(self) -> tuple[int, ...]:
+        return (self.gates * self.units,)
+
+    def bias_init(self) -> Initializer:
+        return self.bias_initializer
+
+    def weights(self, shapes):
+        width = self.gates * self.units
+        specs = [
+            WeightSpec("kernel", (shapes[0][-1], width), self.kernel_initializer,
+                       self.kernel_regularizer, self.kernel_constraint),
+            WeightSpec("recurrent_kernel", (self.units, width), self.recurrent_initializer,
+                       self.recurrent_regularizer, self.recurrent_constraint),
+        ]  # fmt: skip
+        if self.use_bias:
+            specs.append(
+                WeightSpec("bias", self.bias_shape(), self.bias_init(),
+                           self.bias_regularizer, self.bias_constraint)
+            )  # fmt: skip
+        return specs
+
+    def scan(
+        self, w: dict[str, np.ndarray], zx: np.ndarray, keep_h: np.ndarray | None, ctx: Context
+    ) -> tuple[np.ndarray, list[np.ndarray], ScanBackprop]:
+        """Run the steps over the time-major input projection `zx` (which it may overwrite with
+        the pre-activations); return every h as (time + 1, batch, units), the final states and
+        the backward of the loop."""
+        raise NotImplementedError
+
+    def states(self, ctx: Context, time: int, batch: int, dtype, keep_h: np.ndarray | None):
+        """The h of every step, (time + 1, batch, units) with row 0 the zero initial state, and
+        the previous states as the recurrent matmul sees them: row t is h_{t-1}, times the
+        recurrent dropout mask when there is one (step t fills it), else a view of h."""
+        hs = ctx.buffer("h", (time + 1, batch, self.units), dtype)
+        hs[0] = 0.0
+        if keep_h is None:
+            return hs, hs[:-1]
+        return hs, ctx.buffer("h_seen", (time, batch, self.units), dtype)
+
+    def forward(self, w, xs, ctx):
+        x = xs[0]
+        batch, time, features = x.shape
+        dtype = x.dtype
+        kernel = w["kernel"]
+        width = kernel.shape[1]
+        keep_x = keep_h = None
+        if ctx.training and (self.dropout or self.recurrent_dropout):
+            rng = ctx.rng if self.seed is None else ctx.seeded_rng(self, self.seed)
+            keep_x = keep_mask(rng, self.dropout, (batch, features), dtype)
+            keep_h = keep_mask(rng, self.recurrent_dropout, (batch, self.units), dtype)
+
+        # A time-major copy, so that each step's projection is one contiguous block.
+        xt = ctx.buffer("x", (time, batch, features), dtype)
+        xt[...] = (x[:, ::-1] if self.go_backwards else x).transpose(1, 0, 2)
+        if keep_x is not None:
+            xt *= keep_x
+        x2 = xt.reshape(time * batch, features)
+        zx = np.matmul(x2, kernel, out=ctx.buffer("zx", (time * batch, width), dtype))
+        if self.use_bias:
+            bias = w["bias"]
+            # GRU with reset_after keeps the input and recurrent biases as the rows of one weight.
+            zx += bias[0] if bias.ndim == 2 else bias
+        hs, finals, scan_backprop = self.scan(w, zx.reshape(time, batch, width), keep_h, ctx)
+
+        # In Keras the sequence comes out in the order it was read, reversed by go_backwards.
+        output = hs[1:].transpose(1, 0, 2) if self.return_sequences else hs[time]
+        ys = [output, *finals] if self.return_state else [output]
+        need_dx = ctx.need_dx
+
+        def backprop(dys):
+            d_finals = [np.zeros((batch, self.units), dtype) for _ in finals]
+            if self.return_state:
+                for d_final, dy in zip(d_finals, dys[1:]):
+                    if dy is not None:
+                        d_final += dy
+            d_sequence = None
+            if self.return_sequences:
+                d_sequence = None if dys[0] is None else dys[0].transpose(1, 0, 2)
+            elif dys[0] is not None:
+                d_finals[0] += dys[0]
+            dz, d_recurrent, d_recurrent_bias = scan_backprop(d_sequence, d_finals)
+            dz2 = dz.reshape(time * batch, width)
+            grads = {"kernel": np.matmul(x2.T, dz2), "recurrent_kernel": d_recurrent}
+            if self.use_bias:
+                d_bias = dz2.sum(axis=0)
+                grads["bias"] = (
+                    d_bias if d_recurrent_bias is None else np.stack([d_bias, d_recurrent_bias])
+                )
+            if not need_dx:
+                return [None], grads
+            dxt = np.matmul(dz2, kernel.T).reshape(time, batch, features)
+            if keep_x is not None:
+                dxt *= keep_x
+            dx = dxt.transpose(1, 0, 2)
+            return [dx[:, ::-1] if self.go_backwards else dx], grads
+
+        return ys, backprop
+
+
+@LAYERS.register("SimpleRNN")
+class SimpleRNN(Recurrent):
+    """A fully connected RNN: `h_t = activation(x_t @ kernel + h_{t-1} @ recurrent_kernel + bias)`.
+
+    Weights: kernel (features, units), recurrent_kernel (units, units), bias (units,).
+    Outputs: [output] or, with return_state, [output, h].
+    """
+
+    type: Literal["SimpleRNN"] = "SimpleRNN"
+    gates: ClassVar[int] = 1
+
+    def scan(self, w, zx, keep_h, ctx):
+        time, batch, units = zx.shape
+        dtype = zx.dtype
+        recurrent = w["recurrent_kernel"]
+        activation = self.activation
+        hs, seen = self.states(ctx, time, batch, dtype, keep_h)
+        rec = ctx.buffer("rec", (batch, units), dtype)
+        for t in range(time):
+            if keep_h is not None:
+                np.multiply(hs[t], keep_h, out=seen[t])
+            np.matmul(seen[t], recurrent, out=rec)
+            zx[t] += rec
+            hs[t + 1] = activation.forward(zx[t])
+
+        def scan_backprop(d_sequence, d_finals):
+            dz = np.empty_like(zx)
+            dh = d_finals[0]
+            for t in reversed(range(time)):
+                if d_sequence is not None:
+                    dh += d_sequence[t]
+                dz[t] = activation.backward(zx[t], hs[t + 1], dh)
+                dh = np.matmul(dz[t], recurrent.T)
+                if keep_h is not None:
+                    dh *= keep_h
+            d_recurrent = np.matmul(seen.reshape(-1, units).T, dz.reshape(-1, units))
+            return dz, d_recurrent, None
+
+        return hs, [hs[time]], scan_backprop
+
+
+class Gated(Recurrent):
+    """Arguments LSTM and GRU add: the gates' activation and two that only steer Keras's kernels."""
+
+    recurrent_activation: ActivationRef = "sigmoid"
+    implementation: Literal[1, 2] = Field(
+        2, description="Accepted for Keras compatibility; no effect."
+    )
+    use_cudnn: Literal["auto"] | bool = "auto"
+
+    @field_validator("use_cudnn")
+    @classmethod
+    def _no_cudnn(cls, value):
+        if value is True:
+            raise ValueError(
+                "use_cudnn=True is not supported: kerspec runs on NumPy, without cuDNN"
+            )
+        return value
+
+
+@LAYERS.register("LSTM")
+class LSTM(Gated):
+    """Long short-term memory (Hochreiter and Schmidhuber, 1997), gates in Keras's order i, f, c, o:
+
+        [i, f, c~, o] = [σ, σ, g, σ](x_t @ kernel + h_{t-1} @ recurrent_kernel + bias)
+        c_t = f * c_{t-1} + i * c~
+        h_t = o * g(c_t)
+
+    with σ = recurrent_activation and g = activation. Weights: kernel (features, 4 units),
+    recurrent_kernel (units, 4 units), bias (4 units,). Outputs: [output] or, with return_state,
+    [output, h, c].
+    """
+
+    type: Literal["LSTM"] = "LSTM"
+    unit_forget_bias: bool = True
+    gates: ClassVar[int] = 4
+    n_states: ClassVar[int] = 2
+
+    def bias_init(self):
+        if not self.unit_forget_bias:
+            return self.bias_initializer
+        return UnitForgetBias(base=self.bias_initializer, units=self.units)
+
+    def scan(self, w, zx, keep_h, ctx):
+        time, batch, width = zx.shape
+        u = self.units
+        dtype = zx.dtype
+        recurrent = w["recurrent_kernel"]
+        g, sigma = self.activation, self.recurrent_activation
+        hs, seen = self.states(ctx, time, batch, dtype, keep_h)
+        cs = ctx.buffer("c", (time + 1, batch, u), dtype)
+        cs[0] = 0.0
+        # The gates after their activations and g(c_t): what the backward pass differentiates.
+        gates = ctx.buffer("gates", (time, batch, width), dtype)
+        g_cs = ctx.buffer("g_c", (time, batch, u), dtype)
+        rec = ctx.buffer("rec", (batch, width), dtype)
+        for t in range(time):
+            if keep_h is not None:
+                np.multiply(hs[t], keep_h, out=seen[t])
+            z, a = zx[t], gates[t]
+            np.matmul(seen[t], recurrent, out=rec)
+            z += rec
+            a[:, : 2 * u] = sigma.forward(z[:, : 2 * u])
+            a[:, 2 * u : 3 * u] = g.forward(z[:, 2 * u : 3 * u])
+            a[:, 3 * u :] = sigma.forward(z[:, 3 * u :])
+            np.multiply(a[:, u : 2 * u], cs[t], out=cs[t + 1])
+            cs[t + 1] += a[:, :u] * a[:, 2 * u : 3 * u]
+            g_cs[t] = g.forward(cs[t + 1])
+            np.multiply(a[:, 3 * u :], g_cs[t], out=hs[t + 1])
+
+        def scan_backprop(d_sequence, d_finals):
+            dz = np.empty_like(zx)
+            dh, dc = d_finals
+            da = np.empty((batch, width), dtype)
+            for t in reversed(range(time)):
+                if d_sequence is not None:
+                    dh += d_sequence[t]
+                z, a, d = zx[t], gates[t], dz[t]
+                i, f, c_new, o = a[:, :u], a[:, u : 2 * u], a[:, 2 * u : 3 * u], a[:, 3 * u :]
+                np.multiply(dh, g_cs[t], out=da[:, 3 * u :])
+                dh *= o
+                dc += g.backward(cs[t + 1], g_cs[t], dh)
+                np.multiply(dc, c_new, out=da[:, :u])
+                np.multiply(dc, cs[t], out=da[:, u : 2 * u])
+                np.multiply(dc, i, out=da[:, 2 * u : 3 * u])
+                d[:, : 2 * u] = sigma.backward(z[:, : 2 * u], a[:, : 2 * u], da[:, : 2 * u])
+                d[:, 2 * u : 3 * u] = g.backward(z[:, 2 * u : 3 * u], c_new, da[:, 2 * u : 3 * u])
+                d[:, 3 * u :] = sigma.backward(z[:, 3 * u :], o, da[:, 3 * u :])
+                dc *= f
+                dh = np.matmul(d, recurrent.T)
+                if keep_h is not None:
+                    dh *= keep_h
+            d_recurrent = np.matmul(seen.reshape(-1, u).T, dz.reshape(-1, width))
+            return dz, d_recurrent, None
+
+        return hs, [hs[time], cs[time]], scan_backprop
+
+
+@LAYERS.register("GRU")
+class GRU(Gated):
+    """Gated recurrent unit (Cho et al., 2014), gates in Keras's order z (update), r (reset), h:
+
+        [z, r] = σ(x_t @ kernel[:, :2u] + b_x[:2u] + h_{t-1} @ recurrent_kernel[:, :2u] + b_h[:2u])
+        reset_after=True:  h~ = g(x_t @ kernel_h + b_x_h + r * (h_{t-1} @ recurrent_kernel_h + b_h_h))
+        reset_after=False: h~ = g(x_t @ kernel_h + b_x_h + (r * h_{t-1}) @ recurrent_kernel_h)
+        h_t = z * h_{t-1} + (1 - z) * h~
+
+    with σ = recurrent_activation and g = activation. Weights: kernel (features, 3 units),
+    recurrent_kernel (units, 3 units), bias (2, 3 units) as rows b_x, b_h with reset_after, else
+    (3 units,) = b_x and no b_h. Outputs: [output] or, with return_state, [output, h].
+    Without reset_after, r acts before the candidate's recurrent matmul, so a step needs two.
+    """
+
+    type: Literal["GRU"] = "GRU"
+    reset_after: bool = True
+    gates: ClassVar[int] = 3
+
+    def bias_shape(self):
+        width = 3 * self.units
+        return (2, width) if self.reset_after else (width,)
+
+    def scan(self, w, zx, keep_h, ctx):
+        time, batch, width = zx.shape
+        u = self.units
+        dtype = zx.dtype
+        g, sigma = self.activation, self.recurrent_activation
+        reset_after = self.reset_after
+        recurrent = w["recurrent_kernel"]
+        recurrent_bias = w["bias"][1] if reset_after and self.use_bias else None
+        # Contiguous copies of the two blocks that reset_after=False multiplies separately.
+        recurrent_zr = np.ascontiguousarray(recurrent[:, : 2 * u])
+        recurrent_h = np.ascontiguousarray(recurrent[:, 2 * u :])
+        hs, seen = self.states(ctx, time, batch, dtype, keep_h)
+        gates = ctx.buffer("gates", (time, batch, width), dtype)
+        # What the candidate's recurrent term is made of, per step: with reset_after the
+        # projection h_{t-1} @ recurrent_kernel_h + b_h_h that r scales, else r * h_{t-1}.
+        rh = ctx.buffer("rh", (time, batch, u), dtype)
+        rec = ctx.buffer("rec", (batch, width), dtype)
+        for t in range(time):
+            if keep_h is not None:
+                np.multiply(hs[t], keep_h, out=seen[t])
+            z, a = zx[t], gates[t]
+            if reset_after:
+                np.matmul(seen[t], recurrent, out=rec)
+                if recurrent_bias is not None:
+                    rec += recurrent_bias
+                z[:, : 2 * u] += rec[:, : 2 * u]
+                a[:, : 2 * u] = sigma.forward(z[:, : 2 * u])
+                rh[t] = rec[:, 2 * u :]
+                z[:, 2 * u :] += a[:, u : 2 * u] * rh[t]
+            else:
+                np.matmul(seen[t], recurrent_zr, out=rec[:, : 2 * u])
+                z[:, : 2 * u] += rec[:, : 2 * u]
+                a[:, : 2 * u] = sigma.forward(z[:, : 2 * u])
+                np.multiply(a[:, u : 2 * u], seen[t], out=rh[t])
+                np.matmul(rh[t], recurrent_h, out=rec[:, 2 * u :])
+                z[:, 2 * u :] += rec[:, 2 * u :]
+            a[:, 2 * u :] = g.forward(z[:, 2 * u :])
+            # h_t = h~ + z * (h_{t-1} - h~), the same mix with one product.
+            np.subtract(hs[t], a[:, 2 * u :], out=hs[t + 1])
+            hs[t + 1] *= a[:, :u]
+            hs[t + 1] += a[:, 2 * u :]
+
+        def scan_backprop(d_sequence, d_finals):
+            dz = np.empty_like(zx)
+            # With reset_after: the gradient of every step's recurrent projection (its h block
+            # differs from dz's by the factor r), for one recurrent-kernel matmul after the loop.
+            d_rec = np.empty_like(zx) if reset_after else None
+            dh = d_finals[0]
+            da = np.empty((batch, width), dtype)
+            for t in reversed(range(time)):
+                if d_sequence is not None:
+                    dh += d_sequence[t]
+                z, a, d = zx[t], gates[t], dz[t]
+                update, reset, candidate = a[:, :u], a[:, u : 2 * u], a[:, 2 * u :]
+                np.subtract(hs[t], candidate, out=da[:, :u])
+                da[:, :u] *= dh
+                np.subtract(1.0, update, out=da[:, 2 * u :])
+                da[:, 2 * u :] *= dh
+                d[:, 2 * u :] = g.backward(z[:, 2 * u :], candidate, da[:, 2 * u :])
+                if reset_after:
+                    np.multiply(d[:, 2 * u :], rh[t], out=da[:, u : 2 * u])
+                    d[:, : 2 * u] = sigma.backward(z[:, : 2 * u], a[:, : 2 * u], da[:, : 2 * u])
+                    d_rec[t, :, : 2 * u] = d[:, : 2 * u]
+                    np.multiply(d[:, 2 * u :], reset, out=d_rec[t, :, 2 * u :])
+                    d_seen = np.matmul(d_rec[t], recurrent.T)
+                else:
+                    d_rh = np.matmul(d[:, 2 * u :], recurrent_h.T)
+                    np.multiply(d_rh, seen[t], out=da[:, u : 2 * u])
+                    d[:, : 2 * u] = sigma.backward(z[:, : 2 * u], a[:, : 2 * u], da[:, : 2 * u])
+                    d_seen = np.matmul(d[:, : 2 * u], recurrent_zr.T)
+                    d_rh *= reset
+                    d_seen += d_rh
+                if keep_h is not None:
+                    d_seen *= keep_h
+                dh *= update
+                dh += d_seen
+            seen2 = seen.reshape(-1, u)
+            if reset_after:
+                d_rec2 = d_rec.reshape(-1, width)
+                d_bias = d_rec2.sum(axis=0) if recurrent_bias is not None else None
+                return dz, np.matmul(seen2.T, d_rec2), d_bias
+            dz2 = dz.reshape(-1, width)
+            d_recurrent = np.concatenate(
+                [
+                    np.matmul(seen2.T, dz2[:, : 2 * u]),
+                    np.matmul(rh.reshape(-1, u).T, dz2[:, 2 * u :]),
+                ],
+                axis=1,
+            )
+            return dz, d_recurrent, None
+
+        return hs, [hs[time]], scan_backprop
