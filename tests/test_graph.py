@@ -1,0 +1,125 @@
+"""The compiler and the plan: names, links, order, shapes, sharing, and whole-graph gradients."""
+
+import numpy as np
+import pytest
+
+import kerspec
+from kerspec.graph import Ref
+from kerspec.layers import Context
+from tests.gradcheck import check_grads
+
+
+def test_default_names_follow_keras_per_spec():
+    model = kerspec.from_yaml(
+        """
+layers:
+  - {type: Input, shape: [8, 8, 1]}
+  - {type: Reshape, target_shape: [64]}
+  - {type: Dense, units: 4}
+  - {type: Dense, units: 4, name: dense_1}
+  - {type: Dense, units: 4}
+  - {type: Activation, activation: relu}
+"""
+    )
+    names = [n.name for n in model.graph.nodes]
+    assert names == ["input_layer", "reshape", "dense", "dense_1", "dense_2", "activation"]
+
+
+def test_sequential_shorthand_makes_an_input():
+    model = kerspec.from_yaml("layers:\n  - {type: Dense, units: 3, input_shape: [5]}\n")
+    assert model.input_names == ["input"]
+    assert model.graph.output_shape(model.graph.outputs[0]) == (3,)
+    assert model.graph.is_sequential()
+
+
+def test_execution_order_follows_links_not_spec_order():
+    model = kerspec.from_yaml(
+        """
+layers:
+  - {type: Input, shape: [4], name: a}
+  - {type: Concatenate, from: [left, right], name: cat}
+  - {type: Dense, units: 2, from: a, name: left}
+  - {type: Dense, units: 3, from: a, name: right}
+outputs: [cat]
+"""
+    )
+    assert [n.name for n in model.graph.nodes] == ["a", "left", "right", "cat"]
+    assert model.graph.output_shape(Ref("cat")) == (5,)
+    assert not model.graph.is_sequential()
+
+
+def test_summary_connected_to_for_graphs():
+    model = kerspec.from_yaml(
+        """
+layers:
+  - {type: Input, shape: [4], name: a}
+  - {type: Dense, units: 2, name: left}
+  - {type: Dense, units: 2, from: a, name: right}
+  - {type: Concatenate, from: [left, right], name: cat}
+"""
+    )
+    text = model.summary()
+    assert "Connected to" in text
+    assert "left[0][0]" in text and "right[0][0]" in text
+    assert "a (InputLayer)" in text
+    assert "Total params: 20" in text
+
+
+SHARED = """
+dtype: float64
+seed: 3
+layers:
+  - {type: Input, shape: [3], name: a}
+  - {type: Input, shape: [3], name: b}
+  - {type: Dense, units: 4, activation: tanh, from: a, name: encode}
+  - {name: encode_b, share: encode, from: b}
+  - {type: Dense, units: 2, activation: sigmoid, from: encode, name: side}
+  - {type: Concatenate, from: [encode, encode_b, side], name: cat}
+  - {type: Dense, units: 2, name: out}
+"""
+
+
+def test_shared_layer_has_one_set_of_weights():
+    model = kerspec.from_yaml(SHARED)
+    assert set(model.params) == {"encode", "side", "out"}
+    assert model.count_params() == (3 * 4 + 4 + 4 * 2 + 2 + 10 * 2 + 2, 0)
+    row = next(r for r in model.summary_data()["layers"] if r["name"] == "encode_b")
+    assert row["shared_with"] == "encode" and row["params"] == 0
+
+
+def test_whole_graph_gradients_with_sharing_and_fan_out(rng):
+    """Gradients summed over a shared layer's two uses and over a node read by two layers."""
+    model = kerspec.from_yaml(SHARED)
+    xs = [rng.standard_normal((5, 3)), rng.standard_normal((5, 3))]
+    wrt = {f"{o}/{n}": w for o, ws in model.params.items() for n, w in ws.items()}
+
+    def forward():
+        ctx = Context(training=True, rng=np.random.default_rng(0))
+        (y,), tape, _ = model.plan.forward(model.params, xs, ctx, record=True)
+
+        def backprop(dy):
+            grads = model.plan.backward(tape, [dy])
+            return {f"{o}/{n}": g for o, gs in grads.items() for n, g in gs.items()}
+
+        return y, backprop
+
+    check_grads(forward, wrt)
+
+
+def test_return_index_out_of_range_is_reported():
+    with pytest.raises(kerspec.KerspecError, match=r"dense\[1\] does not exist: 'dense' has 1 output"):
+        kerspec.from_yaml(
+            "layers:\n  - {type: Input, shape: [2]}\n  - {type: Dense, units: 2}\n"
+            "  - {type: Dense, units: 2, from: 'dense[1]'}\n"
+        )
+
+
+def test_inference_drops_intermediate_values(rng):
+    model = kerspec.from_yaml(SHARED)
+    freed = {slot for slots in model.plan.free_after for slot in slots}
+    assert freed and not freed & set(model.plan.output_slots)
+
+
+def test_first_layer_needs_no_input_gradient():
+    model = kerspec.from_yaml("layers:\n  - {type: Dense, units: 3, input_shape: [5]}\n  - {type: Dense, units: 2}\n")
+    assert [step.need_dx for step in model.plan.steps] == [False, True]
