@@ -1,0 +1,334 @@
+"""Convolutions: Conv1D and Conv2D, and the window helpers that pooling shares.
+
+The forward pass is im2col: the padded input's windows (a strided view) are copied once into a
+`(groups, positions, window)` matrix and multiplied by the kernel in one batched GEMM. The kernel
+gradient is that matrix's transpose times the output gradient (one GEMM), and the input gradient
+is the matching col2im: one GEMM to window gradients, then one strided add per kernel offset
+(kh * kw of them), never a loop over positions or samples.
+
+Arrays are handled channels_last inside; a channels_first input is moved there as a view.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, ClassVar, Literal
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from pydantic import BeforeValidator, PositiveInt, model_validator
+
+from kerspec.layers.base import (
+    LAYERS,
+    ShapeError,
+    SimpleLayer,
+    WeightSpec,
+    format_shape,
+    require_known,
+)
+from kerspec.layers.core import (
+    ActivationRef,
+    ConstraintRef,
+    DataFormat,
+    InitializerRef,
+    RegularizerRef,
+)
+
+Pads = list[tuple[int, int]]
+
+
+def _lower(value):
+    # Keras reads padding names case-insensitively ("SAME" works there too).
+    return value.lower() if isinstance(value, str) else value
+
+
+Padding = Annotated[Literal["valid", "same"], BeforeValidator(_lower)]
+CausalPadding = Annotated[Literal["valid", "same", "causal"], BeforeValidator(_lower)]
+Sizes = PositiveInt | list[PositiveInt]
+
+
+def as_tuple(value: int | list[int], rank: int) -> tuple[int, ...]:
+    return (value,) * rank if isinstance(value, int) else tuple(value)
+
+
+def check_lengths(layer, rank: int, *fields: str) -> None:
+    """Keras accepts an int or one entry per spatial dimension for each size argument."""
+    for field in fields:
+        value = getattr(layer, field)
+        if isinstance(value, list) and len(value) != rank:
+            raise ValueError(
+                f"{field} must be an integer or a list of {rank} integers; received {value}"
+            )
+
+
+def split_channels(layer, shape, rank: int, layout: str):
+    """(spatial dims, channels) of a shape without batch; ShapeError on the wrong rank."""
+    if len(shape) != rank + 1:
+        raise ShapeError(
+            f"{layer.type} expects inputs of rank {rank + 2}, {layout}; "
+            f"received {format_shape(shape)}"
+        )
+    if layer.data_format == "channels_first":
+        return tuple(shape[1:]), shape[0]
+    return tuple(shape[:-1]), shape[-1]
+
+
+def join_channels(layer, spatial, channels):
+    if layer.data_format == "channels_first":
+        return (channels, *spatial)
+    return (*spatial, channels)
+
+
+def to_last(layer, x: np.ndarray) -> np.ndarray:
+    return np.moveaxis(x, 1, -1) if layer.data_format == "channels_first" else x
+
+
+def from_last(layer, y: np.ndarray) -> np.ndarray:
+    return np.moveaxis(y, -1, 1) if layer.data_format == "channels_first" else y
+
+
+def pad_amounts(padding: str, spatial, kernel, strides, dilation) -> Pads:
+    """(before, after) per spatial dimension. `same` splits as TensorFlow does: the odd extra
+    value goes after; `causal` pads only before, so no output sees a later step."""
+    pads = []
+    for n, k, s, d in zip(spatial, kernel, strides, dilation):
+        extent = (k - 1) * d + 1
+        if padding == "valid":
+            pads.append((0, 0))
+        elif padding == "causal":
+            pads.append((extent - 1, 0))
+        else:
+            total = max((-(-n // s) - 1) * s + extent - n, 0)
+            pads.append((total // 2, total - total // 2))
+    return pads
+
+
+def out_sizes(layer, spatial, pads: Pads, kernel, strides, dilation) -> tuple[int | None, ...]:
+    """Output length per dimension, floor((n + pads - dilated kernel) / stride) + 1 as Keras;
+    None stays None. A window larger than the padded input is a ShapeError."""
+    sizes = []
+    for n, (lo, hi), k, s, d in zip(spatial, pads, kernel, strides, dilation):
+        if n is None:
+            sizes.append(None)
+            continue
+        extent = (k - 1) * d + 1
+        if n + lo + hi < extent:
+            raise ShapeError(
+                f"{layer.type}: the window ({extent}, from size {k} and dilation {d}) is larger "
+                f"than the padded input length {n + lo + hi} (input {n}, padding {layer.padding})"
+            )
+        sizes.append((n + lo + hi - extent) // s + 1)
+    return tuple(sizes)
+
+
+def padded(x: np.ndarray, pads: Pads, fill: float, ctx, name: str) -> np.ndarray:
+    """x (batch, *spatial, ...) with its spatial axes padded by `fill`; x itself without padding."""
+    if not any(lo or hi for lo, hi in pads):
+        return x
+    shape = (
+        x.shape[0],
+        *(n + lo + hi for n, (lo, hi) in zip(x.shape[1:], pads)),
+        *x.shape[1 + len(pads) :],
+    )
+    xp = ctx.buffer(name, shape, x.dtype)
+    xp.fill(fill)
+    xp[interior(pads, x.shape[1:])] = x
+    return xp
+
+
+def interior(pads: Pads, spatial) -> tuple:
+    return (slice(None), *(slice(lo, lo + n) for (lo, _), n in zip(pads, spatial)), Ellipsis)
+
+
+def windows(xp: np.ndarray, kernel, strides, dilation) -> np.ndarray:
+    """A view (batch, *out, ..., *kernel) of every window of xp (batch, *spatial, ...)."""
+    rank = len(kernel)
+    extents = tuple((k - 1) * d + 1 for k, d in zip(kernel, dilation))
+    view = sliding_window_view(xp, extents, axis=tuple(range(1, rank + 1)))
+    steps = (slice(None), *(slice(None, None, s) for s in strides))
+    middle = (slice(None),) * (xp.ndim - rank - 1)
+    return view[(*steps, *middle, *(slice(None, None, d) for d in dilation))]
+
+
+def offset_region(offset, strides, dilation, out) -> tuple:
+    """The slice of the padded input that kernel offset `offset` reads at every output position."""
+    return (
+        slice(None),
+        *(
+            slice(k * d, k * d + s * (o - 1) + 1, s)
+            for k, s, d, o in zip(offset, strides, dilation, out)
+        ),
+        Ellipsis,
+    )
+
+
+class BaseConv(SimpleLayer):
+    """Shared arguments and math of Conv1D and Conv2D."""
+
+    rank: ClassVar[int]
+    layout: ClassVar[str]
+
+    filters: PositiveInt
+    kernel_size: Sizes
+    strides: Sizes = 1
+    data_format: DataFormat | None = None
+    dilation_rate: Sizes = 1
+    groups: PositiveInt = 1
+    activation: ActivationRef = "linear"
+    use_bias: bool = True
+    kernel_initializer: InitializerRef = "glorot_uniform"
+    bias_initializer: InitializerRef = "zeros"
+    kernel_regularizer: RegularizerRef = None
+    bias_regularizer: RegularizerRef = None
+    activity_regularizer: RegularizerRef = None
+    kernel_constraint: ConstraintRef = None
+    bias_constraint: ConstraintRef = None
+
+    @model_validator(mode="after")
+    def _check_sizes(self):
+        check_lengths(self, self.rank, "kernel_size", "strides", "dilation_rate")
+        strides, dilation = self._sizes()[1:]
+        if max(strides) > 1 and max(dilation) > 1:
+            raise ValueError(
+                "strides > 1 cannot be combined with dilation_rate > 1 (as in Keras); "
+                f"received strides={self.strides}, dilation_rate={self.dilation_rate}"
+            )
+        return self
+
+    def _sizes(self):
+        return (
+            as_tuple(self.kernel_size, self.rank),
+            as_tuple(self.strides, self.rank),
+            as_tuple(self.dilation_rate, self.rank),
+        )
+
+    def _channels(self, shape) -> tuple[tuple, int]:
+        spatial, channels = split_channels(self, shape, self.rank, self.layout)
+        require_known((channels,), "the channel dimension")
+        if self.filters % self.groups:
+            raise ShapeError(
+                f"{self.type}: filters ({self.filters}) must be divisible by groups ({self.groups})"
+            )
+        if channels % self.groups:
+            raise ShapeError(
+                f"{self.type}: the input channels ({channels}) must be divisible by groups "
+                f"({self.groups}); received {format_shape(shape)}"
+            )
+        return spatial, channels
+
+    def output_shape(self, shape):
+        spatial, _ = self._channels(shape)
+        kernel, strides, dilation = self._sizes()
+        pads = pad_amounts(self.padding, spatial, kernel, strides, dilation)
+        return join_channels(
+            self, out_sizes(self, spatial, pads, kernel, strides, dilation), self.filters
+        )
+
+    def weight_specs(self, shape):
+        _, channels = self._channels(shape)
+        kernel = self._sizes()[0]
+        specs = [
+            WeightSpec(
+                "kernel",
+                (*kernel, channels // self.groups, self.filters),
+                self.kernel_initializer,
+                self.kernel_regularizer,
+                self.kernel_constraint,
+            )
+        ]
+        if self.use_bias:
+            specs.append(
+                WeightSpec(
+                    "bias",
+                    (self.filters,),
+                    self.bias_initializer,
+                    self.bias_regularizer,
+                    self.bias_constraint,
+                )
+            )
+        return specs
+
+    def call(self, w, x, ctx):
+        rank, groups, filters = self.rank, self.groups, self.filters
+        kernel_size, strides, dilation = self._sizes()
+        xl = to_last(self, x)
+        batch, spatial, channels = xl.shape[0], xl.shape[1:-1], xl.shape[-1]
+        pads = pad_amounts(self.padding, spatial, kernel_size, strides, dilation)
+        out = out_sizes(self, spatial, pads, kernel_size, strides, dilation)
+        in_group, out_group = channels // groups, filters // groups
+        rows, depth = batch * math.prod(out), math.prod(kernel_size) * in_group
+
+        xp = padded(xl, pads, 0.0, ctx, "padded")
+        grouped = xp.reshape(*xp.shape[:-1], groups, in_group)
+        # (batch, *out, groups, in_group, *kernel) -> (groups, batch, *out, *kernel, in_group),
+        # the row-major order of the kernel's (*kernel, in_group) axes.
+        order = (rank + 1, 0, *range(1, rank + 1), *range(rank + 3, 2 * rank + 3), rank + 2)
+        cols = ctx.buffer("cols", (groups, batch, *out, *kernel_size, in_group), x.dtype)
+        np.copyto(cols, windows(grouped, kernel_size, strides, dilation).transpose(order))
+        cols = cols.reshape(groups, rows, depth)
+        kernel = w["kernel"].reshape(depth, groups, out_group).transpose(1, 0, 2)
+
+        zg = np.matmul(cols, kernel, out=ctx.buffer("z", (groups, rows, out_group), x.dtype))
+        # A view when groups == 1; otherwise the group outputs are interleaved into filters.
+        z = zg.transpose(1, 0, 2).reshape(rows, filters)
+        if self.use_bias:
+            z += w["bias"]
+        activation = self.activation
+        y = activation.forward(z)
+        kept_z = z if activation.uses_input else None
+        need_dx = ctx.need_dx
+
+        def backprop(dy):
+            dz = activation.backward(kept_z, y, to_last(self, dy).reshape(rows, filters))
+            dzg = dz.reshape(rows, groups, out_group).transpose(1, 0, 2)
+            dkernel = np.matmul(cols.transpose(0, 2, 1), dzg)
+            grads = {"kernel": dkernel.transpose(1, 0, 2).reshape(w["kernel"].shape)}
+            if self.use_bias:
+                grads["bias"] = dz.sum(axis=0)
+            if not need_dx:
+                return None, grads
+            dcols = np.matmul(dzg, kernel.transpose(0, 2, 1))
+            dcols = dcols.reshape(groups, batch, *out, *kernel_size, in_group)
+            dxp = np.zeros((batch, *grouped.shape[1:]), x.dtype)
+            positions = (slice(None),) * (rank + 2)
+            for offset in np.ndindex(*kernel_size):
+                dxp[offset_region(offset, strides, dilation, out)] += np.moveaxis(
+                    dcols[(*positions, *offset)], 0, -2
+                )
+            dx = dxp[interior(pads, spatial)].reshape(xl.shape)
+            return from_last(self, dx), grads
+
+        return from_last(self, y.reshape(batch, *out, filters)), backprop
+
+
+@LAYERS.register("Conv1D", "Convolution1D")
+class Conv1D(BaseConv):
+    """1D convolution (cross-correlation, as Keras):
+    `y[t, f] = activation(sum_{k, c} x[t * stride + k * dilation - pad, c] * kernel[k, c, f] + bias[f])`,
+    with input channels and filters split into `groups` independent groups.
+
+    Input shape (batch, steps, channels) or (batch, channels, steps) for channels_first; output
+    shape (batch, new_steps, filters). Kernel (kernel_size, channels / groups, filters).
+    """
+
+    type: Literal["Conv1D"] = "Conv1D"
+    padding: CausalPadding = "valid"
+    rank: ClassVar[int] = 1
+    layout: ClassVar[str] = "(batch, steps, channels)"
+
+
+@LAYERS.register("Conv2D", "Convolution2D")
+class Conv2D(BaseConv):
+    """2D convolution (cross-correlation, as Keras):
+    `y[i, j, f] = activation(sum_{a, b, c} x[i*sh + a*dh - pad_top, j*sw + b*dw - pad_left, c]
+    * kernel[a, b, c, f] + bias[f])`, with channels and filters split into `groups`.
+
+    Input shape (batch, height, width, channels), or (batch, channels, height, width) for
+    channels_first; output (batch, new_height, new_width, filters) in the same layout.
+    Kernel (kh, kw, channels / groups, filters).
+    """
+
+    type: Literal["Conv2D"] = "Conv2D"
+    padding: Padding = "valid"
+    rank: ClassVar[int] = 2
+    layout: ClassVar[str] = "(batch, height, width, channels)"

@@ -1,0 +1,284 @@
+"""Pooling: Max/AveragePooling1D/2D over windows, and Global*Pooling1D/2D over all positions.
+
+Windows are strided views of the padded input (the helpers in conv.py). Backward adds each
+window offset's share into the input gradient with one strided add per offset (pool_h * pool_w),
+never a loop over positions.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import numpy as np
+from pydantic import model_validator
+
+from kerspec.layers.base import LAYERS, SimpleLayer
+from kerspec.layers.conv import (
+    Padding,
+    Sizes,
+    as_tuple,
+    check_lengths,
+    from_last,
+    interior,
+    join_channels,
+    offset_region,
+    out_sizes,
+    pad_amounts,
+    padded,
+    split_channels,
+    to_last,
+    windows,
+)
+from kerspec.layers.core import DataFormat
+
+
+def window_counts(spatial, pads, pool, strides, out, dtype) -> np.ndarray:
+    """How many real (unpadded) values each window covers, shaped (*out, 1) for the channels."""
+    counts = np.ones((), dtype)
+    for n, (lo, _), p, s, o in zip(spatial, pads, pool, strides, out):
+        starts = np.arange(o) * s - lo
+        per_dim = (np.minimum(starts + p, n) - np.maximum(starts, 0)).astype(dtype)
+        counts = np.multiply.outer(counts, per_dim)
+    return counts[..., None]
+
+
+class BasePooling(SimpleLayer):
+    rank: ClassVar[int]
+    layout: ClassVar[str]
+
+    pool_size: Sizes
+    strides: Sizes | None = None
+    padding: Padding = "valid"
+    data_format: DataFormat | None = None
+
+    @model_validator(mode="after")
+    def _check_sizes(self):
+        check_lengths(self, self.rank, "pool_size", "strides")
+        return self
+
+    def _sizes(self):
+        pool = as_tuple(self.pool_size, self.rank)
+        strides = pool if self.strides is None else as_tuple(self.strides, self.rank)
+        return pool, strides, (1,) * self.rank
+
+    def output_shape(self, shape):
+        spatial, channels = split_channels(self, shape, self.rank, self.layout)
+        pool, strides, ones = self._sizes()
+        pads = pad_amounts(self.padding, spatial, pool, strides, ones)
+        return join_channels(self, out_sizes(self, spatial, pads, pool, strides, ones), channels)
+
+    def _windows(self, x, fill, ctx):
+        """The channels_last input, its padding, windows (batch, *out, channels, *pool) and sizes."""
+        pool, strides, ones = self._sizes()
+        xl = to_last(self, x)
+        spatial = xl.shape[1:-1]
+        pads = pad_amounts(self.padding, spatial, pool, strides, ones)
+        out = out_sizes(self, spatial, pads, pool, strides, ones)
+        xp = padded(xl, pads, fill, ctx, "padded")
+        return xl, pads, out, xp.shape, windows(xp, pool, strides, ones)
+
+    def _scatter(self, xl_shape, padded_shape, pads, out, share, dtype):
+        """The input gradient: `share(offset_index)` (batch, *out, channels) added at every offset."""
+        pool, strides, ones = self._sizes()
+        dxp = np.zeros(padded_shape, dtype)
+        for index, offset in enumerate(np.ndindex(*pool)):
+            dxp[offset_region(offset, strides, ones, out)] += share(index)
+        return dxp[interior(pads, xl_shape[1:-1])]
+
+
+class MaxPooling(BasePooling):
+    def call(self, w, x, ctx):
+        # -inf padding never wins a window, as in TensorFlow's max pool.
+        xl, pads, out, padded_shape, view = self._windows(x, -np.inf, ctx)
+        flat = view.reshape(*view.shape[: self.rank + 2], -1)
+        # argmax picks the first maximum, so a tie sends the whole gradient to one value.
+        winner = flat.argmax(axis=-1)
+        y = np.take_along_axis(flat, winner[..., None], axis=-1)[..., 0]
+        need_dx = ctx.need_dx
+
+        def backprop(dy):
+            if not need_dx:
+                return None, {}
+            dyl = to_last(self, dy)
+            dx = self._scatter(
+                xl.shape, padded_shape, pads, out, lambda i: dyl * (winner == i), x.dtype
+            )
+            return from_last(self, dx), {}
+
+        return from_last(self, y), backprop
+
+
+class AveragePooling(BasePooling):
+    def call(self, w, x, ctx):
+        xl, pads, out, padded_shape, view = self._windows(x, 0.0, ctx)
+        pool, strides, _ = self._sizes()
+        # Padding adds zeros to the sum but is left out of the count, as Keras (TensorFlow) does.
+        counts = window_counts(xl.shape[1:-1], pads, pool, strides, out, x.dtype)
+        y = view.sum(axis=tuple(range(-self.rank, 0)))
+        y /= counts
+        need_dx = ctx.need_dx
+
+        def backprop(dy):
+            if not need_dx:
+                return None, {}
+            share = to_last(self, dy) / counts
+            dx = self._scatter(xl.shape, padded_shape, pads, out, lambda i: share, x.dtype)
+            return from_last(self, dx), {}
+
+        return from_last(self, y), backprop
+
+
+@LAYERS.register("MaxPooling1D", "MaxPool1D")
+class MaxPooling1D(MaxPooling):
+    """`y[t, c] = max_{k < pool_size} x[t * strides + k - pad, c]`; padding counts as -inf.
+
+    Input shape (batch, steps, channels), or (batch, channels, steps) for channels_first;
+    output (batch, new_steps, channels) in the same layout.
+    """
+
+    type: Literal["MaxPooling1D"] = "MaxPooling1D"
+    pool_size: Sizes = 2
+    rank: ClassVar[int] = 1
+    layout: ClassVar[str] = "(batch, steps, channels)"
+
+
+@LAYERS.register("MaxPooling2D", "MaxPool2D")
+class MaxPooling2D(MaxPooling):
+    """`y[i, j, c] = max over the pool_size window at (i * sh - pad_top, j * sw - pad_left)`.
+
+    Input shape (batch, height, width, channels), or (batch, channels, height, width) for
+    channels_first; output (batch, new_height, new_width, channels) in the same layout.
+    """
+
+    type: Literal["MaxPooling2D"] = "MaxPooling2D"
+    pool_size: Sizes = 2
+    rank: ClassVar[int] = 2
+    layout: ClassVar[str] = "(batch, height, width, channels)"
+
+
+@LAYERS.register("AveragePooling1D", "AvgPool1D")
+class AveragePooling1D(AveragePooling):
+    """`y[t, c] = mean of the real values in x[t * strides - pad : ... + pool_size, c]`.
+
+    Input shape (batch, steps, channels), or (batch, channels, steps) for channels_first;
+    output (batch, new_steps, channels) in the same layout.
+    """
+
+    type: Literal["AveragePooling1D"] = "AveragePooling1D"
+    rank: ClassVar[int] = 1
+    layout: ClassVar[str] = "(batch, steps, channels)"
+
+
+@LAYERS.register("AveragePooling2D", "AvgPool2D")
+class AveragePooling2D(AveragePooling):
+    """`y[i, j, c] = mean of the real values in the pool_size window at (i * sh, j * sw)`.
+
+    Input shape (batch, height, width, channels), or (batch, channels, height, width) for
+    channels_first; output (batch, new_height, new_width, channels) in the same layout.
+    """
+
+    type: Literal["AveragePooling2D"] = "AveragePooling2D"
+    rank: ClassVar[int] = 2
+    layout: ClassVar[str] = "(batch, height, width, channels)"
+
+
+class GlobalPooling(SimpleLayer):
+    rank: ClassVar[int]
+    layout: ClassVar[str]
+
+    data_format: DataFormat | None = None
+    keepdims: bool = False
+
+    def output_shape(self, shape):
+        _, channels = split_channels(self, shape, self.rank, self.layout)
+        if self.keepdims:
+            return join_channels(self, (1,) * self.rank, channels)
+        return (channels,)
+
+    def _flat(self, x: np.ndarray) -> tuple[np.ndarray, int]:
+        """x as (batch, positions, channels) or (batch, channels, positions), and the positions axis."""
+        if self.data_format == "channels_first":
+            return x.reshape(*x.shape[:2], -1), 2
+        return x.reshape(x.shape[0], -1, x.shape[-1]), 1
+
+    def _shaped(self, pooled: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """pooled, with a kept positions axis of 1, in the output shape."""
+        if self.keepdims:
+            return pooled.reshape(x.shape[0], *self.output_shape(x.shape[1:]))
+        return pooled.reshape(x.shape[0], -1)
+
+
+class GlobalMaxPooling(GlobalPooling):
+    def call(self, w, x, ctx):
+        flat, axis = self._flat(x)
+        # The first maximum of each channel gets the whole gradient, as with MaxPooling.
+        winner = np.expand_dims(flat.argmax(axis=axis), axis)
+        y = self._shaped(np.take_along_axis(flat, winner, axis=axis), x)
+        need_dx = ctx.need_dx
+
+        def backprop(dy):
+            if not need_dx:
+                return None, {}
+            dflat = np.zeros(flat.shape, x.dtype)
+            np.put_along_axis(dflat, winner, dy.reshape(winner.shape), axis=axis)
+            return dflat.reshape(x.shape), {}
+
+        return y, backprop
+
+
+class GlobalAveragePooling(GlobalPooling):
+    def call(self, w, x, ctx):
+        flat, axis = self._flat(x)
+        positions = flat.shape[axis]
+        y = self._shaped(flat.mean(axis=axis, keepdims=True), x)
+        need_dx = ctx.need_dx
+
+        def backprop(dy):
+            if not need_dx:
+                return None, {}
+            # A fresh array, not a broadcast view: the layer below may write into its dy.
+            dflat = np.empty(flat.shape, x.dtype)
+            np.divide(np.expand_dims(dy.reshape(x.shape[0], -1), axis), positions, out=dflat)
+            return dflat.reshape(x.shape), {}
+
+        return y, backprop
+
+
+@LAYERS.register("GlobalMaxPooling1D", "GlobalMaxPool1D")
+class GlobalMaxPooling1D(GlobalMaxPooling):
+    """`y[c] = max_t x[t, c]`. Input (batch, steps, channels) or (batch, channels, steps);
+    output (batch, channels), or (batch, 1, channels) / (batch, channels, 1) with keepdims."""
+
+    type: Literal["GlobalMaxPooling1D"] = "GlobalMaxPooling1D"
+    rank: ClassVar[int] = 1
+    layout: ClassVar[str] = "(batch, steps, channels)"
+
+
+@LAYERS.register("GlobalMaxPooling2D", "GlobalMaxPool2D")
+class GlobalMaxPooling2D(GlobalMaxPooling):
+    """`y[c] = max_{i, j} x[i, j, c]`. Input (batch, height, width, channels) or channels_first;
+    output (batch, channels), or (batch, 1, 1, channels) / (batch, channels, 1, 1) with keepdims."""
+
+    type: Literal["GlobalMaxPooling2D"] = "GlobalMaxPooling2D"
+    rank: ClassVar[int] = 2
+    layout: ClassVar[str] = "(batch, height, width, channels)"
+
+
+@LAYERS.register("GlobalAveragePooling1D", "GlobalAvgPool1D")
+class GlobalAveragePooling1D(GlobalAveragePooling):
+    """`y[c] = mean_t x[t, c]`. Input (batch, steps, channels) or (batch, channels, steps);
+    output (batch, channels), or (batch, 1, channels) / (batch, channels, 1) with keepdims."""
+
+    type: Literal["GlobalAveragePooling1D"] = "GlobalAveragePooling1D"
+    rank: ClassVar[int] = 1
+    layout: ClassVar[str] = "(batch, steps, channels)"
+
+
+@LAYERS.register("GlobalAveragePooling2D", "GlobalAvgPool2D")
+class GlobalAveragePooling2D(GlobalAveragePooling):
+    """`y[c] = mean_{i, j} x[i, j, c]`. Input (batch, height, width, channels) or channels_first;
+    output (batch, channels), or (batch, 1, 1, channels) / (batch, channels, 1, 1) with keepdims."""
+
+    type: Literal["GlobalAveragePooling2D"] = "GlobalAveragePooling2D"
+    rank: ClassVar[int] = 2
+    layout: ClassVar[str] = "(batch, height, width, channels)"

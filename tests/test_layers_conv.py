@@ -1,0 +1,258 @@
+"""Conv1D and Conv2D: gradient checks for every mode, Keras equivalence, shape and argument errors."""
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from kerspec.layers import Context, ShapeError
+from tests.harness import build, check_layer_grads, compare_with_keras
+
+CONV1D = [
+    ({"type": "Conv1D", "filters": 2, "kernel_size": 3}, [(2, 6, 3)]),
+    (
+        {"type": "Conv1D", "filters": 3, "kernel_size": 3, "padding": "same", "strides": 2},
+        [(2, 7, 2)],
+    ),
+    ({"type": "Conv1D", "filters": 2, "kernel_size": 4, "padding": "same"}, [(2, 6, 2)]),
+    (
+        {"type": "Conv1D", "filters": 2, "kernel_size": 3, "padding": "causal", "dilation_rate": 2},
+        [(2, 7, 3)],
+    ),
+    (
+        {"type": "Conv1D", "filters": 2, "kernel_size": 2, "padding": "causal", "strides": 2},
+        [(2, 7, 2)],
+    ),
+    (
+        {
+            "type": "Conv1D",
+            "filters": 4,
+            "kernel_size": 2,
+            "groups": 2,
+            "data_format": "channels_first",
+            "activation": "tanh",
+        },
+        [(2, 4, 5)],
+    ),
+    (
+        {"type": "Conv1D", "filters": 2, "kernel_size": [3], "strides": [3], "use_bias": False},
+        [(2, 8, 2)],
+    ),
+]
+CONV2D = [
+    ({"type": "Conv2D", "filters": 2, "kernel_size": 3}, [(2, 5, 6, 2)]),
+    (
+        {"type": "Conv2D", "filters": 3, "kernel_size": [2, 3], "strides": 2, "padding": "same"},
+        [(2, 5, 6, 2)],
+    ),
+    (
+        {
+            "type": "Conv2D",
+            "filters": 2,
+            "kernel_size": 2,
+            "padding": "same",
+            "activation": "sigmoid",
+        },
+        [(2, 5, 6, 2)],
+    ),
+    (
+        {
+            "type": "Conv2D",
+            "filters": 2,
+            "kernel_size": [3, 2],
+            "dilation_rate": [2, 1],
+            "padding": "same",
+        },
+        [(2, 5, 6, 2)],
+    ),
+    (
+        {
+            "type": "Conv2D",
+            "filters": 6,
+            "kernel_size": 2,
+            "groups": 3,
+            "strides": [2, 1],
+            "data_format": "channels_first",
+        },
+        [(2, 3, 5, 6)],
+    ),
+    (
+        {"type": "Conv2D", "filters": 2, "kernel_size": 2, "strides": 3, "use_bias": False},
+        [(2, 7, 5, 2)],
+    ),
+    (
+        {
+            "type": "Conv2D",
+            "filters": 3,
+            "kernel_size": 3,
+            "padding": "same",
+            "data_format": "channels_first",
+            "activation": "tanh",
+        },
+        [(2, 2, 5, 4)],
+    ),
+]
+GRAD_CASES = {"Conv1D": CONV1D, "Conv2D": CONV2D}
+
+
+def _ids(value):
+    if isinstance(value, dict):
+        return "-".join(f"{k}={v}" for k, v in value.items() if k != "type") or value["type"]
+    return None
+
+
+@pytest.mark.parametrize("config,shapes", CONV1D + CONV2D, ids=_ids)
+def test_gradients(config, shapes):
+    check_layer_grads(config, shapes)
+
+
+def _keras_conv(keras, config):
+    args = {k: v for k, v in config.items() if k != "type"}
+    for name in ("kernel_size", "strides", "dilation_rate"):
+        if isinstance(args.get(name), list):
+            args[name] = tuple(args[name])
+    return getattr(keras.layers, config["type"])(**args)
+
+
+@pytest.mark.parametrize("config,shapes", CONV1D + CONV2D, ids=_ids)
+def test_matches_keras(config, shapes):
+    keras = pytest.importorskip("keras")
+    compare_with_keras(config, _keras_conv(keras, config), shapes)
+
+
+@pytest.mark.parametrize(
+    "config,shape",
+    [
+        ({"type": "Conv1D", "filters": 2, "kernel_size": 3, "strides": 2}, (9, 3)),
+        (
+            {"type": "Conv1D", "filters": 2, "kernel_size": 3, "padding": "causal", "strides": 3},
+            (10, 3),
+        ),
+        (
+            {
+                "type": "Conv2D",
+                "filters": 4,
+                "kernel_size": [3, 2],
+                "padding": "same",
+                "strides": [2, 3],
+            },
+            (7, 8, 3),
+        ),
+        ({"type": "Conv2D", "filters": 4, "kernel_size": 3, "dilation_rate": 2}, (None, 9, 3)),
+        (
+            {"type": "Conv2D", "filters": 4, "kernel_size": 2, "data_format": "channels_first"},
+            (3, 6, 5),
+        ),
+    ],
+    ids=_ids,
+)
+def test_output_shape_matches_keras(config, shape):
+    keras = pytest.importorskip("keras")
+    expected = _keras_conv(keras, config).compute_output_shape((None, *shape))
+    assert build(config).output_shapes([shape]) == [tuple(expected[1:])]
+
+
+def test_same_padding_puts_the_extra_zero_after():
+    """An even kernel under `same`: TensorFlow's split pads one zero on the right, not the left."""
+    layer = build(
+        {"type": "Conv1D", "filters": 1, "kernel_size": 2, "padding": "same", "use_bias": False}
+    )
+    x = np.arange(1, 5, dtype=np.float32).reshape(1, 4, 1)
+    kernel = np.array([[[0.0]], [[1.0]]], np.float32)
+    (y,), _ = layer.forward(
+        {"kernel": kernel}, [x], Context(training=False, rng=np.random.default_rng(0))
+    )
+    np.testing.assert_array_equal(y[0, :, 0], [2, 3, 4, 0])
+
+
+def test_float32_end_to_end_and_no_input_gradient_when_not_needed(rng):
+    layer = build(
+        {
+            "type": "Conv2D",
+            "filters": 4,
+            "kernel_size": 3,
+            "groups": 2,
+            "padding": "same",
+            "activation": "relu",
+        }
+    )
+    x = rng.standard_normal((2, 5, 6, 2)).astype(np.float32)
+    w = {
+        "kernel": rng.standard_normal((3, 3, 1, 4)).astype(np.float32),
+        "bias": np.zeros(4, np.float32),
+    }
+    ctx = Context(training=True, rng=rng)
+    (y,), backprop = layer.forward(w, [x], ctx)
+    (dx,), grads = backprop([np.ones_like(y)])
+    assert y.dtype == dx.dtype == grads["kernel"].dtype == grads["bias"].dtype == np.float32
+    ctx.need_dx = False
+    (y,), backprop = layer.forward(w, [x], ctx)
+    (dx,), grads = backprop([np.ones_like(y)])
+    assert dx is None and set(grads) == {"kernel", "bias"}
+
+
+@pytest.mark.parametrize(
+    "config,shape,message",
+    [
+        ({"type": "Conv2D", "filters": 2, "kernel_size": 3}, (10,), "rank 4"),
+        ({"type": "Conv1D", "filters": 2, "kernel_size": 3}, (5, 6, 3), "rank 3"),
+        (
+            {"type": "Conv2D", "filters": 2, "kernel_size": 4},
+            (3, 5, 1),
+            "larger than the padded input",
+        ),
+        (
+            {"type": "Conv1D", "filters": 2, "kernel_size": 3, "dilation_rate": 3},
+            (6, 1),
+            "larger than",
+        ),
+        ({"type": "Conv2D", "filters": 5, "kernel_size": 1, "groups": 2}, (4, 4, 2), "filters"),
+        (
+            {"type": "Conv2D", "filters": 4, "kernel_size": 1, "groups": 2},
+            (4, 4, 3),
+            "input channels",
+        ),
+        ({"type": "Conv2D", "filters": 4, "kernel_size": 1}, (4, 4, None), "channel"),
+        (
+            {"type": "Conv2D", "filters": 4, "kernel_size": 2, "data_format": "channels_first"},
+            (3, 1, 5),
+            "larger than",
+        ),
+    ],
+)
+def test_shape_errors(config, shape, message):
+    with pytest.raises(ShapeError, match=message):
+        layer = build(config)
+        layer.output_shapes([shape])
+        layer.weights([shape])
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"type": "Conv2D", "filters": 0, "kernel_size": 3},
+        {"type": "Conv2D", "filters": 2, "kernel_size": 0},
+        {"type": "Conv2D", "filters": 2, "kernel_size": [3, 0]},
+        {"type": "Conv2D", "filters": 2, "kernel_size": 3, "strides": 0},
+        {"type": "Conv1D", "filters": 2, "kernel_size": 3, "dilation_rate": -1},
+        {"type": "Conv2D", "filters": 2, "kernel_size": 3, "groups": 0},
+        {"type": "Conv2D", "filters": 2, "kernel_size": [3]},
+        {"type": "Conv1D", "filters": 2, "kernel_size": [3, 3]},
+        {"type": "Conv2D", "filters": 2, "kernel_size": 3, "padding": "causal"},
+        {"type": "Conv2D", "filters": 2, "kernel_size": 3, "padding": "full"},
+        {"type": "Conv2D", "filters": 2, "kernel_size": 3, "strides": 2, "dilation_rate": 2},
+        {"type": "Conv2D", "filters": 2, "kernel_size": 3, "data_format": "channels_middle"},
+        {"type": "Conv2D", "filters": 2, "kernel_size": 3, "lora_rank": 4},
+        {"type": "Conv1D", "kernel_size": 3},
+    ],
+    ids=_ids,
+)
+def test_invalid_arguments(config):
+    with pytest.raises(ValidationError):
+        build(config)
+
+
+def test_padding_is_case_insensitive_as_in_keras():
+    assert (
+        build({"type": "Conv1D", "filters": 1, "kernel_size": 2, "padding": "SAME"}).padding
+        == "same"
+    )
