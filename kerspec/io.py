@@ -35,6 +35,8 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         raise KerspecError(f"cannot write: {err.strerror}", str(path)) from None
     try:
         with os.fdopen(fd, "wb") as file:
+            # mkstemp makes the file private (0600); give it the mode a plain open() would.
+            os.chmod(tmp, _mode_for(path))
             write(file)
             file.flush()
             os.fsync(file.fileno())
@@ -44,6 +46,16 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         if isinstance(err, OSError):
             raise KerspecError(f"cannot write: {err.strerror}", str(path)) from None
         raise
+
+
+def _mode_for(path: Path) -> int:
+    """The replaced file's permissions, else what the umask gives a new file."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def write_text(path: Path, text: str) -> None:
