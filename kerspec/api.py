@@ -267,7 +267,7 @@ class Model:
         results: list[np.ndarray] | None = None
         for start in range(0, n, batch_size):
             batch = [a[start : start + batch_size] for a in xs]
-            outputs, _, _ = self.plan.forward(self.params, batch, self.ctx, record=False)
+            outputs = self.plan.forward(self.params, batch, self.ctx, record=False).outputs
             if results is None:
                 results = [np.empty((n, *o.shape[1:]), o.dtype) for o in outputs]
             for result, output in zip(results, outputs):

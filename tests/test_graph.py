@@ -95,10 +95,11 @@ def test_whole_graph_gradients_with_sharing_and_fan_out(rng):
 
     def forward():
         ctx = Context(training=True, rng=np.random.default_rng(0))
-        (y,), tape, _ = model.plan.forward(model.params, xs, ctx, record=True)
+        run = model.plan.forward(model.params, xs, ctx, record=True)
+        (y,) = run.outputs
 
         def backprop(dy):
-            grads = model.plan.backward(tape, [dy])
+            grads = model.plan.backward(run.tape, [dy])
             return {f"{o}/{n}": g for o, gs in grads.items() for n, g in gs.items()}
 
         return y, backprop

@@ -41,6 +41,7 @@ class Node:
     inputs: list[Ref]
     entry: int  # index in spec.layers, for error places
     output_shapes: list[Shape] = field(default_factory=list)
+    output_masked: list[bool] = field(default_factory=list)
 
     @property
     def type(self) -> str:
@@ -311,8 +312,19 @@ def _infer_shapes(order: list[Node], by_name, problems: _Problems) -> dict[str, 
             failed.add(node.name)
             continue
         shapes = [by_name[r.node].output_shapes[r.index] for r in node.inputs]
+        masked = [by_name[r.node].output_masked[r.index] for r in node.inputs]
+        if any(masked) and not node.layer.supports_masking:
+            sources = ", ".join(str(r) for r, m in zip(node.inputs, masked) if m)
+            problems.add(
+                f"{node.type} cannot take the mask that {sources} carries (from Masking or "
+                "Embedding(mask_zero) upstream); use a layer that supports masking, or drop the mask",
+                node.entry,
+            )
+            failed.add(node.name)
+            continue
         try:
             node.output_shapes = node.layer.output_shapes(shapes)
+            node.output_masked = node.layer.output_masked(masked, len(node.output_shapes))
             specs = node.layer.weights(shapes)
         except ShapeError as err:
             problems.add(str(err), node.entry)

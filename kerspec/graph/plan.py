@@ -30,12 +30,25 @@ class Step:
     need_dx: bool
     activity: Regularizer | None
     trainable: bool
+    # True when some output carries a mask: the step computes its output masks.
+    makes_masks: bool
 
 
 @dataclass
 class Tape:
     backprops: list
     values: list
+
+
+@dataclass
+class Forward:
+    """What a forward pass gives: the outputs, their masks (None where an output has none), the
+    tape of backprops when recording, and the activity-regularization penalty."""
+
+    outputs: list[np.ndarray]
+    masks: list[np.ndarray | None]
+    tape: Tape | None
+    penalty: float
 
 
 class Plan:
@@ -63,8 +76,10 @@ class Plan:
                     need_dx=any(r.node not in input_names for r in node.inputs),
                     activity=getattr(node.layer, "activity_regularizer", None),
                     trainable=node.layer.trainable,
+                    makes_masks=any(node.output_masked),
                 )
             )
+        self.uses_masks = any(step.makes_masks for step in self.steps)
         self.free_after = self._last_reads()
 
     def _last_reads(self) -> list[tuple[int, ...]]:
@@ -88,10 +103,11 @@ class Plan:
         *,
         record: bool,
         penalties: bool = False,
-    ) -> tuple[list[np.ndarray], Tape | None, float]:
-        """Run every step; return the outputs, the tape (if `record`) and the activity penalty
-        (computed when recording or when `penalties` asks for it, as evaluation does)."""
+    ) -> Forward:
+        """Run every step. The activity penalty is computed when recording or when `penalties`
+        asks for it, as evaluation does."""
         values: list = [None] * self.n_slots
+        masks: list = [None] * self.n_slots
         for slot, x in zip(self.input_slots, inputs):
             values[slot] = x
         backprops = [] if record else None
@@ -99,11 +115,15 @@ class Plan:
         for i, step in enumerate(self.steps):
             ctx.node = step.node
             ctx.need_dx = step.need_dx
-            ys, backprop = step.layer.forward(
-                params.get(step.owner, NO_WEIGHTS), [values[s] for s in step.inputs], ctx
-            )
+            xs = [values[s] for s in step.inputs]
+            if self.uses_masks:
+                ctx.masks = [masks[s] for s in step.inputs]
+            ys, backprop = step.layer.forward(params.get(step.owner, NO_WEIGHTS), xs, ctx)
             for slot, y in zip(step.outputs, ys):
                 values[slot] = y
+            if step.makes_masks:
+                for slot, mask in zip(step.outputs, step.layer.compute_mask(xs, ctx.masks, ys)):
+                    masks[slot] = mask
             if step.activity is not None and (record or penalties):
                 # Keras 3 divides an activity penalty by the batch size.
                 penalty += sum(step.activity.penalty(y) for y in ys) / len(ys[0])
@@ -112,8 +132,12 @@ class Plan:
             else:
                 for slot in self.free_after[i]:
                     values[slot] = None
-        outputs = [values[s] for s in self.output_slots]
-        return outputs, (Tape(backprops, values) if record else None), penalty
+        return Forward(
+            outputs=[values[s] for s in self.output_slots],
+            masks=[masks[s] for s in self.output_slots],
+            tape=Tape(backprops, values) if record else None,
+            penalty=penalty,
+        )
 
     def backward(self, tape: Tape, d_outputs: list[np.ndarray]) -> Params:
         """Gradients of every trainable weight, summed over the places a layer is applied."""

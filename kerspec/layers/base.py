@@ -55,6 +55,8 @@ class Context:
     node: int = 0
     # False when no gradient is wanted for the inputs (they are model inputs): skip computing it.
     need_dx: bool = True
+    # The masks of the current step's inputs (None where an input has none), for masking layers.
+    masks: list = field(default_factory=list)
 
     # Generators of layers that carry their own `seed`, kept across batches.
     seeded: dict = field(default_factory=dict)
@@ -87,6 +89,23 @@ class Layer(Item):
 
     # How many inputs the layer takes: a number, or None for "two or more" (merge layers).
     arity: ClassVar[int | None] = 1
+    # Keras's supports_masking: the layer accepts a mask (a sequence's padded steps) and, unless
+    # it overrides the two mask methods below, passes it on unchanged.
+    supports_masking: ClassVar[bool] = False
+
+    def output_masked(self, masked: list[bool], n_outputs: int) -> list[bool]:
+        """Which outputs carry a mask, given which inputs do; known when the graph compiles."""
+        return [self.supports_masking and any(masked)] * n_outputs
+
+    def compute_mask(self, xs: Arrays, masks: list, ys: Arrays) -> list:
+        """The output masks of one batch: by default the inputs' masks combined, passed on."""
+        present = [m for m in masks if m is not None]
+        mask = None
+        if present:
+            mask = present[0]
+            for other in present[1:]:
+                mask = mask & other
+        return [mask] * len(ys)
 
     def output_shapes(self, shapes: list[Shape]) -> list[Shape]:
         raise NotImplementedError

@@ -1,4 +1,4 @@
-"""Core layers: Input, Dense, Activation, Dropout, Flatten, Reshape, Permute."""
+"""Core layers: Input, Dense, Activation, Dropout, Flatten, Reshape, Permute, Masking."""
 
 from __future__ import annotations
 
@@ -64,6 +64,7 @@ class Dense(SimpleLayer):
     """
 
     type: Literal["Dense"] = "Dense"
+    supports_masking: ClassVar[bool] = True
     units: PositiveInt
     activation: ActivationRef = "linear"
     use_bias: bool = True
@@ -122,6 +123,7 @@ class Activation(SimpleLayer):
     """Applies an activation function element-wise (or along an axis, for softmax)."""
 
     type: Literal["Activation"] = "Activation"
+    supports_masking: ClassVar[bool] = True
     activation: ActivationRef
 
     def output_shape(self, shape):
@@ -141,6 +143,7 @@ class Dropout(SimpleLayer):
     """Zeroes a fraction `rate` of inputs while training and scales the rest by 1 / (1 - rate)."""
 
     type: Literal["Dropout"] = "Dropout"
+    supports_masking: ClassVar[bool] = True
     rate: float = Field(ge=0.0, lt=1.0)
     noise_shape: list[Dim] | None = Field(
         None, description="Mask shape including the batch axis; None entries follow the input."
@@ -272,3 +275,35 @@ class Permute(SimpleLayer):
         axes = (0, *self.dims)
         inverse = tuple(np.argsort(axes))
         return np.transpose(x, axes), lambda dy: (np.transpose(dy, inverse), {})
+
+
+@LAYERS.register("Masking")
+class Masking(SimpleLayer):
+    """Marks the time steps whose features all equal `mask_value` as padding.
+
+    Output: the input with masked steps zeroed (as Keras multiplies by the mask), and a mask of
+    shape (batch, time) that layers downstream honour: RNNs skip masked steps, layers that keep
+    the time axis pass it on, and a loss on a masked output ignores masked steps.
+    """
+
+    type: Literal["Masking"] = "Masking"
+    mask_value: float = 0.0
+    supports_masking: ClassVar[bool] = True
+
+    def output_shape(self, shape):
+        if not shape:
+            raise ShapeError(f"Masking needs (batch, time, ...) input; received {format_shape(shape)}")
+        return shape
+
+    def output_masked(self, masked, n_outputs):
+        return [True]
+
+    def _keep(self, x: np.ndarray) -> np.ndarray:
+        return np.any(x != x.dtype.type(self.mask_value), axis=-1)
+
+    def compute_mask(self, xs, masks, ys):
+        return [self._keep(xs[0])]
+
+    def call(self, w, x, ctx):
+        keep = self._keep(x)[..., None].astype(x.dtype)
+        return x * keep, lambda dy: (dy * keep, {})

@@ -18,6 +18,15 @@ from kerspec.training.metrics import Metric, resolve_metric
 from kerspec.training.optimizers import Optimizer
 
 
+def _mask_weights(mask: np.ndarray | None) -> np.ndarray | None:
+    """A mask as loss weights. Keras averages a masked loss over the unmasked steps only, so the
+    weights are scaled by all/unmasked to undo the sum_over_batch_size division by all steps."""
+    if mask is None:
+        return None
+    kept = int(mask.sum())
+    return mask * np.float32(mask.size / kept) if kept else mask.astype(np.float32)
+
+
 @dataclass
 class Head:
     """One model output with its loss, loss weight and metrics."""
@@ -75,11 +84,12 @@ class Trainer:
     # -- steps --------------------------------------------------------------------------------
 
     def train_step(self, xs: list[np.ndarray], ys: list[np.ndarray], ctx: Context) -> None:
-        outputs, tape, penalty = self.plan.forward(self.params, xs, ctx, record=True)
-        total, d_outputs, losses = self._losses(ys, outputs, penalty, with_grads=True)
+        run = self.plan.forward(self.params, xs, ctx, record=True)
+        weights = [_mask_weights(m) for m in run.masks]
+        total, d_outputs, losses = self._losses(ys, run.outputs, weights, run.penalty, with_grads=True)
         if not np.isfinite(total):
             raise RunError(f"the loss became {total} (non-finite)")
-        grads = self.plan.backward(tape, d_outputs)
+        grads = self.plan.backward(run.tape, d_outputs)
         grad_list = []
         for owner, name in self.trainable:
             g = grads.get(owner, {}).get(name)
@@ -89,18 +99,19 @@ class Trainer:
         self.optimizer.apply(self.opt_state, self.weights, grad_list)
         for weight, constraint in self.constrained:
             weight[...] = constraint(weight)
-        self._track(total, losses, ys, outputs)
+        self._track(total, losses, ys, run.outputs, run.masks)
 
     def test_step(self, xs: list[np.ndarray], ys: list[np.ndarray], ctx: Context) -> None:
-        outputs, _, penalty = self.plan.forward(self.params, xs, ctx, record=False, penalties=True)
-        total, _, losses = self._losses(ys, outputs, penalty, with_grads=False)
-        self._track(total, losses, ys, outputs)
+        run = self.plan.forward(self.params, xs, ctx, record=False, penalties=True)
+        weights = [_mask_weights(m) for m in run.masks]
+        total, _, losses = self._losses(ys, run.outputs, weights, run.penalty, with_grads=False)
+        self._track(total, losses, ys, run.outputs, run.masks)
 
-    def _losses(self, ys, outputs, penalty: float, with_grads: bool):
+    def _losses(self, ys, outputs, sample_weights, penalty: float, with_grads: bool):
         total = penalty + sum(reg.penalty(w) for _, w, reg in self.regularized)
         d_outputs, losses = [], []
-        for head, y_true, y_pred in zip(self.heads, ys, outputs):
-            value, grad = head.loss(y_true, y_pred)
+        for head, y_true, y_pred, weight in zip(self.heads, ys, outputs, sample_weights):
+            value, grad = head.loss(y_true, y_pred, weight)
             losses.append(value)
             total += head.weight * value
             if with_grads:
@@ -114,7 +125,7 @@ class Trainer:
     def reset(self) -> None:
         self.tracker = Tracker()
 
-    def _track(self, total: float, losses: list[float], ys, outputs) -> None:
+    def _track(self, total: float, losses: list[float], ys, outputs, masks) -> None:
         tracker, n = self.tracker, len(outputs[0])
         tracker.count += n
         sums = tracker.sums
@@ -123,14 +134,15 @@ class Trainer:
             for head, value in zip(self.heads, losses):
                 key = f"{head.name}_loss"
                 sums[key] = sums.get(key, 0.0) + value * n
-        for h, (head, y_true, y_pred) in enumerate(zip(self.heads, ys, outputs)):
+        for h, (head, y_true, y_pred, mask) in enumerate(zip(self.heads, ys, outputs, masks)):
             if head.resolved is None:
                 head.resolved = [resolve_metric(m, y_true, y_pred) for m in head.metrics]
+            weight = None if mask is None else mask.astype(y_pred.dtype)
             for m, metric in enumerate(head.resolved):
                 state = tracker.states.get((h, m))
                 if state is None:
                     state = metric.initial()
-                tracker.states[h, m] = metric.update(state, y_true, y_pred)
+                tracker.states[h, m] = metric.update(state, y_true, y_pred, weight)
 
     def results(self) -> dict[str, float]:
         """The epoch so far, under Keras's history names."""
