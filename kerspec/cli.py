@@ -121,7 +121,14 @@ def train(
         train_data = model.dataset("train", path=data)
         validation_data = model.dataset("validation", path=validation) if validation else None
         run_dir = out or new_run_dir(Path("runs"), model.name)
-        folder = RunFolder(run_dir, model)
+        settings = {"epochs": epochs, "batch_size": batch_size}
+        paths = {"train": data, "validation": validation}
+        folder = RunFolder(
+            run_dir,
+            model,
+            fit={k: v for k, v in settings.items() if v is not None},
+            data={k: v for k, v in paths.items() if v is not None},
+        )
         try:
             history = model.fit(
                 train_data,

@@ -13,6 +13,7 @@ absent.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import platform
 from datetime import datetime, timezone
@@ -36,12 +37,26 @@ def new_run_dir(root: Path, name: str) -> Path:
 
 
 class RunFolder(Callback):
-    def __init__(self, path: Path, model):
+    """Writes the run folder as training goes.
+
+    `fit` and `data` are what the command line put in place of the spec's settings (`--epochs`,
+    `--batch-size`; `--data`, `--validation` as paths from the current folder), so that
+    `spec.yaml` describes the run that happened and trains the same way again from any folder.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        model,
+        *,
+        fit: dict[str, int] | None = None,
+        data: dict[str, str] | None = None,
+    ):
         from kerspec import __version__
 
         self.path = Path(path)
         self.model = model
-        self.resolved = yaml.safe_dump(model.loaded.raw, sort_keys=False)
+        self.resolved = yaml.safe_dump(_resolve(model, fit or {}, data or {}), sort_keys=False)
         source = model.loaded.path.read_bytes() if model.loaded.path else self.resolved.encode()
         self.info = {
             "kerspec": __version__,
@@ -73,6 +88,31 @@ class RunFolder(Callback):
 
     def write_metrics(self, metrics: dict[str, float]) -> None:
         io.write_json(self.path / "metrics.json", metrics)
+
+
+def _resolve(model, fit: dict[str, int], data: dict[str, str]) -> dict:
+    """The spec as run: overrides applied, the seed used, data paths made absolute."""
+    raw = copy.deepcopy(model.loaded.raw)
+    raw["seed"] = model.seed
+    if fit:
+        raw["fit"] = {**(raw.get("fit") or {}), **fit}
+    entries = dict(raw.get("data") or {})
+    for which, entry in entries.items():
+        entries[which] = _absolute(entry, model.loaded.base_dir)
+    for which, path in data.items():
+        entries[which] = str(Path(path).expanduser().absolute())
+    if entries:
+        raw["data"] = entries
+    return raw
+
+
+def _absolute(entry, base: Path):
+    """A data entry whose path no longer depends on where the spec file is."""
+    if isinstance(entry, str):
+        return str((base / Path(entry).expanduser()).absolute())
+    if isinstance(entry, dict) and isinstance(entry.get("path"), str):
+        return {**entry, "path": _absolute(entry["path"], base)}
+    return entry
 
 
 def _cell(value) -> str:
