@@ -30,7 +30,6 @@ ActivationRef = ACTIVATIONS.ref()
 InitializerRef = INITIALIZERS.ref()
 RegularizerRef = REGULARIZERS.ref() | None
 ConstraintRef = CONSTRAINTS.ref() | None
-Rate = Field(0.0, ge=0.0, lt=1.0)
 
 # scan_backprop(d_sequence, d_final_states) -> (dz, d recurrent_kernel, d recurrent bias or None):
 # `d_sequence` is the time-major (time, batch, units) gradient of the returned sequence or None;
@@ -97,8 +96,8 @@ class Recurrent(Layer):
     kernel_constraint: ConstraintRef = None
     recurrent_constraint: ConstraintRef = None
     bias_constraint: ConstraintRef = None
-    dropout: float = Rate
-    recurrent_dropout: float = Rate
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    recurrent_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     seed: int | None = Field(None, ge=0, description="Seed of the dropout masks.")
     return_sequences: bool = False
     return_state: bool = False
