@@ -206,10 +206,11 @@ class Model:
         if train is None:
             train = self.dataset("train")
         self._require_targets(train)
-        if validation is None and fit.validation_split > 0:
-            train, validation = loop.split_validation(train, fit.validation_split)
-        elif validation is None and self.spec.data and self.spec.data.validation is not None:
+        # As in Keras, validation data (given, or the spec's) takes precedence over validation_split.
+        if validation is None and self.spec.data and self.spec.data.validation is not None:
             validation = self.dataset("validation")
+        elif validation is None and fit.validation_split > 0:
+            train, validation = loop.split_validation(train, fit.validation_split)
         self.ctx.training = True
         try:
             return loop.fit(
