@@ -117,6 +117,8 @@ class Model:
 
     def dataset(self, which: str, *, path: str | None = None, require_targets: bool = True) -> Dataset:
         """Load the spec's `data.<which>` entry, or `path` when given."""
+        if require_targets:
+            self._compile()  # targets are checked against the losses, so say first if there are none
         entry = path
         if entry is None:
             section = self.spec.data
@@ -148,7 +150,7 @@ class Model:
 
     def _compile(self):
         if self.spec.compile is None or self.spec.compile.loss is None:
-            raise GraphError([KerspecError("training needs compile.loss in the spec",
+            raise GraphError([KerspecError("training and evaluating need compile.loss in the spec",
                                            self.loaded.source.where(("compile",)))])
         return self.spec.compile
 
