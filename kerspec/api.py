@@ -235,8 +235,13 @@ class Model:
         """Loss and metrics on `data`, else the spec's test data, else its validation data."""
         if data is None:
             section = self.spec.data
-            which = "test" if section and section.test is not None else "validation"
-            data = self.dataset(which)
+            if section is None or (section.test is None and section.validation is None):
+                raise DataError(
+                    "the spec has no data.test or data.validation entry to evaluate on"
+                    " (give one with --data)",
+                    self.loaded.source.where(("data",)),
+                )
+            data = self.dataset("test" if section.test is not None else "validation")
         self._require_targets(data)
         return loop.evaluate(
             self.trainer,
