@@ -70,6 +70,21 @@ def keep_mask(
     return mask
 
 
+def hold(new: np.ndarray, old: np.ndarray, step: np.ndarray) -> None:
+    """Where `step` is 0 (a masked step), put the previous state back: new = old + step*(new-old)."""
+    new -= old
+    new *= step
+    new += old
+
+
+def split_carry(d: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """Split a state's gradient at a step: masked rows pass it straight to the previous state
+    (returned), real rows keep it (left in `d`) for the step's own backward."""
+    carried = d * (1 - step)
+    d *= step
+    return carried
+
+
 class Recurrent(Layer):
     """What SimpleRNN, LSTM and GRU share: arguments, shapes, weights, dropout and the input side.
 
@@ -108,6 +123,16 @@ class Recurrent(Layer):
     # Gate blocks in the kernels (1, 4 or 3) and states carried from step to step (h, or h and c).
     gates: ClassVar[int]
     n_states: ClassVar[int] = 1
+    # A mask marks padded steps to skip; it flows on only with the whole sequence.
+    supports_masking: ClassVar[bool] = True
+
+    def output_masked(self, masked, n_outputs):
+        sequence = self.return_sequences and any(masked)
+        return [sequence] + [False] * (n_outputs - 1)
+
+    def compute_mask(self, xs, masks, ys):
+        mask = masks[0] if self.return_sequences else None
+        return [mask] + [None] * (len(ys) - 1)
 
     @field_validator("stateful")
     @classmethod
@@ -153,11 +178,17 @@ class Recurrent(Layer):
         return specs
 
     def scan(
-        self, w: dict[str, np.ndarray], zx: np.ndarray, keep_h: np.ndarray | None, ctx: Context
+        self,
+        w: dict[str, np.ndarray],
+        zx: np.ndarray,
+        keep_h: np.ndarray | None,
+        ctx: Context,
+        steps: np.ndarray | None,
     ) -> tuple[np.ndarray, list[np.ndarray], ScanBackprop]:
         """Run the steps over the time-major input projection `zx` (which it may overwrite with
         the pre-activations); return every h as (time + 1, batch, units), the final states and
-        the backward of the loop."""
+        the backward of the loop. `steps` (time, batch, 1) is 1 where a step is real and 0 where
+        the mask says padding: there the states are carried over unchanged, as in Keras."""
         raise NotImplementedError
 
     def states(self, ctx: Context, time: int, batch: int, dtype, keep_h: np.ndarray | None):
@@ -193,7 +224,14 @@ class Recurrent(Layer):
             bias = w["bias"]
             # GRU with reset_after keeps the input and recurrent biases as the rows of one weight.
             zx += bias[0] if bias.ndim == 2 else bias
-        hs, finals, scan_backprop = self.scan(w, zx.reshape(time, batch, width), keep_h, ctx)
+        steps = None
+        if ctx.masks and ctx.masks[0] is not None:
+            steps = ctx.masks[0].T[..., None].astype(dtype)
+            if self.go_backwards:
+                steps = steps[::-1]
+        hs, finals, scan_backprop = self.scan(
+            w, zx.reshape(time, batch, width), keep_h, ctx, steps
+        )
 
         # In Keras the sequence comes out in the order it was read, reversed by go_backwards.
         output = hs[1:].transpose(1, 0, 2) if self.return_sequences else hs[time]
@@ -241,7 +279,7 @@ class SimpleRNN(Recurrent):
     type: Literal["SimpleRNN"] = "SimpleRNN"
     gates: ClassVar[int] = 1
 
-    def scan(self, w, zx, keep_h, ctx):
+    def scan(self, w, zx, keep_h, ctx, steps):
         time, batch, units = zx.shape
         dtype = zx.dtype
         recurrent = w["recurrent_kernel"]
@@ -254,6 +292,8 @@ class SimpleRNN(Recurrent):
             np.matmul(seen[t], recurrent, out=rec)
             zx[t] += rec
             hs[t + 1] = activation.forward(zx[t])
+            if steps is not None:
+                hold(hs[t + 1], hs[t], steps[t])
 
         def scan_backprop(d_sequence, d_finals):
             dz = np.empty_like(zx)
@@ -261,10 +301,13 @@ class SimpleRNN(Recurrent):
             for t in reversed(range(time)):
                 if d_sequence is not None:
                     dh += d_sequence[t]
+                carried = None if steps is None else split_carry(dh, steps[t])
                 dz[t] = activation.backward(zx[t], hs[t + 1], dh)
                 dh = np.matmul(dz[t], recurrent.T)
                 if keep_h is not None:
                     dh *= keep_h
+                if carried is not None:
+                    dh += carried
             d_recurrent = np.matmul(seen.reshape(-1, units).T, dz.reshape(-1, units))
             return dz, d_recurrent, None
 
@@ -313,7 +356,7 @@ class LSTM(Gated):
             return self.bias_initializer
         return UnitForgetBias(base=self.bias_initializer, units=self.units)
 
-    def scan(self, w, zx, keep_h, ctx):
+    def scan(self, w, zx, keep_h, ctx, steps):
         time, batch, width = zx.shape
         u = self.units
         dtype = zx.dtype
@@ -339,6 +382,9 @@ class LSTM(Gated):
             cs[t + 1] += a[:, :u] * a[:, 2 * u : 3 * u]
             g_cs[t] = g.forward(cs[t + 1])
             np.multiply(a[:, 3 * u :], g_cs[t], out=hs[t + 1])
+            if steps is not None:
+                hold(cs[t + 1], cs[t], steps[t])
+                hold(hs[t + 1], hs[t], steps[t])
 
         def scan_backprop(d_sequence, d_finals):
             dz = np.empty_like(zx)
@@ -347,6 +393,9 @@ class LSTM(Gated):
             for t in reversed(range(time)):
                 if d_sequence is not None:
                     dh += d_sequence[t]
+                carried_h = carried_c = None
+                if steps is not None:
+                    carried_h, carried_c = split_carry(dh, steps[t]), split_carry(dc, steps[t])
                 z, a, d = zx[t], gates[t], dz[t]
                 i, f, c_new, o = a[:, :u], a[:, u : 2 * u], a[:, 2 * u : 3 * u], a[:, 3 * u :]
                 np.multiply(dh, g_cs[t], out=da[:, 3 * u :])
@@ -362,6 +411,9 @@ class LSTM(Gated):
                 dh = np.matmul(d, recurrent.T)
                 if keep_h is not None:
                     dh *= keep_h
+                if carried_h is not None:
+                    dh += carried_h
+                    dc += carried_c
             d_recurrent = np.matmul(seen.reshape(-1, u).T, dz.reshape(-1, width))
             return dz, d_recurrent, None
 
@@ -391,7 +443,7 @@ class GRU(Gated):
         width = 3 * self.units
         return (2, width) if self.reset_after else (width,)
 
-    def scan(self, w, zx, keep_h, ctx):
+    def scan(self, w, zx, keep_h, ctx, steps):
         time, batch, width = zx.shape
         u = self.units
         dtype = zx.dtype
@@ -432,6 +484,8 @@ class GRU(Gated):
             np.subtract(hs[t], a[:, 2 * u :], out=hs[t + 1])
             hs[t + 1] *= a[:, :u]
             hs[t + 1] += a[:, 2 * u :]
+            if steps is not None:
+                hold(hs[t + 1], hs[t], steps[t])
 
         def scan_backprop(d_sequence, d_finals):
             dz = np.empty_like(zx)
@@ -443,6 +497,7 @@ class GRU(Gated):
             for t in reversed(range(time)):
                 if d_sequence is not None:
                     dh += d_sequence[t]
+                carried = None if steps is None else split_carry(dh, steps[t])
                 z, a, d = zx[t], gates[t], dz[t]
                 update, reset, candidate = a[:, :u], a[:, u : 2 * u], a[:, 2 * u :]
                 np.subtract(hs[t], candidate, out=da[:, :u])
@@ -467,6 +522,8 @@ class GRU(Gated):
                     d_seen *= keep_h
                 dh *= update
                 dh += d_seen
+                if carried is not None:
+                    dh += carried
             seen2 = seen.reshape(-1, u)
             if reset_after:
                 d_rec2 = d_rec.reshape(-1, width)
