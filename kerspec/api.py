@@ -14,16 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
+from kerspec import io
 from kerspec.errors import DataError, GraphError, KerspecError, RunError
 from kerspec.graph import Graph, Params, Plan, compile_spec
 from kerspec.layers import Context
 from kerspec.spec import LoadedSpec, load_spec, parse_spec
+from kerspec.summary import render_summary, summary_rows
 from kerspec.training import loop
 from kerspec.training.callbacks import Callback, History
 from kerspec.training.data import Dataset, OutputInfo, load_dataset, load_inputs
 from kerspec.training.trainer import Head, Trainer
-from kerspec import io
-from kerspec.summary import render_summary, summary_rows
 
 
 def load(path: str | Path, overrides: list[str] | None = None, *, seed: int | None = None) -> Model:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import io
 import math
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
-from rich import box
 
 from kerspec.graph import Graph
 from kerspec.layers.base import format_shape
