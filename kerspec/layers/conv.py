@@ -114,7 +114,7 @@ def out_sizes(layer, spatial, pads: Pads, kernel, strides, dilation) -> tuple[in
         extent = (k - 1) * d + 1
         if n + lo + hi < extent:
             raise ShapeError(
-                f"{layer.type}: the window ({extent}, from size {k} and dilation {d}) is larger "
+                f"the window ({extent}, from size {k} and dilation {d}) is larger "
                 f"than the padded input length {n + lo + hi} (input {n}, padding {layer.padding})"
             )
         sizes.append((n + lo + hi - extent) // s + 1)
@@ -207,11 +207,11 @@ class BaseConv(SimpleLayer):
         require_known((channels,), "the channel dimension")
         if self.filters % self.groups:
             raise ShapeError(
-                f"{self.type}: filters ({self.filters}) must be divisible by groups ({self.groups})"
+                f"filters ({self.filters}) must be divisible by groups ({self.groups})"
             )
         if channels % self.groups:
             raise ShapeError(
-                f"{self.type}: the input channels ({channels}) must be divisible by groups "
+                f"the input channels ({channels}) must be divisible by groups "
                 f"({self.groups}); received {format_shape(shape)}"
             )
         return spatial, channels
@@ -266,7 +266,9 @@ class BaseConv(SimpleLayer):
         cols = ctx.buffer("cols", (groups, batch, *out, *kernel_size, in_group), x.dtype)
         np.copyto(cols, windows(grouped, kernel_size, strides, dilation).transpose(order))
         cols = cols.reshape(groups, rows, depth)
-        kernel = w["kernel"].reshape(depth, groups, out_group).transpose(1, 0, 2)
+        kernel = np.ascontiguousarray(
+            w["kernel"].reshape(depth, groups, out_group).transpose(1, 0, 2)
+        )
 
         zg = np.matmul(cols, kernel, out=ctx.buffer("z", (groups, rows, out_group), x.dtype))
         # A view when groups == 1; otherwise the group outputs are interleaved into filters.
@@ -280,7 +282,8 @@ class BaseConv(SimpleLayer):
 
         def backprop(dy):
             dz = activation.backward(kept_z, y, to_last(self, dy).reshape(rows, filters))
-            dzg = dz.reshape(rows, groups, out_group).transpose(1, 0, 2)
+            # Contiguous per group for BLAS; no copy when groups == 1.
+            dzg = np.ascontiguousarray(dz.reshape(rows, groups, out_group).transpose(1, 0, 2))
             dkernel = np.matmul(cols.transpose(0, 2, 1), dzg)
             grads = {"kernel": dkernel.transpose(1, 0, 2).reshape(w["kernel"].shape)}
             if self.use_bias:

@@ -1,8 +1,9 @@
 """Pooling: Max/AveragePooling1D/2D over windows, and Global*Pooling1D/2D over all positions.
 
-Windows are strided views of the padded input (the helpers in conv.py). Backward adds each
-window offset's share into the input gradient with one strided add per offset (pool_h * pool_w),
-never a loop over positions.
+Both passes loop over the pool_h * pool_w window offsets, never over positions: each offset is
+one strided view of the padded input covering every output position (the helpers in conv.py).
+Forward folds the views with maximum or add; backward adds each offset's share of the gradient
+back through the same view. No copy of the windows is made.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from kerspec.layers.conv import (
     padded,
     split_channels,
     to_last,
-    windows,
 )
 from kerspec.layers.core import DataFormat
 
@@ -68,53 +68,63 @@ class BasePooling(SimpleLayer):
         return join_channels(self, out_sizes(self, spatial, pads, pool, strides, ones), channels)
 
     def _windows(self, x, fill, ctx):
-        """The channels_last input, its padding, windows (batch, *out, channels, *pool) and sizes."""
+        """The channels_last input, its padding and padded version, and for every window offset
+        the strided view of the padded input it reads at all output positions."""
         pool, strides, ones = self._sizes()
         xl = to_last(self, x)
         spatial = xl.shape[1:-1]
         pads = pad_amounts(self.padding, spatial, pool, strides, ones)
         out = out_sizes(self, spatial, pads, pool, strides, ones)
         xp = padded(xl, pads, fill, ctx, "padded")
-        return xl, pads, out, xp.shape, windows(xp, pool, strides, ones)
+        regions = [offset_region(offset, strides, ones, out) for offset in np.ndindex(*pool)]
+        return xl, pads, xp, regions
 
-    def _scatter(self, xl_shape, padded_shape, pads, out, share, dtype):
-        """The input gradient: `share(offset_index)` (batch, *out, channels) added at every offset."""
-        pool, strides, ones = self._sizes()
-        dxp = np.zeros(padded_shape, dtype)
-        for index, offset in enumerate(np.ndindex(*pool)):
-            dxp[offset_region(offset, strides, ones, out)] += share(index)
-        return dxp[interior(pads, xl_shape[1:-1])]
+    @staticmethod
+    def _scatter(xl, pads, xp, regions, share) -> np.ndarray:
+        """The input gradient: `share(index)` (batch, *out, channels) added at every offset."""
+        dxp = np.zeros(xp.shape, xl.dtype)
+        for index, region in enumerate(regions):
+            dxp[region] += share(index)
+        return dxp[interior(pads, xl.shape[1:-1])]
 
 
 class MaxPooling(BasePooling):
     def call(self, w, x, ctx):
         # -inf padding never wins a window, as in TensorFlow's max pool.
-        xl, pads, out, padded_shape, view = self._windows(x, -np.inf, ctx)
-        flat = view.reshape(*view.shape[: self.rank + 2], -1)
-        # argmax picks the first maximum, so a tie sends the whole gradient to one value.
-        winner = flat.argmax(axis=-1)
-        y = np.take_along_axis(flat, winner[..., None], axis=-1)[..., 0]
+        xl, pads, xp, regions = self._windows(x, -np.inf, ctx)
+        y = xp[regions[0]].copy()
+        for region in regions[1:]:
+            np.maximum(y, xp[region], out=y)
         need_dx = ctx.need_dx
 
         def backprop(dy):
             if not need_dx:
                 return None, {}
             dyl = to_last(self, dy)
-            dx = self._scatter(
-                xl.shape, padded_shape, pads, out, lambda i: dyl * (winner == i), x.dtype
-            )
-            return from_last(self, dx), {}
+            # The first offset holding the maximum takes the whole gradient, so a tie sends it
+            # to one value, as TensorFlow's max pool gradient does.
+            taken = np.zeros(y.shape, bool)
+
+            def share(index):
+                hit = xp[regions[index]] == y
+                np.logical_and(hit, ~taken, out=hit)
+                np.logical_or(taken, hit, out=taken)
+                return dyl * hit
+
+            return from_last(self, self._scatter(xl, pads, xp, regions, share)), {}
 
         return from_last(self, y), backprop
 
 
 class AveragePooling(BasePooling):
     def call(self, w, x, ctx):
-        xl, pads, out, padded_shape, view = self._windows(x, 0.0, ctx)
         pool, strides, _ = self._sizes()
+        xl, pads, xp, regions = self._windows(x, 0.0, ctx)
+        y = xp[regions[0]].copy()
+        for region in regions[1:]:
+            y += xp[region]
         # Padding adds zeros to the sum but is left out of the count, as Keras (TensorFlow) does.
-        counts = window_counts(xl.shape[1:-1], pads, pool, strides, out, x.dtype)
-        y = view.sum(axis=tuple(range(-self.rank, 0)))
+        counts = window_counts(xl.shape[1:-1], pads, pool, strides, y.shape[1:-1], x.dtype)
         y /= counts
         need_dx = ctx.need_dx
 
@@ -122,8 +132,7 @@ class AveragePooling(BasePooling):
             if not need_dx:
                 return None, {}
             share = to_last(self, dy) / counts
-            dx = self._scatter(xl.shape, padded_shape, pads, out, lambda i: share, x.dtype)
-            return from_last(self, dx), {}
+            return from_last(self, self._scatter(xl, pads, xp, regions, lambda i: share)), {}
 
         return from_last(self, y), backprop
 

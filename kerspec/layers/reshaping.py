@@ -126,7 +126,7 @@ class Cropping(SimpleLayer):
         for n, (lo, hi) in zip(spatial, self._pairs()):
             if n is not None and lo + hi >= n:
                 raise ShapeError(
-                    f"{self.type}: cropping {self.cropping} must leave at least one value of "
+                    f"cropping {self.cropping} must leave at least one value of "
                     f"input {format_shape(shape)}"
                 )
             kept.append(None if n is None else n - lo - hi)
