@@ -154,3 +154,16 @@ KERAS_CASES = [
 def test_matches_keras(config, make, shapes):
     keras = pytest.importorskip("keras")
     compare_with_keras(config, make(keras), shapes)
+
+
+def test_masks_as_keras_merges_them():
+    a = np.array([[True, False, False]])
+    b = np.array([[False, False, True]])
+    for name in ["Add", "Subtract", "Average"]:
+        layer = build({"type": name})
+        assert layer.output_masked([True, True], 1) == [True]
+        assert layer.output_masked([True, False], 1) == [False]  # Keras: None if any is None
+        np.testing.assert_array_equal(layer.compute_mask([], [a, b], [None])[0], a | b)
+    assert build({"type": "Dot", "axes": 1}).output_masked([True, True], 1) == [False]
+    for name in ["Multiply", "Maximum", "Minimum"]:
+        assert not build({"type": name}).supports_masking

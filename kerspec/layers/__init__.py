@@ -1,6 +1,16 @@
 """Every layer family, imported once so that each registers itself in LAYERS."""
 
-from kerspec.layers import conv, core, merge, pooling, recurrent, reshaping  # noqa: F401
+from kerspec.layers import (  # noqa: F401
+    conv,
+    core,
+    embedding,
+    merge,
+    noise,
+    normalization,
+    pooling,
+    recurrent,
+    reshaping,
+)
 from kerspec.layers.base import LAYERS, Context, Layer, Shape, ShapeError, WeightSpec
 
 __all__ = ["LAYERS", "Context", "Layer", "Shape", "ShapeError", "WeightSpec"]

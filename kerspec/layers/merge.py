@@ -123,8 +123,24 @@ class _Elementwise(Layer):
         return [_broadcast_shapes(shapes)]
 
 
+class _MaskedSum(_Elementwise):
+    """A merge whose values ignore masks (Add, Subtract, Average, as in Keras); the output mask
+    is the inputs' masks or-ed, and there is none unless every input has one."""
+
+    supports_masking: ClassVar[bool] = True
+
+    def output_masked(self, masked, n_outputs):
+        return [all(masked)]
+
+    def compute_mask(self, xs, masks, ys):
+        mask = masks[0]
+        for other in masks[1:]:
+            mask = mask | other
+        return [mask]
+
+
 @LAYERS.register("Add")
-class Add(_Elementwise):
+class Add(_MaskedSum):
     """`y = x_0 + x_1 + ... + x_{n-1}`; `dx_k = dy` (summed over broadcast axes)."""
 
     type: Literal["Add"] = "Add"
@@ -140,7 +156,7 @@ class Add(_Elementwise):
 
 
 @LAYERS.register("Subtract")
-class Subtract(_Elementwise):
+class Subtract(_MaskedSum):
     """`y = x_0 - x_1`, for exactly two inputs; `dx_0 = dy`, `dx_1 = -dy`."""
 
     type: Literal["Subtract"] = "Subtract"
@@ -162,7 +178,8 @@ class Multiply(_Elementwise):
     """`y = x_0 * x_1 * ... * x_{n-1}`; `dx_k = dy * prod_{j != k} x_j`.
 
     The products of the others are multiplied out rather than divided from `y`, so zeros in the
-    inputs are fine.
+    inputs are fine. A masked input is refused when the graph compiles: under a mask Keras
+    replaces masked entries (by 1 here), which kerspec does not do.
     """
 
     type: Literal["Multiply"] = "Multiply"
@@ -185,7 +202,7 @@ class Multiply(_Elementwise):
 
 
 @LAYERS.register("Average")
-class Average(_Elementwise):
+class Average(_MaskedSum):
     """`y = (x_0 + ... + x_{n-1}) / n`; `dx_k = dy / n`."""
 
     type: Literal["Average"] = "Average"
@@ -205,7 +222,9 @@ class Average(_Elementwise):
 
 class _Extremum(_Elementwise):
     """Element-wise maximum or minimum. Each element's gradient goes to the first input that
-    attains it, as TensorFlow's gradient does (torch would split a tie evenly)."""
+    attains it, as TensorFlow's gradient does (torch would split a tie evenly). A masked input is
+    refused when the graph compiles: under a mask Keras skips masked entries, which kerspec does
+    not do."""
 
     op: ClassVar[np.ufunc]
 
@@ -274,6 +293,8 @@ class Dot(Layer):
     """
 
     type: Literal["Dot"] = "Dot"
+    # Keras accepts masked inputs and drops the mask: the output has none.
+    supports_masking: ClassVar[bool] = True
     axes: int | tuple[int, int]
     normalize: bool = False
     arity: ClassVar[int] = 2
@@ -313,6 +334,9 @@ class Dot(Layer):
         rest = [d for i, d in enumerate(first) if i != a0 - 1]
         rest += [d for i, d in enumerate(second) if i != a1 - 1]
         return [tuple(rest) if rest else (1,)]
+
+    def output_masked(self, masked, n_outputs):
+        return [False]
 
     def forward(self, w, xs, ctx):
         x, y = xs
