@@ -159,6 +159,7 @@ class BatchNormalization(_Normalization):
         y = centered * factor
         if beta is not None:
             y += beta
+        need_dx = ctx.need_dx
 
         def backprop(dy):
             grads = {}
@@ -166,7 +167,7 @@ class BatchNormalization(_Normalization):
                 grads["gamma"] = np.sum(dy * centered * inv, axis=reduce).reshape(w["gamma"].shape)
             if beta is not None:
                 grads["beta"] = np.sum(dy, axis=reduce).reshape(w["beta"].shape)
-            return dy * factor, grads
+            return (dy * factor if need_dx else None), grads
 
         return y, backprop
 
