@@ -4,6 +4,7 @@ from kerspec.layers import (  # noqa: F401
     conv,
     core,
     embedding,
+    expression,
     merge,
     noise,
     normalization,
