@@ -171,6 +171,19 @@ def test_summary_of_every_shipped_spec_and_with_set():
     assert data["total_params"] == 64 * 8 + 8 + 8 * 10 + 10
 
 
+def test_summary_of_a_graph_has_input_rows_and_connections(tmp_path):
+    spec = tmp_path / "two.yaml"
+    spec.write_text(TWO_HEADS)
+    text = ok("summary", spec).stdout
+    assert text.startswith('Model: "two_heads"') and "Connected to" in text
+    rows = [line for line in text.splitlines() if "│" in line]
+    assert [r.split("│")[1].strip() for r in rows] == ["x (InputLayer)", "a (Dense)", "b (Dense)"]
+    assert "x[0][0]" in rows[1] and "15" in rows[1]
+    assert "Total params: 20" in text
+    data = json.loads(ok("summary", "--json", spec).stdout)
+    assert [r["connected_to"] for r in data["layers"]] == [[], ["x[0][0]"], ["x[0][0]"]]
+
+
 def test_schema_is_json_schema_with_the_layers(tmp_path):
     schema = json.loads(ok("schema").stdout)
     assert "$schema" in schema
