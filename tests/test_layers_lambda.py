@@ -497,3 +497,11 @@ def test_shape_error_is_reported_for_the_entry():
     )
     with pytest.raises(kerspec.KerspecError, match=r"<spec>:8:\d+: Lambda 'mix': output_shape"):
         kerspec.from_yaml(text)
+
+
+def test_from_must_name_as_many_inputs_as_the_expression_uses():
+    text = SPEC.replace("from: [da, db]", "from: da")
+    with pytest.raises(
+        kerspec.KerspecError, match=r"Lambda 'mix': takes 2 input\(s\); 'from' names 1"
+    ):
+        kerspec.from_yaml(text)

@@ -152,8 +152,6 @@ def _parse_cached(text: str, constants: tuple[tuple[str, float], ...]) -> Progra
         raise ExpressionError("must use its input: `x`, or `x0`, `x1`, ... for several inputs")
     if "x" in parser.inputs and len(parser.inputs) > 1:
         raise ExpressionError("uses both `x` and numbered inputs; use `x0`, `x1`, ... throughout")
-    if not root.batched:
-        raise ExpressionError("must use its input")
     if parser.inputs == {"x"}:
         return Program(root, 1)
     return Program(root, 1 + max(int(name[1:]) for name in parser.inputs))
