@@ -505,3 +505,20 @@ def test_from_must_name_as_many_inputs_as_the_expression_uses():
         kerspec.KerspecError, match=r"Lambda 'mix': takes 2 input\(s\); 'from' names 1"
     ):
         kerspec.from_yaml(text)
+
+
+def test_unknown_dimensions_that_do_not_fit_at_run_time_are_shape_errors():
+    layer = build(lam("reshape(x, (4, -1))"))
+    assert layer.output_shapes([(None,)]) == [(4, None)]
+    with pytest.raises(
+        ShapeError, match=r"`reshape\(x, \(4, -1\)\)` fails on inputs of shape \(None, 6\)"
+    ):
+        layer.forward({}, [np.ones((2, 6), np.float32)], Context(False, np.random.default_rng(0)))
+
+
+def test_syntax_warnings_are_not_printed(recwarn):
+    with pytest.raises(ValidationError, match="unknown function"):
+        build(lam("x * foo(1)"))
+    with pytest.raises(ValidationError):
+        build(lam("1(x)"))
+    assert not [w for w in recwarn if issubclass(w.category, SyntaxWarning)]

@@ -19,6 +19,7 @@ import ast
 import functools
 import math
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -139,7 +140,9 @@ def _parse_cached(text: str, constants: tuple[tuple[str, float], ...]) -> Progra
         raise ExpressionError("is empty")
     _check_brackets(text.strip())
     try:
-        tree = ast.parse(text.strip(), mode="eval")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # SyntaxWarnings such as "perhaps you missed a comma?"
+            tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as err:
         column = f" (column {err.offset})" if err.offset else ""
         raise ExpressionError(f"is not a valid expression: {err.msg}{column}") from None
@@ -850,7 +853,13 @@ def evaluate(program: Program, xs: list[np.ndarray]):
 
     def visit(node: Node) -> np.ndarray:
         values = [visit(arg) for arg in node.args]
-        y, vjp = _forward(node, values, xs, dtype)
+        try:
+            y, vjp = _forward(node, values, xs, dtype)
+        except (ValueError, IndexError) as err:
+            # Only dimensions unknown before the data arrives can get here (static ones are
+            # checked by `infer`): a reshape or broadcast that these batches do not fit.
+            shapes = ", ".join(format_shape(v.shape[1:]) for v in values)
+            raise ShapeError(f"{node.where()} fails on inputs of shape {shapes}: {err}") from None
         tape.append((node, vjp))
         return y
 
