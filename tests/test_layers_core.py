@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from kerspec.layers import ShapeError
+from kerspec.layers import LAYERS, ShapeError
 from tests.harness import build, check_layer_grads, compare_with_keras
 
 GRAD_CASES = {
@@ -23,11 +23,36 @@ GRAD_CASES = {
     ],
     "Reshape": [({"type": "Reshape", "target_shape": [3, -1]}, [(2, 6)])],
     "Permute": [({"type": "Permute", "dims": [2, 3, 1]}, [(2, 3, 4, 5)])],
+    "Masking": [({"type": "Masking", "mask_value": 7.0}, [(2, 3, 4)])],
     "Concatenate": [
         ({"type": "Concatenate"}, [(2, 3), (2, 4)]),
         ({"type": "Concatenate", "axis": 1}, [(2, 3, 4), (2, 1, 4), (2, 2, 4)]),
     ],
 }
+
+
+def test_every_core_layer_has_a_gradient_case():
+    core = {n for n in LAYERS.names() if LAYERS.get(n).__module__ == "kerspec.layers.core"}
+    assert core - {"Input"} <= set(GRAD_CASES)
+
+
+def test_every_layer_family_has_a_coverage_test():
+    """Each module that registers layers has a test asserting each of its layers is checked."""
+    covered = {
+        "kerspec.layers.core": "test_layers_core",
+        "kerspec.layers.merge": "test_layers_merge",
+        "kerspec.layers.conv": "test_layers_reshaping",
+        "kerspec.layers.pooling": "test_layers_reshaping",
+        "kerspec.layers.reshaping": "test_layers_reshaping",
+        "kerspec.layers.recurrent": "test_layers_recurrent",
+        "kerspec.layers.normalization": "test_layers_normalization",
+        "kerspec.layers.embedding": "test_layers_embedding",
+        "kerspec.layers.noise": "test_layers_noise",
+        "kerspec.layers.expression": "test_layers_lambda",
+        "kerspec.layers.wrappers": "test_layers_wrappers",
+    }
+    modules = {LAYERS.get(n).__module__ for n in LAYERS.names()}
+    assert modules <= set(covered)
 
 
 @pytest.mark.parametrize(
