@@ -194,6 +194,21 @@ def predict(
 
 
 @app.command()
+def plot(
+    spec: SpecArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="A .dot file, or .svg/.png (needs Graphviz).", show_default=False)],
+    set_: SetOpt = None,
+) -> None:
+    """Draw the model graph: name, type and output shape of every layer."""
+    from kerspec.plot import plot as draw
+
+    with user_errors():
+        model = _load(spec, set_, seed=0)
+        draw(model.graph, output)
+    console.out.print(f"Wrote {output}", markup=False)
+
+
+@app.command()
 def schema(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to a file instead of stdout.", show_default=False)] = None,
 ) -> None:
