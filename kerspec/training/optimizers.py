@@ -5,24 +5,39 @@ training loop keeps, so a run can be saved and resumed with the optimizer exactl
 Updates are in place over the weight arrays.
 
 The state is a flat mapping of plain numpy arrays, ready for `np.savez`: `iterations` (int64,
-the number of steps taken) and one array per slot and weight, keyed `slot/index`
-(`momentum/0`, `velocity/3`, ...). Each step does what Keras's `BaseOptimizer.apply` does, in
+the number of steps taken), `learning_rate` (the current rate, in the weights' dtype: callbacks
+such as ReduceLROnPlateau change it, and a resumed run starts from it) and one array per slot and
+weight, keyed `slot/index` (`momentum/0`, `velocity/3`, ...). A `learning_rate` given as a
+schedule (`{type: cosine_decay, ...}`) sets the state's rate from the iteration count before
+each step, as Keras evaluates it. Each step does what Keras's `BaseOptimizer.apply` does, in
 order: clip the gradients, decay the weights (`w -= w * weight_decay * learning_rate`), apply
 the optimizer's rule, count the step. `t` below is the 1-based step number.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Discriminator, Field, Tag, model_validator
 
 from kerspec.registry import Item, Registry
+from kerspec.training.schedules import SCHEDULES, Schedule
 
 OPTIMIZERS = Registry("optimizer")
 
 PositiveFloat = Annotated[float, Field(gt=0.0)]
+
+
+def _rate_tag(value: Any) -> str:
+    return "schedule" if isinstance(value, dict | str | Schedule) else "rate"
+
+
+# A learning rate: a positive number, or a schedule evaluated at the iteration count.
+LearningRate = Annotated[
+    Union[Annotated[PositiveFloat, Tag("rate")], Annotated[SCHEDULES.ref(), Tag("schedule")]],  # noqa: UP007
+    Discriminator(_rate_tag),
+]
 UnitFloat = Annotated[float, Field(ge=0.0, le=1.0)]
 
 # Keras optimizer arguments kerspec refuses by name, so the message says what is missing.
@@ -44,7 +59,7 @@ class Optimizer(Item):
     to `[-clipvalue, clipvalue]`. Only one of them may be set, as in Keras.
     """
 
-    learning_rate: PositiveFloat = 0.001
+    learning_rate: LearningRate = 0.001
     weight_decay: Annotated[float, Field(ge=0.0)] | None = None
     clipnorm: PositiveFloat | None = None
     clipvalue: PositiveFloat | None = None
@@ -77,8 +92,21 @@ class Optimizer(Item):
         """Slot names and their initial value, one array of each per weight."""
         return {}
 
+    @property
+    def scheduled(self) -> bool:
+        return isinstance(self.learning_rate, Schedule)
+
+    def rate_at(self, iterations: int) -> float:
+        """The configured learning rate after `iterations` steps."""
+        rate = self.learning_rate
+        return float(rate(iterations)) if isinstance(rate, Schedule) else float(rate)
+
     def init(self, weights: list[np.ndarray]) -> dict[str, Any]:
-        state: dict[str, Any] = {"iterations": np.zeros((), np.int64)}
+        dtype = weights[0].dtype if weights else np.dtype(np.float32)
+        state: dict[str, Any] = {
+            "iterations": np.zeros((), np.int64),
+            "learning_rate": np.asarray(self.rate_at(0), dtype),
+        }
         for slot, value in self.slots().items():
             for index, weight in enumerate(weights):
                 state[f"{slot}/{index}"] = np.full_like(weight, value)
@@ -87,14 +115,19 @@ class Optimizer(Item):
     def apply(self, state: dict[str, Any], weights: list[np.ndarray], grads: list[np.ndarray]):
         """One step over every weight, in place; the gradients may be overwritten."""
         self._clip(grads)
+        iterations = int(state["iterations"])
+        if self.scheduled or "learning_rate" not in state:
+            dtype = weights[0].dtype if weights else np.dtype(np.float32)
+            state["learning_rate"] = np.asarray(self.rate_at(iterations), dtype)
+        lr = float(state["learning_rate"])
         if self.weight_decay is not None:
             for weight in weights:
-                weight *= weight.dtype.type(1 - self.weight_decay * self.learning_rate)
-        step = int(state["iterations"]) + 1
+                weight *= weight.dtype.type(1 - self.weight_decay * lr)
+        step = iterations + 1
         self._begin_step(state, step, weights[0].dtype.type if weights else np.float32)
         for index, (weight, grad) in enumerate(zip(weights, grads, strict=True)):
             slots = {slot: state[f"{slot}/{index}"] for slot in self.slots()}
-            self.update(weight, grad, slots, state, step)
+            self.update(weight, grad, slots, state, step, lr)
         state["iterations"] = np.asarray(step, np.int64)
 
     def _clip(self, grads: list[np.ndarray]) -> None:
@@ -115,7 +148,7 @@ class Optimizer(Item):
     def _begin_step(self, state: dict[str, Any], step: int, dtype) -> None:
         """Per-step bookkeeping shared by all weights (Nadam's momentum cache)."""
 
-    def update(self, weight, grad, slots: dict[str, np.ndarray], state, step: int) -> None:
+    def update(self, weight, grad, slots: dict[str, np.ndarray], state, step: int, lr: float) -> None:
         raise NotImplementedError
 
 
@@ -125,15 +158,15 @@ class SGD(Optimizer):
     `w += m`, or `w += momentum * m - lr * g` with Nesterov."""
 
     type: Literal["sgd"] = "sgd"
-    learning_rate: PositiveFloat = 0.01
+    learning_rate: LearningRate = 0.01
     momentum: UnitFloat = 0.0
     nesterov: bool = False
 
     def slots(self):
         return {"momentum": 0.0} if self.momentum != 0 else {}
 
-    def update(self, weight, grad, slots, state, step):
-        lr = weight.dtype.type(self.learning_rate)
+    def update(self, weight, grad, slots, state, step, lr):
+        lr = weight.dtype.type(lr)
         grad *= lr
         if self.momentum == 0:
             weight -= grad
@@ -164,7 +197,7 @@ class RMSprop(Optimizer):
         names = ["velocity"] + ["momentum"] * (self.momentum > 0)
         return dict.fromkeys(names + ["average_gradient"] * self.centered, 0.0)
 
-    def update(self, weight, grad, slots, state, step):
+    def update(self, weight, grad, slots, state, step, lr):
         f = weight.dtype.type
         rho = f(self.rho)
         v = slots["velocity"]
@@ -177,7 +210,7 @@ class RMSprop(Optimizer):
             denominator = v - np.square(average) + f(self.epsilon)
         else:
             denominator = v + f(self.epsilon)
-        grad *= f(self.learning_rate)
+        grad *= f(lr)
         grad /= np.sqrt(denominator, out=denominator)
         if self.momentum > 0:
             m = slots["momentum"]
@@ -203,10 +236,10 @@ class Adam(Optimizer):
     def slots(self):
         return dict.fromkeys(["momentum", "velocity"] + ["velocity_hat"] * self.amsgrad, 0.0)
 
-    def update(self, weight, grad, slots, state, step):
+    def update(self, weight, grad, slots, state, step, lr):
         f = weight.dtype.type
         beta_1, beta_2 = f(self.beta_1), f(self.beta_2)
-        alpha = f(self.learning_rate) * np.sqrt(1 - beta_2 ** f(step)) / (1 - beta_1 ** f(step))
+        alpha = f(lr) * np.sqrt(1 - beta_2 ** f(step)) / (1 - beta_1 ** f(step))
         m, v = slots["momentum"], slots["velocity"]
         m += (grad - m) * (1 - beta_1)
         v += (np.square(grad) - v) * (1 - beta_2)
@@ -235,11 +268,11 @@ class Adagrad(Optimizer):
     def slots(self):
         return {"accumulator": self.initial_accumulator_value}
 
-    def update(self, weight, grad, slots, state, step):
+    def update(self, weight, grad, slots, state, step, lr):
         f = weight.dtype.type
         accumulator = slots["accumulator"]
         accumulator += np.square(grad)
-        grad *= f(self.learning_rate)
+        grad *= f(lr)
         grad /= np.sqrt(accumulator + f(self.epsilon))
         weight -= grad
 
@@ -257,7 +290,7 @@ class Adadelta(Optimizer):
     def slots(self):
         return {"accumulated_grad": 0.0, "accumulated_delta_var": 0.0}
 
-    def update(self, weight, grad, slots, state, step):
+    def update(self, weight, grad, slots, state, step, lr):
         f = weight.dtype.type
         rho, epsilon = f(self.rho), f(self.epsilon)
         grads, deltas = slots["accumulated_grad"], slots["accumulated_delta_var"]
@@ -266,7 +299,7 @@ class Adadelta(Optimizer):
         delta = -np.sqrt(deltas + epsilon) * grad / np.sqrt(grads + epsilon)
         deltas *= rho
         deltas += (1 - rho) * np.square(delta)
-        delta *= f(self.learning_rate)
+        delta *= f(lr)
         weight += delta
 
 
@@ -283,14 +316,14 @@ class Adamax(Optimizer):
     def slots(self):
         return {"momentum": 0.0, "norm": 0.0}
 
-    def update(self, weight, grad, slots, state, step):
+    def update(self, weight, grad, slots, state, step, lr):
         f = weight.dtype.type
         beta_1 = f(self.beta_1)
         m, u = slots["momentum"], slots["norm"]
         m += (grad - m) * (1 - beta_1)
         u *= f(self.beta_2)
         np.maximum(u, np.abs(grad), out=u)
-        weight -= f(self.learning_rate) * m / ((1 - beta_1 ** f(step)) * (u + f(self.epsilon)))
+        weight -= f(lr) * m / ((1 - beta_1 ** f(step)) * (u + f(self.epsilon)))
 
 
 @OPTIMIZERS.register("nadam")
@@ -319,7 +352,7 @@ class Nadam(Optimizer):
         # Keras advances the cache once per step, before updating any weight.
         state["u_product"] = np.asarray(state["u_product"] * self._momentum_cache(step, dtype))
 
-    def update(self, weight, grad, slots, state, step):
+    def update(self, weight, grad, slots, state, step, lr):
         f = weight.dtype.type
         beta_1, beta_2 = f(self.beta_1), f(self.beta_2)
         u_t, u_next = self._momentum_cache(step, f), self._momentum_cache(step + 1, f)
@@ -329,4 +362,4 @@ class Nadam(Optimizer):
         v += (np.square(grad) - v) * (1 - beta_2)
         m_hat = u_next * m / (1 - product * u_next) + (1 - u_t) * grad / (1 - product)
         v_hat = v / (1 - beta_2 ** f(step))
-        weight -= m_hat * f(self.learning_rate) / (np.sqrt(v_hat) + f(self.epsilon))
+        weight -= m_hat * f(lr) / (np.sqrt(v_hat) + f(self.epsilon))
