@@ -196,3 +196,86 @@ def test_summary_matches_keras_counts_and_shapes(spec, make):
             shape = layer.output.shape
             assert rows[layer.name]["output_shape"] == str(tuple(shape)).replace(",)", ",)")
             assert rows[layer.name]["params"] == layer.count_params()
+
+
+TWO_HEADS = """
+seed: 0
+layers:
+  - {type: Input, shape: [5], name: x}
+  - {type: Dense, units: 6, activation: relu, name: trunk}
+  - {type: Dense, units: 3, activation: softmax, from: trunk, name: kind}
+  - {type: Dense, units: 2, from: trunk, name: size}
+outputs: [kind, size]
+compile:
+  optimizer: {type: sgd, learning_rate: 0.1}
+  loss: {kind: categorical_crossentropy, size: mse}
+  loss_weights: {kind: 1.0, size: 0.3}
+"""
+
+
+def two_heads_keras():
+    x = keras.Input((5,), name="x")
+    trunk = layers.Dense(6, activation="relu", name="trunk")(x)
+    kind = layers.Dense(3, activation="softmax", name="kind")(trunk)
+    size = layers.Dense(2, name="size")(trunk)
+    return keras.Model(x, {"kind": kind, "size": size})
+
+
+SIAMESE = """
+seed: 0
+layers:
+  - {type: Input, shape: [4], name: a}
+  - {type: Input, shape: [4], name: b}
+  - {type: Dense, units: 3, activation: tanh, from: a, name: enc}
+  - {name: enc_b, share: enc, from: b}
+  - {type: Subtract, from: [enc, enc_b], name: diff}
+  - {type: Dense, units: 1, activation: sigmoid, name: out}
+compile: {optimizer: {type: sgd, learning_rate: 0.2}, loss: binary_crossentropy}
+"""
+
+
+def siamese_keras():
+    a, b = keras.Input((4,), name="a"), keras.Input((4,), name="b")
+    enc = layers.Dense(3, activation="tanh", name="enc")
+    diff = layers.Subtract(name="diff")([enc(a), enc(b)])
+    return keras.Model([a, b], layers.Dense(1, activation="sigmoid", name="out")(diff))
+
+
+def test_two_outputs_with_loss_weights_match_keras(rng):
+    ours, theirs = kerspec.from_yaml(TWO_HEADS), two_heads_keras()
+    copy_weights(ours, theirs)
+    x = rng.random((8, 5)).astype(np.float32)
+    ys = {"kind": np.eye(3, dtype=np.float32)[rng.integers(0, 3, 8)],
+          "size": rng.standard_normal((8, 2)).astype(np.float32)}
+    expected = theirs.predict(x, verbose=0)
+    got = ours.predict(x)
+    for name in ys:
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-4, atol=1e-6)
+    theirs.compile(optimizer=keras.optimizers.SGD(0.1),
+                   loss={"kind": "categorical_crossentropy", "size": "mse"},
+                   loss_weights={"kind": 1.0, "size": 0.3})
+    keras_logs = theirs.evaluate(x, ys, batch_size=8, verbose=0, return_dict=True)
+    data = Dataset({"x": x}, ys, "t")
+    our_logs = ours.evaluate(data, batch_size=8)
+    for key in ("loss", "kind_loss", "size_loss"):
+        np.testing.assert_allclose(our_logs[key], keras_logs[key], rtol=1e-5, err_msg=key)
+    theirs.train_on_batch(x, ys)
+    ours.fit(data, epochs=1, batch_size=8)
+    expected_w = keras_weights(theirs)
+    for key, value in our_weights(ours).items():
+        np.testing.assert_allclose(value, expected_w[key], rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+def test_shared_layer_matches_keras(rng):
+    ours, theirs = kerspec.from_yaml(SIAMESE), siamese_keras()
+    copy_weights(ours, theirs)
+    xs = {"a": rng.random((8, 4)).astype(np.float32), "b": rng.random((8, 4)).astype(np.float32)}
+    y = rng.integers(0, 2, (8, 1)).astype(np.float32)
+    np.testing.assert_allclose(ours.predict(xs)["out"], theirs.predict([xs["a"], xs["b"]], verbose=0), rtol=1e-4)
+    theirs.compile(optimizer=keras.optimizers.SGD(0.2), loss="binary_crossentropy")
+    theirs.train_on_batch([xs["a"], xs["b"]], y)
+    ours.fit(Dataset(xs, {"out": y}, "t"), epochs=1, batch_size=8)
+    expected = keras_weights(theirs)
+    assert set(our_weights(ours)) == set(expected) == {"enc/kernel", "enc/bias", "out/kernel", "out/bias"}
+    for key, value in our_weights(ours).items():
+        np.testing.assert_allclose(value, expected[key], rtol=1e-4, atol=1e-6, err_msg=key)
