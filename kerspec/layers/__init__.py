@@ -11,7 +11,11 @@ from kerspec.layers import (  # noqa: F401
     pooling,
     recurrent,
     reshaping,
+    wrappers,
 )
 from kerspec.layers.base import LAYERS, Context, Layer, Shape, ShapeError, WeightSpec
+
+# The wrapped layer of TimeDistributed may be any layer: complete its field now that all are known.
+wrappers.resolve_inner_layer()
 
 __all__ = ["LAYERS", "Context", "Layer", "Shape", "ShapeError", "WeightSpec"]
