@@ -62,17 +62,22 @@ def parse_spec(
     try:
         spec = Spec.model_validate(data)
     except ValidationError as err:
-        problems = [_problem(error, data, source) for error in err.errors()]
-        raise SpecError(_unique(problems)) from None
+        raise SpecError(_one_per_place(err.errors(), data, source)) from None
     return LoadedSpec(spec, source, path, data)
 
 
-def _unique(problems: list[KerspecError]) -> list[KerspecError]:
+def _one_per_place(errors: list[dict], data: Any, source: Source) -> list[KerspecError]:
+    """One problem per value: a value that fits no branch of a union (`kernel_size: -2` is
+    neither a positive int nor a list) gets pydantic's error for each branch; the first says it."""
     seen, kept = set(), []
-    for problem in problems:
-        if str(problem) not in seen:
-            seen.add(str(problem))
-            kept.append(problem)
+    for error in errors:
+        if error["type"] in ("missing", "extra_forbidden"):
+            place = error["loc"]
+        else:
+            place = _walk(data, error["loc"])[0]
+        if place not in seen:
+            seen.add(place)
+            kept.append(_problem(error, data, source))
     return kept
 
 
