@@ -9,20 +9,23 @@
 
 from __future__ import annotations
 
+import difflib
 import secrets
 from pathlib import Path
 
 import numpy as np
 
 from kerspec import io
-from kerspec.errors import DataError, GraphError, KerspecError, RunError
+from kerspec.errors import DataError, GraphError, KerspecError, RunError, SpecError
 from kerspec.graph import Graph, Params, Plan, compile_spec
 from kerspec.layers import Context
+from kerspec.runs import RunFolder
 from kerspec.spec import LoadedSpec, load_spec, parse_spec
 from kerspec.summary import render_summary, summary_rows
 from kerspec.training import loop
 from kerspec.training.callbacks import Callback, History
 from kerspec.training.data import Dataset, OutputInfo, load_dataset, load_inputs
+from kerspec.training.metrics import LossMetric
 from kerspec.training.trainer import Head, Trainer
 
 
@@ -201,8 +204,17 @@ class Model:
         epochs: int | None = None,
         batch_size: int | None = None,
         callbacks: list[Callback] = (),
+        initial_epoch: int | None = None,
+        run: RunFolder | None = None,
+        run_dir: str | Path | None = None,
+        resume: bool = False,
     ) -> History:
-        """Train with the spec's fit settings (arguments override them); returns the history."""
+        """Train with the spec's fit settings (arguments override them); returns the history.
+
+        `run` (a RunFolder) or `run_dir` writes a run folder as training goes; with `resume`,
+        `run_dir` must hold an earlier run of this spec, which carries on from its last
+        finished epoch. Ctrl-C stops after the current batch and raises `Interrupted`.
+        """
         fit = self.spec.fit
         trainer = self.trainer
         if train is None:
@@ -213,6 +225,13 @@ class Model:
             validation = self.dataset("validation")
         elif validation is None and fit.validation_split > 0:
             train, validation = loop.split_validation(train, fit.validation_split)
+        if validation is not None:
+            self._require_targets(validation)
+        if run is None and run_dir is not None:
+            run = RunFolder(Path(run_dir), self, resume=resume)
+        directions = self.logged_names(validation=validation is not None)
+        train = self._with_class_weight(train)
+        spec_callbacks = self._spec_callbacks(directions, run.path if run else None)
         self.ctx.training = True
         try:
             return loop.fit(
@@ -226,10 +245,80 @@ class Model:
                 shuffle_rng=self.shuffle_rng,
                 ctx=self.ctx,
                 validation=validation,
-                callbacks=list(callbacks),
+                callbacks=[*callbacks, *([run] if run else [])],
+                spec_callbacks=spec_callbacks,
+                initial_epoch=fit.initial_epoch if initial_epoch is None else initial_epoch,
+                directions=directions,
+                resume=run.checkpoint if run else None,
             )
         finally:
             self.ctx.training = False
+
+    def logged_names(self, *, validation: bool) -> dict[str, str]:
+        """Every name training will log, with whether it should go down (`min`) or up (`max`):
+        `loss`, `<output>_loss` for several outputs, the metrics, their `val_` forms."""
+        heads = self.trainer.heads
+        names = {"loss": "min"}
+        if len(heads) > 1:
+            names.update({f"{head.name}_loss": "min" for head in heads})
+        for head in heads:
+            for metric in head.metrics:
+                key = f"{head.name}_{metric.name}" if len(heads) > 1 else metric.name
+                names[key] = "min" if isinstance(metric, LossMetric) else "max"
+        if validation:
+            names.update({f"val_{k}": v for k, v in list(names.items())})
+        if any(c.uses_learning_rate() for c in self.spec.fit.callbacks):
+            names["learning_rate"] = "min"
+        return names
+
+    def _spec_callbacks(self, directions: dict[str, str], run_dir: Path | None) -> list[Callback]:
+        """The spec's fit.callbacks, built, after checking each against what the model logs."""
+        where = self.loaded.source.where
+        raw = (self.loaded.raw.get("fit") or {}).get("callbacks") or []
+        problems = []
+        for index, config in enumerate(self.spec.fit.callbacks):
+            entry = raw[index] if index < len(raw) and isinstance(raw[index], dict) else {}
+            at = ("fit", "callbacks", index)
+            monitor = getattr(config, "monitor", None)
+            if monitor is not None and monitor not in directions:
+                close = difflib.get_close_matches(monitor, list(directions), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                problems.append(KerspecError(
+                    f"{config.type} monitors {monitor!r}, which this model does not log"
+                    f" (it logs: {', '.join(directions)}){hint}",
+                    where((*at, "monitor") if "monitor" in entry else at)))
+            if config.uses_learning_rate() and self._compile().optimizer.scheduled:
+                problems.append(KerspecError(
+                    f"{config.type} sets the learning rate, but compile.optimizer.learning_rate is a"
+                    " schedule; give the optimizer a number, or drop the callback", where(at)))
+        if problems:
+            raise SpecError(problems)
+        return [config.build(run_dir) for config in self.spec.fit.callbacks]
+
+    def _with_class_weight(self, train: Dataset) -> Dataset:
+        """Keras's class_weight: a weight per training sample from its class (the argmax of a
+        one-hot target, the rounded value of a single column); classes not listed weigh 1."""
+        class_weight = self.spec.fit.class_weight
+        if not class_weight:
+            return train
+        where = self.loaded.source.where(("fit", "class_weight"))
+        if len(self.output_names) != 1:
+            raise SpecError([KerspecError(
+                "fit.class_weight is only supported for models with a single output; give"
+                " per-output sample weights in the data instead", where)])
+        if train.sample_weight:
+            raise SpecError([KerspecError(
+                "fit.class_weight and sample weights in the data cannot be used together"
+                " (as in Keras)", where)])
+        (name,) = self.output_names
+        y = np.asarray(train.y[name])
+        if y.ndim > 1:
+            y = np.argmax(y, axis=-1) if y.shape[-1] != 1 else y[..., 0]
+        classes = np.round(y).astype(np.int64)
+        weights = np.ones(classes.shape, self.dtype)
+        for index, weight in class_weight.items():
+            weights[classes == index] = weight
+        return Dataset(train.x, train.y, train.source, {name: weights})
 
     def evaluate(self, data: Dataset | None = None, *, batch_size: int | None = None) -> dict[str, float]:
         """Loss and metrics on `data`, else the spec's test data, else its validation data."""

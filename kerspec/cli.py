@@ -17,7 +17,8 @@ import typer
 from kerspec import api, console
 from kerspec.errors import KerspecError, Problems
 from kerspec.io import write_predictions
-from kerspec.runs import RunFolder, new_run_dir
+from kerspec.runs import RunFolder, list_runs, new_run_dir, run_seed
+from kerspec.training.loop import Interrupted
 
 app = typer.Typer(
     add_completion=False,
@@ -110,17 +111,23 @@ def train(
     set_: SetOpt = None,
     init_weights: Annotated[Path | None, typer.Option("--init-weights", help="Start from these weights.", show_default=False)] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Run folder (default runs/NAME-TIME).", show_default=False)] = None,
+    resume: Annotated[Path | None, typer.Option("--resume", help="Carry on an interrupted run folder from its last finished epoch.", show_default=False)] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Train SPEC with its data and fit settings; write a run folder."""
     progress = console.RichProgress()
     with user_errors():
+        if resume is not None and (out is not None or init_weights is not None):
+            raise KerspecError("--resume continues the run in its own folder, from its own weights;"
+                               " it cannot be combined with --out or --init-weights")
+        if resume is not None and seed is None:
+            seed = run_seed(resume)
         model = _load(spec, set_, seed)
         if init_weights is not None:
             model.load_weights(init_weights)
         train_data = model.dataset("train", path=data)
         validation_data = model.dataset("validation", path=validation) if validation else None
-        run_dir = out or new_run_dir(Path("runs"), model.name)
+        run_dir = resume or out or new_run_dir(Path("runs"), model.name)
         settings = {"epochs": epochs, "batch_size": batch_size}
         paths = {"train": data, "validation": validation}
         folder = RunFolder(
@@ -128,6 +135,7 @@ def train(
             model,
             fit={k: v for k, v in settings.items() if v is not None},
             data={k: v for k, v in paths.items() if v is not None},
+            resume=resume is not None,
         )
         try:
             history = model.fit(
@@ -135,10 +143,23 @@ def train(
                 validation=validation_data,
                 epochs=epochs,
                 batch_size=batch_size,
-                callbacks=[progress, folder],
+                callbacks=[progress],
+                run=folder,
             )
+        except Interrupted as err:
+            progress.close()
+            repeat = [*(f"--set {s}" for s in set_ or []), *(f"{k} {v}" for k, v in (
+                ("--data", data), ("--validation", validation), ("--epochs", epochs),
+                ("--batch-size", batch_size)) if v is not None)]
+            hint = " ".join([f"kerspec train {spec} --resume {run_dir}", *repeat])
+            raise KerspecError(
+                f"{err.message}; the run folder {run_dir} holds the last finished epoch."
+                f" Resume with: {hint}"
+            ) from None
         finally:
             progress.close()
+        for note in folder.session.notes if folder.session else []:
+            console.err.print(note, markup=False)
         final = history.last()
         if data is None and model.spec.data is not None and model.spec.data.test is not None:
             final.update({f"test_{k}": v for k, v in model.evaluate().items()})
@@ -146,7 +167,37 @@ def train(
     if json_out:
         console.emit_json({"run": str(run_dir), "seed": model.seed, "metrics": final, "history": history.history})
     else:
+        console.emit_curves(history.history)
         console.emit_metrics(f"Trained {model.name} (seed {model.seed}); run folder {run_dir}", final)
+
+
+@app.command()
+def runs(
+    folder: Annotated[Path, typer.Argument(help="A folder of runs (default: runs).")] = Path("runs"),
+    json_out: JsonOpt = False,
+) -> None:
+    """List training runs: spec, epochs, final metrics, start, duration, status."""
+    with user_errors():
+        found = list_runs(folder)
+    if json_out:
+        console.emit_json(found)
+    elif not found:
+        console.err.print(f"no runs in {folder}", markup=False)
+    else:
+        console.emit_runs(found)
+
+
+@app.command()
+def curves(
+    runs_: Annotated[list[Path], typer.Argument(metavar="RUN...", help="Run folders.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The drawing: .svg, or .png (needs matplotlib).", show_default=False)],
+) -> None:
+    """Draw the training curves (loss and each metric, training and validation) of runs."""
+    with user_errors():
+        from kerspec.curves import write_curves
+
+        names = write_curves(runs_, output)
+    console.out.print(f"Wrote {output}: {', '.join(names)}", markup=False)
 
 
 @app.command()

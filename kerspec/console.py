@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 
 from rich.console import Console
@@ -67,3 +68,56 @@ def emit_metrics(title: str, metrics: dict[str, float]) -> None:
     width = max((len(k) for k in metrics), default=0)
     for key, value in metrics.items():
         out.print(f"  {key:<{width}}  {value:.4f}")
+
+
+SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], width: int = 40) -> str:
+    """Values as a row of block characters, low to high; at most `width` of them (resampled)."""
+    values = [v for v in values if math.isfinite(v)]
+    if not values:
+        return ""
+    if len(values) > width:
+        values = [values[round(i * (len(values) - 1) / (width - 1))] for i in range(width)]
+    low, high = min(values), max(values)
+    span = high - low
+    last = len(SPARKS) - 1
+    return "".join(SPARKS[round((v - low) / span * last) if span else last // 2] for v in values)
+
+
+def emit_curves(history: dict[str, list[float]]) -> None:
+    """The loss (and val_loss) of a run as sparklines, first and last value beside each."""
+    rows = [k for k in ("loss", "val_loss") if history.get(k)]
+    if not rows or len(history[rows[0]]) < 2:
+        return
+    width = max(len(k) for k in rows)
+    for key in rows:
+        values = history[key]
+        err.print(f"{key:<{width}}  {values[0]:.4f} {sparkline(values)} {values[-1]:.4f}")
+
+
+def emit_runs(runs: list[dict]) -> None:
+    """`kerspec runs` as a table."""
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("run", "spec", "epochs", "metrics", "started", "time", "status"):
+        table.add_column(column, no_wrap=column != "metrics")
+    for run in runs:
+        metrics = run["metrics"]
+        shown = [k for k in metrics if not k.startswith("test_")][:4]
+        epochs = (
+            f"{run['epochs_done']}/{run['epochs']}" if run["epochs"] else str(run["epochs_done"])
+        )
+        duration = run["duration"]
+        table.add_row(
+            run["folder"],
+            run["name"],
+            epochs,
+            "  ".join(f"{k} {metrics[k]:.4f}" for k in shown),
+            (run["started"] or "").replace("T", " ").split("+")[0],
+            "" if duration is None else f"{duration:.0f}s",
+            run["status"],
+        )
+    out.print(table)

@@ -211,6 +211,7 @@ def test_train_writes_a_complete_run_folder(tmp_path):
 
     assert {p.name for p in out.iterdir()} == {
         "weights.npz",
+        "checkpoint.npz",
         "history.csv",
         "metrics.json",
         "spec.yaml",
@@ -740,10 +741,12 @@ def test_an_interrupted_run_leaves_complete_files(small, tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "train_step", interrupted_in_epoch_2)
     out = tmp_path / "run"
     result = fails("train", small, "--out", out)
-    assert result.stderr.splitlines()[-1] == "interrupted"
-    assert sorted(p.name for p in out.iterdir()) == ["history.csv", "run.json", "spec.yaml"]
+    assert f"kerspec train {small} --resume {out}" in result.stderr
+    names = ["checkpoint.npz", "history.csv", "run.json", "spec.yaml", "weights.npz"]
+    assert sorted(p.name for p in out.iterdir()) == names
     assert len((out / "history.csv").read_text().splitlines()) == 2
-    assert json.loads((out / "run.json").read_text())["ended"] is None
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "interrupted" and info["epochs_done"] == 1
     assert leftovers(out) == []
 
 

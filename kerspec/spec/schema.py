@@ -19,6 +19,7 @@ from pydantic_core import PydanticCustomError
 from kerspec.layers import LAYERS
 from kerspec.layers.base import NAME_PATTERN
 from kerspec.registry import Registry
+from kerspec.training.callbacks import CALLBACKS
 from kerspec.training.data import DataEntry
 from kerspec.training.losses import LOSSES
 from kerspec.training.metrics import METRICS
@@ -53,6 +54,12 @@ def _normalize_layer(value: Any) -> Any:
     if "type" not in value:
         raise PydanticCustomError(
             "layer_type", "a layer entry needs a 'type' (or 'share' to reuse a layer)"
+        )
+    if not isinstance(value["type"], str):
+        raise PydanticCustomError(
+            "layer_type",
+            "'type' must be a layer class name such as 'Dense' (received {received})",
+            {"received": repr(value["type"])[:60]},
         )
     return LAYERS.normalize(value)
 
@@ -94,11 +101,33 @@ class Compile(Section):
     metrics: _single_or_per_output(METRICS, many=True) = []
 
 
+def _class_index(value: Any) -> Any:
+    """YAML keys `0:` are ints already; accept `"0":` too, as JSON would write them."""
+    if isinstance(value, dict):
+        return {
+            int(k) if isinstance(k, str) and k.strip().isdigit() else k: v for k, v in value.items()
+        }
+    return value
+
+
 class Fit(Section):
     epochs: PositiveInt = 1
     batch_size: PositiveInt = 32
     shuffle: bool = True
     validation_split: float = Field(0.0, ge=0.0, lt=1.0)
+    initial_epoch: NonNegativeInt = Field(
+        0, description="Epoch at which to start training (the first is 0), as Keras's."
+    )
+    class_weight: Annotated[
+        dict[NonNegativeInt, Annotated[float, Field(ge=0.0)]] | None, BeforeValidator(_class_index)
+    ] = Field(
+        None,
+        description="Class index -> loss weight for the training samples of that class "
+        "(one-output models; the target's argmax for one-hot targets).",
+    )
+    callbacks: list[CALLBACKS.ref()] = Field(
+        [], description="Keras callbacks by class name with their Keras arguments."
+    )
 
 
 class Data(Section):

@@ -140,15 +140,28 @@ class OutputInfo:
 
 @dataclass
 class Dataset:
-    """Arrays keyed by model input and output name; `y` is None when the data has no targets."""
+    """Arrays keyed by model input and output name; `y` is None when the data has no targets.
+
+    `sample_weight` maps output names to per-sample loss weights (an .npz file's
+    `sample_weight` key for a one-output model, or `<output>_sample_weight` keys).
+    """
 
     x: dict[str, np.ndarray]
     y: dict[str, np.ndarray] | None
     source: str
+    sample_weight: dict[str, np.ndarray] | None = None
 
     @property
     def samples(self) -> int:
         return next(iter(self.x.values())).shape[0]
+
+    def subset(self, index) -> Dataset:
+        """The samples at `index` (a slice or an index array) of every array."""
+
+        def part(arrays):
+            return None if arrays is None else {k: v[index] for k, v in arrays.items()}
+
+        return Dataset(part(self.x), part(self.y), self.source, part(self.sample_weight))
 
 
 class _File:
@@ -717,7 +730,43 @@ def load_dataset(
         return Dataset(x=_load_npy(file, inputs, dtype), y=None, source=entry.path)
     load = _load_npz if suffix == ".npz" else _load_csv
     x, y = load(file, entry, inputs, outputs, dtype, require_targets)
-    return Dataset(x=x, y=y, source=entry.path)
+    weights = _npz_sample_weights(file, y, dtype) if suffix == ".npz" and y else None
+    return Dataset(x=x, y=y, source=entry.path, sample_weight=weights)
+
+
+def _npz_sample_weights(file: _File, y: dict[str, np.ndarray], dtype: np.dtype):
+    """`<output>_sample_weight` keys, or `sample_weight` for a one-output model, checked: one
+    finite, non-negative weight per sample (or per sample and time step, as the target)."""
+    with closing(_Npz(file)) as npz:
+        keys = {name: f"{name}_sample_weight" for name in y if f"{name}_sample_weight" in npz.keys}
+        if "sample_weight" in npz.keys:
+            if len(y) != 1:
+                raise file.error(
+                    f"key 'sample_weight' is ambiguous for {len(y)} outputs; name the keys"
+                    f" after the outputs ({_names([f'{n}_sample_weight' for n in y])})"
+                )
+            keys.setdefault(next(iter(y)), "sample_weight")
+        weights = {}
+        for name, key in keys.items():
+            array, target = npz.read(key), y[name]
+            label = f"key {key!r}"
+            if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+                raise file.error(f"{label} holds {array.dtype} values; sample weights are numbers")
+            if array.ndim == 0 or array.shape != target.shape[: array.ndim]:
+                raise file.error(
+                    f"{label} has shape {array.shape}; sample weights for output {name!r} need"
+                    f" one per sample: {target.shape[:1]}"
+                    + (f" or {target.shape[:2]}" if target.ndim > 1 else "")
+                )
+            bad = ~np.isfinite(array) | (array < 0)
+            if bad.any():
+                index = tuple(int(i) for i in np.argwhere(bad)[0])
+                raise file.error(
+                    f"{label} holds {array[index]!r} at index {list(index)}; sample weights"
+                    " must be finite and non-negative"
+                )
+            weights[name] = array.astype(dtype)
+    return weights or None
 
 
 def load_inputs(

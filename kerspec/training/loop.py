@@ -1,33 +1,51 @@
 """The loops: fit over epochs and batches, evaluate, predict. Batches are index ranges into the
-whole arrays, gathered once per batch; nothing loops over samples."""
+whole arrays, gathered once per batch; nothing loops over samples.
+
+`fit` runs a `Session`: the trainer, the random generators and the callbacks, which together are
+everything a checkpoint holds. Ctrl-C and SIGTERM stop training after the current batch; the
+session then goes back to the end of the last finished epoch (the state its checkpoint holds) and
+`Interrupted` is raised. A non-finite loss does the same and raises a RunError (or, with
+TerminateOnNaN, ends training quietly).
+"""
 
 from __future__ import annotations
 
+import json
 import math
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from kerspec.errors import RunError
 from kerspec.layers import Context
-from kerspec.training.callbacks import Callback, History
+from kerspec.training.callbacks import Arrays, Callback, History
 from kerspec.training.data import Dataset
-from kerspec.training.trainer import Trainer
+from kerspec.training.trainer import NonFiniteLoss, Trainer
+
+CHECKPOINT_FORMAT = 1
+
+
+class Interrupted(RunError):
+    """Training was stopped by Ctrl-C or SIGTERM; the weights are the last finished epoch's."""
+
+    def __init__(self, epochs_done: int, epochs: int):
+        super().__init__(f"interrupted after {epochs_done} of {epochs} epochs")
+        self.epochs_done, self.epochs = epochs_done, epochs
 
 
 def split_validation(data: Dataset, fraction: float) -> tuple[Dataset, Dataset]:
     """Keras's `validation_split`: the last `fraction` of the samples, taken before shuffling."""
-    split_at = int(math.floor(data.samples * (1.0 - fraction)))
+    split_at = math.floor(data.samples * (1.0 - fraction))
     if split_at == 0 or split_at == data.samples:
         raise RunError(
             f"validation_split={fraction} leaves no samples for "
             f"{'training' if split_at == 0 else 'validation'} out of {data.samples}"
         )
-
-    def part(sl: slice) -> Dataset:
-        y = None if data.y is None else {k: v[sl] for k, v in data.y.items()}
-        return Dataset({k: v[sl] for k, v in data.x.items()}, y, data.source)
-
-    return part(slice(0, split_at)), part(slice(split_at, None))
+    return data.subset(slice(0, split_at)), data.subset(slice(split_at, None))
 
 
 def _batches(n: int, batch_size: int, order: np.ndarray | None):
@@ -40,6 +58,115 @@ def _batches(n: int, batch_size: int, order: np.ndarray | None):
 
 def _take(arrays: dict[str, np.ndarray], names: list[str], index) -> list[np.ndarray]:
     return [arrays[name][index] for name in names]
+
+
+def _take_weights(data: Dataset, names: list[str], index) -> list[np.ndarray | None] | None:
+    if not data.sample_weight:
+        return None
+    return [None if name not in data.sample_weight else data.sample_weight[name][index] for name in names]
+
+
+@dataclass
+class Session:
+    """One fit: what the callbacks see, and what a checkpoint saves and restores.
+
+    `epoch` counts finished epochs. `spec_callbacks` (the spec's `fit.callbacks`, in order) and
+    `history` are checkpointed with their state; other callbacks (progress) are not.
+    """
+
+    trainer: Trainer
+    ctx: Context
+    shuffle_rng: np.random.Generator
+    epochs: int
+    history: History = field(default_factory=History)
+    spec_callbacks: list[Callback] = field(default_factory=list)
+    directions: dict[str, str] = field(default_factory=dict)
+    epoch: int = 0
+    stop_training: bool = False
+    interrupt: bool = False
+    status: str = "running"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def learning_rate(self) -> float:
+        return float(self.trainer.opt_state["learning_rate"])
+
+    @learning_rate.setter
+    def learning_rate(self, value: float) -> None:
+        state = self.trainer.opt_state
+        state["learning_rate"] = np.asarray(value, state["learning_rate"].dtype)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    def checkpoint(self) -> Arrays:
+        """Everything needed to carry on from here, as arrays for one .npz file."""
+        arrays: Arrays = {}
+        for owner, weights in self.trainer.params.items():
+            for name, weight in weights.items():
+                arrays[f"weights/{owner}/{name}"] = weight.copy()
+        for key, value in self.trainer.opt_state.items():
+            arrays[f"optimizer/{key}"] = np.array(value, copy=True)
+        states = {}
+        for key, callback in self._stateful():
+            values, callback_arrays = callback.state()
+            states[key] = values
+            for name, array in callback_arrays.items():
+                arrays[f"callbacks/{key}/{name}"] = array
+        meta = {
+            "format": CHECKPOINT_FORMAT,
+            "epoch": self.epoch,
+            "epochs": self.epochs,
+            "stop_training": self.stop_training,
+            "shuffle_rng": self.shuffle_rng.bit_generator.state,
+            "noise_rng": self.ctx.rng.bit_generator.state,
+            "callbacks": states,
+        }
+        arrays["meta"] = np.array(json.dumps(meta))
+        return arrays
+
+    def restore(self, arrays: Arrays) -> None:
+        meta = json.loads(str(arrays["meta"]))
+        for owner, weights in self.trainer.params.items():
+            for name, weight in weights.items():
+                weight[...] = arrays[f"weights/{owner}/{name}"]
+        state = self.trainer.opt_state
+        for key in list(state):
+            state[key] = np.array(arrays[f"optimizer/{key}"], copy=True)
+        for key, callback in self._stateful():
+            prefix = f"callbacks/{key}/"
+            own = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+            if key in meta["callbacks"]:
+                callback.restore(meta["callbacks"][key], own)
+        self.shuffle_rng.bit_generator.state = meta["shuffle_rng"]
+        self.ctx.rng.bit_generator.state = meta["noise_rng"]
+        self.epoch = meta["epoch"]
+        self.stop_training = meta["stop_training"]
+
+    def _stateful(self) -> Iterator[tuple[str, Callback]]:
+        yield "history", self.history
+        for index, callback in enumerate(self.spec_callbacks):
+            yield f"{index}-{type(callback).__name__}", callback
+
+
+@contextmanager
+def _interruptible(session: Session):
+    """Ctrl-C and SIGTERM ask the loop to stop after the current batch; a second Ctrl-C stops
+    at once. Only the main thread can take signals, elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def ask_to_stop(signum, frame):
+        if session.interrupt:
+            raise KeyboardInterrupt
+        session.interrupt = True
+
+    previous = {s: signal.signal(s, ask_to_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def fit(
@@ -55,35 +182,97 @@ def fit(
     ctx: Context,
     validation: Dataset | None = None,
     callbacks: list[Callback] = (),
+    spec_callbacks: list[Callback] = (),
     initial_epoch: int = 0,
+    directions: dict[str, str] | None = None,
+    resume: Arrays | None = None,
 ) -> History:
-    history = History()
-    every = [*callbacks, history]
-    steps = math.ceil(train.samples / batch_size)
+    """Train from `initial_epoch` (or the checkpoint `resume`) up to `epochs`.
+
+    Callbacks run in this order: the spec's, then `callbacks` (progress, the run folder), then
+    the history; every callback's `on_epoch_end` sees the logs the ones before it added to.
+    """
+    session = Session(
+        trainer, ctx, shuffle_rng, epochs, spec_callbacks=list(spec_callbacks),
+        directions=dict(directions or {}), epoch=initial_epoch,
+    )
+    history = session.history
+    every = [*spec_callbacks, history, *callbacks]
+    for callback in every:
+        callback.bind(session)
     for callback in every:
         callback.on_train_begin()
-    for epoch in range(initial_epoch, epochs):
-        for callback in every:
-            callback.on_epoch_begin(epoch, steps)
-        trainer.reset()
-        order = shuffle_rng.permutation(train.samples) if shuffle else None
-        for batch, index in enumerate(_batches(train.samples, batch_size, order)):
+    if resume is not None:
+        session.restore(resume)
+    steps = math.ceil(train.samples / batch_size)
+    terminate_on_nan = any(getattr(c, "terminates", False) for c in every)
+    with _interruptible(session):
+        while session.epoch < epochs and not session.stop_training:
+            epoch = session.epoch
+            good = session.checkpoint()
             try:
-                trainer.train_step(_take(train.x, inputs, index), _take(train.y, outputs, index), ctx)
-            except RunError as err:
-                raise RunError(f"epoch {epoch + 1}, batch {batch + 1}: {err.message}") from None
-            logs = trainer.results()
+                logs = _epoch(session, train, inputs, outputs, batch_size, shuffle, validation, every, steps)
+            except NonFiniteLoss as err:
+                session.restore(good)
+                message = (
+                    f"epoch {epoch + 1}, batch {err.batch + 1}: the loss became {err.value}; "
+                    + (f"kept the weights of epoch {epoch}, the last good one" if epoch else
+                       "kept the initial weights")
+                )
+                if terminate_on_nan:
+                    session.notes.append(f"TerminateOnNaN: {message}")
+                    break
+                session.status = "failed"
+                for callback in every:
+                    callback.on_train_stopped("failed", message)
+                raise RunError(message) from None
+            except KeyboardInterrupt:
+                session.restore(good)
+                session.status = "interrupted"
+                message = f"interrupted during epoch {epoch + 1}"
+                for callback in every:
+                    callback.on_train_stopped("interrupted", message)
+                raise Interrupted(session.epoch, epochs) from None
+            session.epoch = epoch + 1
             for callback in every:
-                callback.on_train_batch_end(batch, logs)
-        logs = trainer.results()
-        if validation is not None:
-            scores = evaluate(trainer, validation, inputs=inputs, outputs=outputs, batch_size=batch_size, ctx=ctx)
-            logs.update({f"val_{k}": v for k, v in scores.items()})
-        for callback in every:
-            callback.on_epoch_end(epoch, logs)
+                callback.on_epoch_end(epoch, logs)
+            if session.interrupt:  # asked during validation or the callbacks: the epoch is done
+                session.status = "interrupted"
+                for callback in every:
+                    callback.on_train_stopped("interrupted", f"interrupted after epoch {epoch + 1}")
+                raise Interrupted(session.epoch, epochs)
+    session.status = "stopped" if session.epoch < epochs else "finished"
     for callback in every:
         callback.on_train_end(history.last())
     return history
+
+
+def _epoch(session, train, inputs, outputs, batch_size, shuffle, validation, every, steps):
+    trainer, ctx, epoch = session.trainer, session.ctx, session.epoch
+    for callback in every:
+        callback.on_epoch_begin(epoch, steps)
+    trainer.reset()
+    order = session.shuffle_rng.permutation(train.samples) if shuffle else None
+    for batch, index in enumerate(_batches(train.samples, batch_size, order)):
+        xs, ys = _take(train.x, inputs, index), _take(train.y, outputs, index)
+        weights = _take_weights(train, outputs, index)
+        try:
+            trainer.train_step(xs, ys, ctx, weights)
+        except NonFiniteLoss as err:
+            err.batch = batch
+            raise
+        except RunError as err:
+            raise RunError(f"epoch {epoch + 1}, batch {batch + 1}: {err.message}") from None
+        logs = trainer.results()
+        for callback in every:
+            callback.on_train_batch_end(batch, logs)
+        if session.interrupt:
+            raise KeyboardInterrupt
+    logs = trainer.results()
+    if validation is not None:
+        scores = evaluate(trainer, validation, inputs=inputs, outputs=outputs, batch_size=batch_size, ctx=ctx)
+        logs.update({f"val_{k}": v for k, v in scores.items()})
+    return logs
 
 
 def evaluate(
@@ -99,7 +288,8 @@ def evaluate(
     trainer.reset()
     try:
         for index in _batches(data.samples, batch_size, None):
-            trainer.test_step(_take(data.x, inputs, index), _take(data.y, outputs, index), ctx)
+            xs, ys = _take(data.x, inputs, index), _take(data.y, outputs, index)
+            trainer.test_step(xs, ys, ctx, _take_weights(data, outputs, index))
         return trainer.results()
     finally:
         ctx.training = training

@@ -27,6 +27,36 @@ def _mask_weights(mask: np.ndarray | None) -> np.ndarray | None:
     return mask * np.float32(mask.size / kept) if kept else mask.astype(np.float32)
 
 
+def _loss_weights(masks, sample_weights) -> list[np.ndarray | None]:
+    """Per-output loss weights: the mask's (as above) times the sample weights, as Keras's
+    `apply_mask` multiplies them."""
+    weights = [_mask_weights(m) for m in masks]
+    if sample_weights is None:
+        return weights
+    for i, sw in enumerate(sample_weights):
+        if sw is None:
+            continue
+        mask = weights[i]
+        if mask is None:
+            weights[i] = sw
+        else:
+            weights[i] = mask * sw.reshape(sw.shape + (1,) * (mask.ndim - sw.ndim))
+    return weights
+
+
+class NonFiniteLoss(RunError):
+    """A batch's loss was NaN or infinite; the step was not applied."""
+
+    def __init__(self, value: float):
+        super().__init__(f"the loss became {value} (non-finite)")
+        self.value = value
+        self.batch = 0
+
+
+# NumPy's overflow and invalid-value warnings would clutter the terminal; the loss is checked.
+_QUIET = {"over": "ignore", "invalid": "ignore", "divide": "ignore", "under": "ignore"}
+
+
 @dataclass
 class Head:
     """One model output with its loss, loss weight and metrics."""
@@ -83,12 +113,17 @@ class Trainer:
 
     # -- steps --------------------------------------------------------------------------------
 
-    def train_step(self, xs: list[np.ndarray], ys: list[np.ndarray], ctx: Context) -> None:
+    def train_step(self, xs: list[np.ndarray], ys: list[np.ndarray], ctx: Context, sample_weights=None) -> None:
+        """One optimizer step; `sample_weights` is None or one array (or None) per output."""
+        with np.errstate(**_QUIET):
+            self._train_step(xs, ys, ctx, sample_weights)
+
+    def _train_step(self, xs, ys, ctx, sample_weights) -> None:
         run = self.plan.forward(self.params, xs, ctx, record=True)
-        weights = [_mask_weights(m) for m in run.masks]
+        weights = _loss_weights(run.masks, sample_weights)
         total, d_outputs, losses = self._losses(ys, run.outputs, weights, run.penalty, with_grads=True)
         if not np.isfinite(total):
-            raise RunError(f"the loss became {total} (non-finite)")
+            raise NonFiniteLoss(total)
         grads = self.plan.backward(run.tape, d_outputs)
         grad_list = []
         for owner, name in self.trainable:
@@ -101,11 +136,12 @@ class Trainer:
             weight[...] = constraint(weight)
         self._track(total, losses, ys, run.outputs, run.masks)
 
-    def test_step(self, xs: list[np.ndarray], ys: list[np.ndarray], ctx: Context) -> None:
-        run = self.plan.forward(self.params, xs, ctx, record=False, penalties=True)
-        weights = [_mask_weights(m) for m in run.masks]
-        total, _, losses = self._losses(ys, run.outputs, weights, run.penalty, with_grads=False)
-        self._track(total, losses, ys, run.outputs, run.masks)
+    def test_step(self, xs: list[np.ndarray], ys: list[np.ndarray], ctx: Context, sample_weights=None) -> None:
+        with np.errstate(**_QUIET):
+            run = self.plan.forward(self.params, xs, ctx, record=False, penalties=True)
+            weights = _loss_weights(run.masks, sample_weights)
+            total, _, losses = self._losses(ys, run.outputs, weights, run.penalty, with_grads=False)
+            self._track(total, losses, ys, run.outputs, run.masks)
 
     def _losses(self, ys, outputs, sample_weights, penalty: float, with_grads: bool):
         total = penalty + sum(reg.penalty(w) for _, w, reg in self.regularized)
