@@ -61,7 +61,7 @@ def test_masked_steps_do_not_count_in_the_loss(rng):
 
 
 def test_layer_that_cannot_take_a_mask_is_a_spec_error():
-    with pytest.raises(GraphError, match=r"Flatten 'flat': Flatten cannot take the mask that mask carries"):
+    with pytest.raises(GraphError, match=r"Flatten 'flat': cannot take the mask that mask carries"):
         kerspec.from_yaml(
             "layers:\n  - {type: Input, shape: [5, 3]}\n  - {type: Masking, name: mask}\n"
             "  - {type: Flatten, name: flat}\n"

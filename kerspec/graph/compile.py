@@ -316,7 +316,7 @@ def _infer_shapes(order: list[Node], by_name, problems: _Problems) -> dict[str, 
         if any(masked) and not node.layer.supports_masking:
             sources = ", ".join(str(r) for r, m in zip(node.inputs, masked) if m)
             problems.add(
-                f"{node.type} cannot take the mask that {sources} carries (from Masking or "
+                f"cannot take the mask that {sources} carries (from Masking or "
                 "Embedding(mask_zero) upstream); use a layer that supports masking, or drop the mask",
                 node.entry,
             )
