@@ -179,3 +179,111 @@ compile: {optimizer: adam, loss: mse}
     y = rng.standard_normal((8, 6, 1)).astype(np.float32)
     history = model.fit(Dataset({"input_layer": x}, {"dense": y}, "t"), epochs=3, batch_size=4)
     assert np.isfinite(history.history["loss"]).all()
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_masked_global_average_pooling_matches_keras(data_format, keepdims):
+    """Only the unmasked steps are averaged, and the output has no mask (Keras)."""
+    keras = pytest.importorskip("keras")
+    torch = pytest.importorskip("torch")
+    from kerspec.layers import Context
+    from tests.harness import build
+
+    rng = np.random.default_rng(3)
+    x, _ = padded_batch(rng, n=4, steps=5, features=3)
+    mask = x.any(axis=-1)
+    if data_format == "channels_first":
+        x = np.ascontiguousarray(x.transpose(0, 2, 1))
+    config = {"type": "GlobalAveragePooling1D", "data_format": data_format, "keepdims": keepdims}
+    layer = build(config)
+    assert layer.output_masked([True], 1) == [False]
+    (y,), backprop = layer.forward({}, [x], Context(False, np.random.default_rng(0), masks=[mask]))
+    theirs = keras.layers.GlobalAveragePooling1D(data_format=data_format, keepdims=keepdims)
+    x_torch = torch.tensor(x, requires_grad=True)
+    out = theirs(x_torch, mask=torch.tensor(mask))
+    np.testing.assert_allclose(y, out.detach().numpy(), rtol=1e-6, atol=1e-7)
+    r = rng.standard_normal(y.shape).astype(np.float32)
+    (out * torch.tensor(r)).sum().backward()
+    (dx,), _ = backprop([r.copy()])
+    np.testing.assert_allclose(dx, x_torch.grad.numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_masked_global_average_pooling_gradient_and_empty_rows():
+    from kerspec.layers import Context
+    from tests.gradcheck import check_grads
+    from tests.harness import build
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 4, 2))
+    mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [0, 0, 0, 0]], bool)
+    layer = build({"type": "GlobalAveragePooling1D"})
+
+    def forward():
+        ctx = Context(False, np.random.default_rng(0), masks=[mask])
+        (y,), backprop = layer.forward({}, [x], ctx)
+        return y, lambda dy: {"x": backprop([dy])[0][0]}
+
+    check_grads(forward, {"x": x})
+    y, _ = forward()
+    np.testing.assert_allclose(y[1], x[1, :2].mean(axis=0))
+    # Keras divides 0 by 0 for a fully masked row (NaN); kerspec gives 0.
+    assert not y[2].any()
+
+
+def test_global_max_pooling_refuses_a_mask_as_keras_does_not_support_it():
+    with pytest.raises(GraphError, match=r"GlobalMaxPooling1D .*cannot take the mask"):
+        kerspec.from_yaml(
+            "layers:\n  - {type: Input, shape: [5, 3]}\n  - {type: Masking}\n"
+            "  - {type: GlobalMaxPooling1D}\n"
+        )
+
+
+@pytest.mark.parametrize("axis", [-1, 1])
+@pytest.mark.parametrize("which", ["both", "first", "second"])
+def test_concatenate_masks_match_keras(axis, which):
+    """Keras 3: a missing mask is all true; masks stretched over features, joined, any(-1)."""
+    keras = pytest.importorskip("keras")
+    torch = pytest.importorskip("torch")
+    from tests.harness import build
+
+    rng = np.random.default_rng(5)
+    xs = [rng.standard_normal((3, 4, 2)).astype(np.float32) for _ in range(2)]
+    masks = [rng.random((3, 4)) > 0.4, rng.random((3, 4)) > 0.6]
+    masks = [m if which in ("both", name) else None for m, name in zip(masks, ["first", "second"])]
+    layer = build({"type": "Concatenate", "axis": axis})
+    assert layer.output_masked([m is not None for m in masks], 1) == [True]
+    (mask,) = layer.compute_mask(xs, masks, [None])
+    theirs = keras.layers.Concatenate(axis=axis).compute_mask(
+        [torch.tensor(x) for x in xs], [None if m is None else torch.tensor(m) for m in masks]
+    )
+    np.testing.assert_array_equal(mask, theirs.numpy())
+    assert layer.compute_mask(xs, [None, None], [None]) == [None]
+
+
+def test_masks_through_concatenate_and_average_pooling_in_a_model(rng):
+    model = kerspec.from_yaml(
+        """
+seed: 0
+layers:
+  - {name: x, type: Input, shape: [5, 3]}
+  - {name: mask, type: Masking}
+  - {name: seq, type: Dense, units: 2}
+  - {name: both, type: Concatenate, from: [seq, mask]}
+  - {name: pool, type: GlobalAveragePooling1D}
+  - {name: out, type: Dense, units: 1}
+compile: {optimizer: {type: sgd, learning_rate: 0.1}, loss: mse}
+"""
+    )
+    assert model.graph.node("both").output_masked == [True]
+    assert model.graph.node("pool").output_masked == [False]
+    x, _ = padded_batch(rng)
+    y = rng.standard_normal((len(x), 1)).astype(np.float32)
+    p = model.params
+    steps = x.any(axis=-1)
+    joined = np.concatenate([x @ p["seq"]["kernel"] + p["seq"]["bias"], x], axis=-1)
+    pooled = (joined * steps[..., None]).sum(axis=1) / steps.sum(axis=1, keepdims=True)
+    expected = pooled @ p["out"]["kernel"] + p["out"]["bias"]  # the padded steps left out
+    np.testing.assert_allclose(model.predict(x)["out"], expected, rtol=1e-5, atol=1e-6)
+    history = model.fit(Dataset({"x": x}, {"out": y}, "t"), epochs=2, batch_size=3)
+    assert np.isfinite(history.history["loss"]).all()

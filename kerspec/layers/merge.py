@@ -18,12 +18,29 @@ from kerspec.layers.base import LAYERS, Arrays, Layer, Shape, ShapeError, format
 class Concatenate(Layer):
     """Joins its inputs along `axis` (counted with the batch axis, as in Keras; -1 is last).
 
-    Every other dimension must agree.
+    Every other dimension must agree. Masks as Keras 3 joins them: an input without a mask counts
+    as all true, each mask is stretched over its input's feature axes, the stretched masks are
+    concatenated along `axis`, and the output mask is their `any` over the last axis. Joining
+    features (axis -1) thus gives the masks or-ed, true everywhere if any input has none; joining
+    time steps (axis 1) gives the masks one after the other.
     """
 
     type: Literal["Concatenate"] = "Concatenate"
     axis: int = -1
     arity: ClassVar[None] = None
+    supports_masking: ClassVar[bool] = True
+
+    def compute_mask(self, xs, masks, ys):
+        if all(m is None for m in masks):
+            return [None]
+        axis = self._axis(xs[0].ndim - 1) + 1
+        full = [
+            np.ones(x.shape, bool)
+            if m is None
+            else np.broadcast_to(m.reshape(m.shape + (1,) * (x.ndim - m.ndim)), x.shape)
+            for x, m in zip(xs, masks)
+        ]
+        return [np.concatenate(full, axis=axis).any(axis=-1)]
 
     def _axis(self, ndim: int) -> int:
         """The axis among the non-batch dimensions."""

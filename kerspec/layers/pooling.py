@@ -276,11 +276,42 @@ class GlobalMaxPooling2D(GlobalMaxPooling):
 @LAYERS.register("GlobalAveragePooling1D", "GlobalAvgPool1D")
 class GlobalAveragePooling1D(GlobalAveragePooling):
     """`y[c] = mean_t x[t, c]`. Input (batch, steps, channels) or (batch, channels, steps);
-    output (batch, channels), or (batch, 1, channels) / (batch, channels, 1) with keepdims."""
+    output (batch, channels), or (batch, 1, channels) / (batch, channels, 1) with keepdims.
+
+    With a mask (batch, steps), as in Keras, only the unmasked steps are averaged:
+    `y[c] = sum_t m[t] x[t, c] / sum_t m[t]`, and the output has no mask. Where a whole row is
+    masked Keras divides 0 by 0 (NaN); here that row's output is 0, with no gradient.
+    (GlobalMaxPooling1D, as in Keras 3, does not support masking: a masked input is refused.)
+    """
 
     type: Literal["GlobalAveragePooling1D"] = "GlobalAveragePooling1D"
     rank: ClassVar[int] = 1
     layout: ClassVar[str] = "(batch, steps, channels)"
+    supports_masking: ClassVar[bool] = True
+
+    def output_masked(self, masked, n_outputs):
+        return [False]
+
+    def compute_mask(self, xs, masks, ys):
+        return [None]
+
+    def call(self, w, x, ctx):
+        mask = ctx.masks[0] if ctx.masks else None
+        if mask is None:
+            return super().call(w, x, ctx)
+        axis = 2 if self.data_format == "channels_first" else 1
+        keep = np.expand_dims(mask, 3 - axis).astype(x.dtype)
+        # Each sample's weights 1 / count on its unmasked steps; a fully masked row gets 0s.
+        keep /= np.maximum(keep.sum(axis=axis, keepdims=True), 1)
+        y = self._shaped(np.sum(x * keep, axis=axis, keepdims=True), x)
+        need_dx = ctx.need_dx
+
+        def backprop(dy):
+            if not need_dx:
+                return None, {}
+            return np.expand_dims(dy.reshape(x.shape[0], -1), axis) * keep, {}
+
+        return y, backprop
 
 
 @LAYERS.register("GlobalAveragePooling2D", "GlobalAvgPool2D")
