@@ -214,6 +214,8 @@ def _compare(a: Any, b: Any, path: tuple, label: tuple, found: list) -> None:
         return
     if isinstance(a, dict) and isinstance(b, dict):
         for key in dict.fromkeys([*a, *b]):
+            if (*path, key) in RESUMABLE:
+                continue
             if key not in a:
                 found.append(
                     ((*path, key), f"{_dotted((*label, key))}: not in the run, {_show(b[key])} now")
