@@ -223,8 +223,8 @@ def _set_weights(session: Session, arrays: Arrays) -> None:
 
 
 class MonitorCallback(Callback):
-    """Keras's MonitorCallback: an improvement is `value - min_delta < best` when minimising
-    (`value + min_delta > best` when maximising); mode `auto` minimises losses and maximises
+    """Keras's MonitorCallback: an improvement is `value + min_delta < best` when minimising
+    (`value - min_delta > best` when maximising); mode `auto` minimises losses and maximises
     metrics that go up (accuracy, precision, recall, auc)."""
 
     def __init__(self, config: MonitorConfig, min_delta: float = 0.0):
@@ -252,8 +252,8 @@ class MonitorCallback(Callback):
         if reference is None:
             return True
         if self._direction():
-            return value - self.min_delta < reference
-        return value + self.min_delta > reference
+            return value + self.min_delta < reference
+        return value - self.min_delta > reference
 
 
 def monitor_direction(name: str) -> str | None:
