@@ -250,3 +250,81 @@ def test_two_outputs_report_keras_names(tmp_path):
     assert scores == {k[4:]: v[-1] for k, v in history.history.items() if k.startswith("val_")}
     out = model.predict(np.zeros((4, 5), np.float32))
     assert {k: v.shape for k, v in out.items()} == {"kind": (4, 3), "size": (4, 1)}
+
+
+# -- class_weight and sample_weight, as Keras weighs them ------------------------------------------
+
+WEIGHTED = """\
+name: weighted
+seed: 2
+layers:
+  - {{type: Input, shape: [4], name: features}}
+  - {{type: Dense, units: 3, activation: softmax, name: label}}
+compile: {{optimizer: {{type: sgd, learning_rate: 0.5}}, loss: {loss}, metrics: [accuracy]}}
+data: {{train: train.npz}}
+fit: {{epochs: 1, batch_size: 64, shuffle: false{extra}}}
+"""
+
+
+def _weighted_case(folder: Path, loss: str, extra: str = "", sample_weight: bool = False):
+    rng = np.random.default_rng(1)
+    x = rng.random((20, 4), dtype=np.float32)
+    labels = rng.integers(0, 3, 20)
+    y = labels if loss.startswith("sparse") else np.eye(3, dtype=np.float32)[labels]
+    arrays = {"x": x, "y": y}
+    if sample_weight:
+        arrays["sample_weight"] = rng.random(20).astype(np.float32) * 2
+    np.savez(folder / "train.npz", **arrays)
+    spec = folder / "weighted.yaml"
+    spec.write_text(WEIGHTED.format(loss=loss, extra=extra))
+    return kerspec.load(spec), arrays
+
+
+def _keras_twin(keras, model, loss):
+    twin = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    twin.set_weights([model.params["label"]["kernel"], model.params["label"]["bias"]])
+    twin.compile(optimizer=keras.optimizers.SGD(0.5), loss=loss, metrics=["accuracy"])
+    return twin
+
+
+@pytest.mark.parametrize("loss", ["sparse_categorical_crossentropy", "categorical_crossentropy"])
+def test_class_weight_steps_as_keras(tmp_path, loss):
+    keras = pytest.importorskip("keras")
+    class_weight = {0: 0.5, 2: 3.0}
+    model, arrays = _weighted_case(tmp_path, loss, ", class_weight: {0: 0.5, 2: 3.0}")
+    twin = _keras_twin(keras, model, loss)
+    logs = twin.train_on_batch(arrays["x"], arrays["y"], class_weight=class_weight, return_dict=True)
+    history = model.fit()
+    kernel, bias = twin.get_weights()
+    np.testing.assert_allclose(model.params["label"]["kernel"], kernel, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.params["label"]["bias"], bias, rtol=1e-5, atol=1e-6)
+    assert history.history["loss"][0] == pytest.approx(float(logs["loss"]), rel=1e-5)
+    assert history.history["accuracy"][0] == pytest.approx(float(logs["accuracy"]))
+
+
+def test_sample_weight_steps_and_scores_as_keras(tmp_path):
+    keras = pytest.importorskip("keras")
+    loss = "sparse_categorical_crossentropy"
+    model, arrays = _weighted_case(tmp_path, loss, sample_weight=True)
+    twin = _keras_twin(keras, model, loss)
+    data = model.dataset("train")
+    assert set(data.sample_weight) == {"label"}
+    ours = model.evaluate(data)
+    theirs = twin.evaluate(arrays["x"], arrays["y"], sample_weight=arrays["sample_weight"], return_dict=True, verbose=0)
+    assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-5)
+    assert ours["accuracy"] == pytest.approx(theirs["accuracy"])  # metrics are not weighted
+    twin.train_on_batch(arrays["x"], arrays["y"], sample_weight=arrays["sample_weight"])
+    model.fit(data)
+    np.testing.assert_allclose(model.params["label"]["kernel"], twin.get_weights()[0], rtol=1e-5, atol=1e-6)
+
+
+def test_bad_sample_weights_and_class_weight_conflicts(tmp_path):
+    model, arrays = _weighted_case(tmp_path, "sparse_categorical_crossentropy", ", class_weight: {1: 2}", sample_weight=True)
+    with pytest.raises(kerspec.KerspecError, match="class_weight and sample weights in the data cannot be used together"):
+        model.fit()
+    np.savez(tmp_path / "train.npz", **{**arrays, "sample_weight": -arrays["sample_weight"]})
+    with pytest.raises(DataError, match="key 'sample_weight' holds .* at index \\[0\\]; sample weights must be finite and non-negative"):
+        model.dataset("train")
+    np.savez(tmp_path / "train.npz", **{**arrays, "sample_weight": arrays["sample_weight"][:5]})
+    with pytest.raises(DataError, match=r"key 'sample_weight' has shape \(5,\)"):
+        model.dataset("train")
