@@ -184,7 +184,7 @@ def runs(
     elif not found:
         console.err.print(f"no runs in {folder}", markup=False)
     else:
-        console.emit_runs(found)
+        console.emit_runs(found, folder)
 
 
 @app.command()

@@ -97,27 +97,29 @@ def emit_curves(history: dict[str, list[float]]) -> None:
         err.print(f"{key:<{width}}  {values[0]:.4f} {sparkline(values)} {values[-1]:.4f}")
 
 
-def emit_runs(runs: list[dict]) -> None:
-    """`kerspec runs` as a table."""
+def emit_runs(runs: list[dict], folder) -> None:
+    """`kerspec runs` as a table; the folder column is each run's path inside `folder`."""
+    from pathlib import Path
+
     from rich.table import Table
 
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("run", "spec", "epochs", "metrics", "started", "time", "status"):
-        table.add_column(column, no_wrap=column != "metrics")
+    table = Table(box=None, header_style="bold", pad_edge=False, title_justify="left")
+    table.title = f"Runs in {folder}"
+    for column in ("run", "spec", "epochs", "status", "started", "time", "final metrics"):
+        table.add_column(column, no_wrap=column != "final metrics")
     for run in runs:
         metrics = run["metrics"]
         shown = [k for k in metrics if not k.startswith("test_")][:4]
-        epochs = (
-            f"{run['epochs_done']}/{run['epochs']}" if run["epochs"] else str(run["epochs_done"])
-        )
+        epochs = str(run["epochs_done"]) + (f"/{run['epochs']}" if run["epochs"] else "")
         duration = run["duration"]
+        path = Path(run["folder"])
         table.add_row(
-            run["folder"],
+            str(path.relative_to(folder)) if path != Path(folder) else path.name,
             run["name"],
             epochs,
-            "  ".join(f"{k} {metrics[k]:.4f}" for k in shown),
-            (run["started"] or "").replace("T", " ").split("+")[0],
-            "" if duration is None else f"{duration:.0f}s",
             run["status"],
+            (run["started"] or "").replace("T", " ").split("+")[0][:16],
+            "" if duration is None else f"{duration:.0f}s",
+            "  ".join(f"{k} {metrics[k]:.4f}" for k in shown),
         )
     out.print(table)
