@@ -103,7 +103,8 @@ def _label(data: dict, path: tuple) -> tuple[str, tuple]:
     if len(path) >= 2 and path[0] == "layers" and isinstance(path[1], int):
         entry = data["layers"][path[1]]
         if isinstance(entry, dict):
-            kind = "shared layer" if "share" in entry else str(entry.get("type", "layer"))
+            kind = entry.get("type")
+            kind = "shared layer" if "share" in entry else kind if isinstance(kind, str) else "layer"
             name = entry.get("name")
             label = f"{kind} {name!r}" if isinstance(name, str) else f"{kind} (layers[{path[1]}])"
         else:

@@ -10,9 +10,8 @@ import copy
 import difflib
 from typing import Any
 
-import yaml
-
 from kerspec.errors import KerspecError, SpecError, Where
+from kerspec.spec.source import parse_yaml
 
 
 def apply_overrides(data: Any, sets: list[str]) -> tuple[Any, dict[tuple, str]]:
@@ -40,9 +39,11 @@ def _apply(data: Any, text: str) -> tuple:
     if not sep or not key.strip():
         raise KerspecError("expected KEY=VALUE, e.g. fit.epochs=3", where)
     try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        raise KerspecError(f"cannot read the value {raw!r} as YAML", where) from None
+        # The same guarded loader as spec files: an option is as untrusted as a file.
+        value, _ = parse_yaml(raw, "value")
+    except SpecError as err:
+        reason = "; ".join(p.message for p in err.problems)
+        raise KerspecError(f"cannot read the value {raw!r} as YAML ({reason})", where) from None
     if not isinstance(data, dict):
         raise KerspecError("the spec is not a mapping", where)
     segments = key.strip().split(".")

@@ -19,7 +19,12 @@ from kerspec.errors import KerspecError, SpecError, Where
 # Aliases let a few lines of YAML stand for an exponentially large document ("billion laughs").
 # Counting nodes with aliases expanded, before constructing anything, bounds time and memory.
 MAX_EXPANDED_NODES = 200_000
-MAX_SPEC_BYTES = 10 * 1024 * 1024
+# A spec is a few kilobytes; the pure-Python YAML parser takes seconds per megabyte of small nodes.
+MAX_SPEC_BYTES = 1024 * 1024
+# Mappings and lists nested deeper than any model needs; the composer recurses per level.
+MAX_DEPTH = 64
+# Python refuses to turn longer digit strings into an int (sys.get_int_max_str_digits).
+MAX_INT_DIGITS = 4000
 
 
 @dataclass
@@ -87,19 +92,60 @@ def read_spec_text(path: Path, display: str) -> str:
         raise SpecError([KerspecError(message, Where(display, line, column))]) from None
 
 
+class _Loader(yaml.SafeLoader):
+    """The safe loader, refusing too deep nesting and too many nodes while it composes.
+
+    Both checks run before the recursion they protect against (the composer calls itself per
+    level) and before the parser has spent seconds on a document that will be refused anyway.
+    """
+
+    def __init__(self, text: str, display: str):
+        self.display = display
+        self.depth = 0
+        self.composed = 0
+        super().__init__(text)
+
+    def compose_node(self, parent, index):
+        self.depth += 1
+        self.composed += 1
+        try:
+            if self.depth > MAX_DEPTH or self.composed > MAX_EXPANDED_NODES:
+                mark = self.peek_event().start_mark
+                message = (
+                    f"YAML nested more than {MAX_DEPTH} levels deep"
+                    if self.depth > MAX_DEPTH
+                    else f"document has more than {MAX_EXPANDED_NODES:,} nodes"
+                )
+                raise SpecError([KerspecError(message, _at(self.display, mark))])
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def _at(display: str, mark) -> Where:
+    return Where(display, mark.line + 1, mark.column + 1) if mark else Where(display)
+
+
 def parse_yaml(text: str, display: str) -> tuple[Any, Source]:
     """Safe-load `text`; YAML errors become a SpecError at the place the parser stopped."""
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        # The reader checks the whole text for characters YAML forbids when the loader is made.
+        loader = _Loader(text, display)
         root = loader.get_single_node()
         if root is not None:
             _check_nodes(root, display)
             data = loader.construct_document(root)
         else:
             data = None
+    except yaml.reader.ReaderError as err:
+        before = text[: err.position]
+        line = before.count("\n") + 1
+        column = err.position - (before.rfind("\n") + 1) + 1
+        message = f"invalid YAML: character U+{err.character:04X} is not allowed in YAML text"
+        raise SpecError([KerspecError(message, Where(display, line, column))]) from None
     except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        where = Where(display, mark.line + 1, mark.column + 1) if mark else Where(display)
+        where = _at(display, err.problem_mark or err.context_mark)
         problem = err.problem or err.context or "invalid YAML"
         if "expected a single document" in str(err.context):
             problem = "only one YAML document is allowed in a spec"
@@ -109,8 +155,12 @@ def parse_yaml(text: str, display: str) -> tuple[Any, Source]:
     except RecursionError:
         raise SpecError([KerspecError("YAML nested too deeply", Where(display))]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return data, Source(display, root)
+
+
+INT_TAG = "tag:yaml.org,2002:int"
 
 
 def _check_nodes(root: yaml.Node, display: str) -> None:
@@ -141,6 +191,17 @@ def _check_nodes(root: yaml.Node, display: str) -> None:
                 total += size(key_node) + size(value_node)
         elif isinstance(node, yaml.SequenceNode):
             total += sum(size(child) for child in node.value)
+        elif node.tag == INT_TAG and len(node.value) > MAX_INT_DIGITS:
+            mark = node.start_mark
+            raise SpecError(
+                [
+                    KerspecError(
+                        f"an integer of {len(node.value):,} characters is too long"
+                        f" (the limit is {MAX_INT_DIGITS:,})",
+                        Where(display, mark.line + 1, mark.column + 1),
+                    )
+                ]
+            )
         if total > MAX_EXPANDED_NODES:
             mark = node.start_mark
             raise SpecError(
