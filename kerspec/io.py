@@ -12,8 +12,6 @@ import io
 import json
 import os
 import tempfile
-import zipfile
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -21,6 +19,7 @@ from typing import IO
 import numpy as np
 
 from kerspec.errors import DataError, KerspecError, WeightsError
+from kerspec.guards import READ_ERRORS, check_npy_file, describe_read_error, read_npz_array
 from kerspec.layers.base import format_shape
 
 
@@ -78,21 +77,24 @@ def save_weights(path: Path, params: dict[str, dict[str, np.ndarray]]) -> None:
 def read_npz(path: Path, error: type[KerspecError]) -> dict[str, np.ndarray]:
     """Every array of an .npz file, refusing pickles; damage becomes `error`, naming the file."""
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            return {key: archive[key] for key in archive.files}
+        check_npy_file(path)  # a forged .npy header is refused before numpy allocates for it
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise error("is one .npy array, not an .npz archive of named arrays", str(path))
+        with archive:
+            return {key: read_npz_array(archive, key) for key in archive.files}
     except FileNotFoundError:
         raise error("no such file", str(path)) from None
     except IsADirectoryError:
         raise error("is a folder, not a file", str(path)) from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as err:
-        raise error(f"not a readable .npz file ({_reason(err)})", str(path)) from None
+    except READ_ERRORS as err:
+        raise error(f"not a readable .npz file ({describe_read_error(err)})", str(path)) from None
 
 
-def _reason(err: Exception) -> str:
-    text = str(err)
-    if "allow_pickle" in text or "Object arrays" in text:
-        return "it holds Python objects, which kerspec never loads"
-    return text.splitlines()[0] if text else type(err).__name__
+def _some(keys: list[str], limit: int = 12) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
 
 
 def load_weights(path: Path, params: dict[str, dict[str, np.ndarray]]) -> None:
@@ -103,19 +105,23 @@ def load_weights(path: Path, params: dict[str, dict[str, np.ndarray]]) -> None:
     missing = [k for k in expected if k not in arrays]
     extra = [k for k in arrays if k not in expected]
     if missing:
-        problems.append(f"missing {', '.join(missing)}")
+        problems.append(f"missing {_some(missing)}")
     if extra:
-        problems.append(f"unexpected {', '.join(extra)}")
+        problems.append(f"unexpected {_some(extra)}")
     for key, target in expected.items():
         array = arrays.get(key)
         if array is None:
             continue
         if array.shape != target.shape:
             problems.append(f"{key} has shape {array.shape}, the model needs {target.shape}")
-        elif not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+        elif array.dtype.kind not in "iuf":  # not bool, complex, timedelta, text or records
             problems.append(f"{key} has dtype {array.dtype}, expected real numbers")
         elif not np.all(np.isfinite(array)):
             problems.append(f"{key} holds NaN or infinite values")
+        else:
+            with np.errstate(over="ignore"):
+                if not np.all(np.isfinite(array.astype(target.dtype))):
+                    problems.append(f"{key} holds values too large for {target.dtype}")
     if problems:
         raise WeightsError("weights do not fit the model: " + "; ".join(problems), str(path))
     for key, target in expected.items():

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 
 from kerspec.errors import GraphError, KerspecError
+from kerspec.guards import check_model
 from kerspec.layers import Layer, Shape, ShapeError, WeightSpec
 from kerspec.layers.base import format_shape
 from kerspec.layers.core import Input
@@ -123,7 +124,9 @@ def compile_spec(loaded: LoadedSpec) -> Graph:
     for ref in outputs:
         _check_index(ref, by_name, problems, None, ("outputs",))
     problems.raise_any()
-    return Graph(loaded.name, order, inputs, outputs, weights, spec.dtype)
+    graph = Graph(loaded.name, order, inputs, outputs, weights, spec.dtype)
+    check_model(graph, loaded)  # before anything allocates the weights
+    return graph
 
 
 def _name_nodes(entries, problems: _Problems) -> list[Node]:

@@ -13,8 +13,6 @@ executed.
 from __future__ import annotations
 
 import csv
-import zipfile
-import zlib
 from collections.abc import Callable, Mapping
 from contextlib import closing
 from dataclasses import dataclass
@@ -35,13 +33,20 @@ from pydantic import (
 )
 
 from kerspec.errors import DataError
+from kerspec.guards import (
+    READ_ERRORS,
+    check_allocation,
+    check_npy_file,
+    describe_read_error,
+    read_npz_array,
+)
 
 Shape = tuple[int | None, ...]
 Kind = Literal["sparse", "categorical", "binary", "real"]
 
 _SUFFIXES = (".npz", ".npy", ".csv")
 # Every way a damaged or hostile file makes numpy's readers fail; each becomes a DataError.
-_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError)
+_READ_ERRORS = READ_ERRORS
 
 
 def _check_suffix(path: str) -> str:
@@ -177,8 +182,13 @@ class _File:
             self.where = f"data file {self.written!r}"
         else:
             self.where = f"data file {self.written!r} (resolved: {self.path})"
-        if not self.path.exists():
-            raise self.error("file not found")
+        try:
+            self.path.stat()
+        except FileNotFoundError:
+            raise self.error("file not found") from None
+        except (OSError, ValueError) as error:  # a symlink loop, a name too long, a NUL byte
+            reason = getattr(error, "strerror", None) or error
+            raise self.error(f"cannot be opened: {reason}") from None
         if not self.path.is_file():
             raise self.error("is not a file")
 
@@ -376,7 +386,7 @@ class _Npz:
         try:
             self.archive = np.load(file.path, allow_pickle=False)
         except _READ_ERRORS as error:
-            raise file.error(f"cannot be read as .npz: {error}") from None
+            raise file.error(f"cannot be read as .npz: {describe_read_error(error)}") from None
         if not isinstance(self.archive, np.lib.npyio.NpzFile):
             raise file.error("is a single .npy array, not an .npz archive of named arrays")
         self.keys = list(self.archive.files)
@@ -386,9 +396,10 @@ class _Npz:
 
     def read(self, key: str) -> np.ndarray:
         try:
-            return self.archive[key]
+            return read_npz_array(self.archive, key)
         except _READ_ERRORS as error:
-            raise self.file.error(f"key {key!r} cannot be read: {error}") from None
+            reason = describe_read_error(error)
+            raise self.file.error(f"key {key!r} cannot be read: {reason}") from None
 
     def find(self, names: list[str], given: dict[str, str] | None, fallback: str, role: str):
         """The key for each name: named by `x:`/`y:`, else the name, else `fallback` for one name.
@@ -478,9 +489,10 @@ def _load_npy(file: _File, inputs: dict[str, Shape], dtype: np.dtype) -> dict[st
             " use an .npz file keyed by input name"
         )
     try:
+        check_npy_file(file.path)
         array = np.load(file.path, allow_pickle=False)
     except _READ_ERRORS as error:
-        raise file.error(f"cannot be read as .npy: {error}") from None
+        raise file.error(f"cannot be read as .npy: {describe_read_error(error)}") from None
     if isinstance(array, np.lib.npyio.NpzFile):
         array.close()
         raise file.error("is an .npz archive, not a single .npy array")
@@ -682,6 +694,13 @@ def _random(
     # An unknown dimension (a variable sequence length) gets a small fixed size.
     def sized(shape: Shape) -> tuple[int, ...]:
         return tuple(10 if d is None else d for d in shape)
+
+    shapes = [(n, *sized(s)) for s in inputs.values()]
+    shapes += [(n, *sized(o.shape)) for o in outputs.values()]
+    try:
+        check_allocation(f"random data of {n:,} samples", shapes, max(dtype.itemsize, 8))
+    except ValueError as error:
+        raise DataError(str(error), where="data {source: random}") from None
 
     x = {name: rng.random((n, *sized(shape)), dtype=dtype) for name, shape in inputs.items()}
     y = {}
