@@ -17,9 +17,11 @@ from kerspec.regularizers import REGULARIZERS
 from kerspec.spec.overrides import apply_overrides
 from kerspec.spec.schema import Compile, Data, Fit, Shared, Spec, json_schema
 from kerspec.spec.source import Source, parse_yaml, read_spec_text
+from kerspec.training.callbacks import CALLBACKS
 from kerspec.training.losses import LOSSES
 from kerspec.training.metrics import METRICS
 from kerspec.training.optimizers import OPTIMIZERS
+from kerspec.training.schedules import SCHEDULES
 
 __all__ = ["LoadedSpec", "Spec", "json_schema", "load_spec", "parse_spec"]
 
@@ -114,7 +116,8 @@ def _label(data: dict, path: tuple) -> tuple[str, tuple]:
 
 
 REGISTRIES = (
-    LAYERS, ACTIVATIONS, INITIALIZERS, REGULARIZERS, CONSTRAINTS, LOSSES, METRICS, OPTIMIZERS
+    LAYERS, ACTIVATIONS, INITIALIZERS, REGULARIZERS, CONSTRAINTS, LOSSES, METRICS, OPTIMIZERS,
+    CALLBACKS, SCHEDULES,
 )
 SECTIONS: dict[tuple, type[BaseModel]] = {(): Spec, ("compile",): Compile, ("fit",): Fit, ("data",): Data}
 
