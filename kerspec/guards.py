@@ -48,6 +48,9 @@ READ_ERRORS = (
     RecursionError,
     MemoryError,
     OverflowError,
+    # zipfile: an unknown compression method, an encrypted member.
+    NotImplementedError,
+    RuntimeError,
 )
 
 

@@ -92,7 +92,8 @@ def read_npz(path: Path, error: type[KerspecError]) -> dict[str, np.ndarray]:
 
 
 def _some(keys: list[str], limit: int = 12) -> str:
-    shown = ", ".join(keys[:limit])
+    # Keys come from the file: show odd ones quoted, so a newline cannot forge a message line.
+    shown = ", ".join(k if k.isprintable() and k.strip() == k and k else repr(k) for k in keys[:limit])
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 

@@ -226,7 +226,10 @@ def _fits(shape: tuple[int, ...], expected: Shape) -> bool:
 
 
 def _names(names: list[str] | tuple[str, ...], limit: int = 12) -> str:
-    shown = ", ".join(map(str, names[:limit]))
+    # Names come from files: quote odd ones, so a newline in a key cannot forge a message line.
+    shown = ", ".join(
+        n if n.isprintable() and n.strip() == n and n else repr(n) for n in map(str, names[:limit])
+    )
     return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
