@@ -22,7 +22,7 @@ from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
-from kerspec.errors import GraphError, KerspecError
+from kerspec.errors import GraphError, KerspecError, Where
 
 if TYPE_CHECKING:
     from kerspec.graph.compile import Graph
@@ -110,6 +110,14 @@ def _size(shape) -> int:
     return math.prod(1 if d is None else int(d) for d in shape)
 
 
+def _where(loaded: LoadedSpec, path: tuple) -> Where:
+    """The place of a spec entry, or the `--set` option that changed something inside it."""
+    for changed, option in loaded.source.overrides.items():
+        if changed[: len(path)] == path:
+            return Where(f"--set {option}")
+    return loaded.source.where(path)
+
+
 def check_model(graph: Graph, loaded: LoadedSpec, batch_size: int | None = None) -> None:
     """Refuse a model whose weights, or whose training on one batch, cannot fit in memory.
 
@@ -134,9 +142,9 @@ def check_model(graph: Graph, loaded: LoadedSpec, batch_size: int | None = None)
     owner, largest = max(per_owner.items(), key=lambda item: item[1], default=(None, 0))
     node = first_node.get(owner)
     at_layer = (
-        (f"{node.type} {owner!r}: ", loaded.source.where(("layers", node.entry)))
+        (f"{node.type} {owner!r}: ", _where(loaded, ("layers", node.entry)))
         if node is not None and largest > weights / 2
-        else ("", loaded.source.where(("layers",)))
+        else ("", _where(loaded, ("layers",)))
     )
     if weights > available:
         label, where = at_layer
@@ -157,10 +165,10 @@ def check_model(graph: Graph, loaded: LoadedSpec, batch_size: int | None = None)
     label, where = at_layer
     if state < batch:
         widest = max(graph.nodes, key=lambda node: outputs[node.name])
-        label, where = "", loaded.source.where(("fit", "batch_size"))
+        label, where = "", _where(loaded, ("fit", "batch_size"))
         if outputs[widest.name] * 2 > sum(outputs.values()):
             label = f"{widest.type} {widest.name!r}: "
-            where = loaded.source.where(("layers", widest.entry))
+            where = _where(loaded, ("layers", widest.entry))
         if state + per_sample <= available:
             message += "; a smaller fit.batch_size needs less"
     raise GraphError([KerspecError(label + message, where)])
