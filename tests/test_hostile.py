@@ -497,6 +497,13 @@ def params():
 
 K, BIAS = np.ones((4, 2)), np.ones(2)
 
+
+def unknown_compression(raw: bytes) -> bytes:
+    """The archive with its first member's compression method (central directory) set to 99."""
+    at = raw.index(b"PK\x01\x02") + 10
+    return raw[:at] + b"\x63\x00" + raw[at + 2 :]
+
+
 WEIGHTS = {
     "w_empty": (b"", "not a readable .npz file"),
     "w_truncated": (npz_bytes(**{"d/kernel": K, "d/bias": BIAS})[:100], "not a readable .npz file"),
@@ -566,6 +573,13 @@ WEIGHTS = {
     "w_inf": (
         npz_bytes(**{"d/kernel": K, "d/bias": BIAS * np.inf}),
         "holds NaN or infinite values",
+    ),
+    # Regression (fuzzing): a flipped compression-method byte raised NotImplementedError.
+    "w_compression_method": (unknown_compression(npz_bytes(**{"d/kernel": K})), "not a readable"),
+    # Regression (fuzzing): a key holding a newline forged a second line of the message.
+    "w_key_newline": (
+        npz_bytes(**{"d/kernel": K, "d/bias": BIAS, "a\nb": K}),
+        "unexpected 'a\\nb'",
     ),
     # Regression: finite float64 values that overflow float32 became inf weights.
     "w_overflow_float32": (
