@@ -18,6 +18,7 @@ import numpy as np
 from kerspec import io
 from kerspec.errors import DataError, GraphError, KerspecError, RunError, SpecError
 from kerspec.graph import Graph, Params, Plan, compile_spec
+from kerspec.guards import check_model
 from kerspec.layers import Context
 from kerspec.runs import RunFolder
 from kerspec.spec import LoadedSpec, load_spec, parse_spec
@@ -216,6 +217,9 @@ class Model:
         finished epoch. Ctrl-C stops after the current batch and raises `Interrupted`.
         """
         fit = self.spec.fit
+        batch_size = batch_size or fit.batch_size
+        if batch_size != fit.batch_size:
+            check_model(self.graph, self.loaded, batch_size)  # compiling checked the spec's size
         trainer = self.trainer
         if train is None:
             train = self.dataset("train")
@@ -240,7 +244,7 @@ class Model:
                 inputs=self.input_names,
                 outputs=self.output_names,
                 epochs=epochs or fit.epochs,
-                batch_size=batch_size or fit.batch_size,
+                batch_size=batch_size,
                 shuffle=fit.shuffle,
                 shuffle_rng=self.shuffle_rng,
                 ctx=self.ctx,
