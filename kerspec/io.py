@@ -40,11 +40,27 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
+        _sync_folder(folder)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(err, OSError):
             raise KerspecError(f"cannot write: {err.strerror}", str(path)) from None
         raise
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make the rename itself durable (a crash of the machine, not only of the process, then
+    finds the new file). Not every system can open a folder for this; there it is skipped."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _mode_for(path: Path) -> int:
