@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,11 @@ import numpy as np
 from kerspec.errors import DataError, KerspecError, WeightsError
 from kerspec.guards import READ_ERRORS, check_npy_file, describe_read_error, read_npz_array
 from kerspec.layers.base import format_shape
+
+
+# The temporary file of `atomic_write`: mkstemp's `.NAME.XXXXXXXX.tmp`, left behind only by a
+# process killed (SIGKILL, a crash) while writing NAME.
+TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
@@ -46,6 +52,24 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         if isinstance(err, OSError):
             raise KerspecError(f"cannot write: {err.strerror}", str(path)) from None
         raise
+
+
+def remove_leftovers(folder: Path) -> list[str]:
+    """Delete the temporary files killed writers left in `folder` (not in its subfolders); the
+    names of the files they were writing."""
+    removed = []
+    try:
+        candidates = [p for p in Path(folder).iterdir() if TEMPORARY.match(p.name)]
+    except OSError:
+        return removed
+    for path in candidates:
+        try:
+            if path.is_file() and not path.is_symlink():
+                path.unlink()
+                removed.append(TEMPORARY.match(path.name)["name"])
+        except OSError:
+            pass
+    return removed
 
 
 def _sync_folder(folder: Path) -> None:

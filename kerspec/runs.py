@@ -152,6 +152,7 @@ class RunFolder(Callback):
 
     def on_train_begin(self, logs=None):
         self.info["epochs"] = self.session.epochs if self.session else None
+        io.remove_leftovers(self.path)  # of a run killed while writing (see kerspec.io)
         io.write_text(self.path / "spec.yaml", self.resolved)
         self._write_info()
         if self.checkpoint is None and self.session is not None:
