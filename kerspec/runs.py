@@ -161,8 +161,10 @@ class RunFolder(Callback):
             io.write_npz(self.path / CHECKPOINT, self.session.checkpoint())
 
     def on_epoch_end(self, epoch, logs):
-        self.write_history()
+        # The checkpoint first: a run killed between the two has a history.csv one epoch short
+        # (rewritten on resume), never one that shows an epoch the checkpoint does not hold.
         io.write_npz(self.path / CHECKPOINT, self.session.checkpoint())
+        self.write_history()
         self.info["epochs_done"] = epoch + 1
         self._write_info()
 
