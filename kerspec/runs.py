@@ -56,7 +56,14 @@ def new_run_dir(root: Path, name: str) -> Path:
 def run_seed(path: Path) -> int | None:
     """The seed a run folder was trained with (to resume it with the same draws)."""
     info = _read_json(Path(path) / "run.json")
-    return info.get("seed") if info else None
+    if info and isinstance(info.get("seed"), int):
+        return info["seed"]
+    try:  # a run killed before run.json: its spec.yaml holds the seed too
+        spec = yaml.safe_load((Path(path) / "spec.yaml").read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    seed = spec.get("seed") if isinstance(spec, dict) else None
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
 
 
 class RunFolder(Callback):
@@ -103,8 +110,8 @@ class RunFolder(Callback):
     # -- resuming -----------------------------------------------------------------------------
 
     def _open_for_resume(self) -> None:
-        if not (self.path / "spec.yaml").is_file() or not (self.path / "run.json").is_file():
-            raise RunError("not a kerspec run folder (no spec.yaml and run.json)", str(self.path))
+        if not (self.path / "spec.yaml").is_file() or not (self.path / CHECKPOINT).is_file():
+            self._nothing_to_resume()
         try:
             before = yaml.safe_load((self.path / "spec.yaml").read_text(encoding="utf-8"))
         except (OSError, yaml.YAMLError) as err:
@@ -141,6 +148,28 @@ class RunFolder(Callback):
         previous = _read_json(self.path / "run.json") or {}
         self.info["started"] = previous.get("started", self.info["started"])
         self.info["resumed"] = [*previous.get("resumed", []), _now()]
+
+    def _nothing_to_resume(self) -> None:
+        """A folder without spec.yaml or checkpoint.npz: a run killed before its first checkpoint
+        (say so, and how to start it afresh), or not a run folder at all."""
+        spec = self.model.loaded.path or "SPEC"
+        afresh = f"start it afresh with: kerspec train {spec} --out {self.path}"
+        if not self.path.is_dir():
+            raise RunError(
+                "not a kerspec run folder (no such folder): nothing to resume. A run stopped"
+                f" before it wrote anything has no folder; {afresh}",
+                str(self.path),
+            )
+        names = {p.name for p in self.path.iterdir()}
+        if names <= {"spec.yaml", "run.json"} or any(io.TEMPORARY.match(n) for n in names):
+            raise RunError(
+                f"nothing to resume: the run was stopped before its first checkpoint; {afresh}",
+                str(self.path),
+            )
+        missing = " and ".join(n for n in ("spec.yaml", CHECKPOINT) if n not in names)
+        raise RunError(
+            f"nothing to resume: not a kerspec run folder, or one without {missing}", str(self.path)
+        )
 
     def _where(self, path: tuple):
         try:
