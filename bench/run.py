@@ -1,0 +1,620 @@
+"""kerspec beside PyTorch on the CPU: train and predict throughput, peak memory (issue 6).
+
+    python bench/run.py                          # W1-W4, warm-up + 5 timed rounds each
+    python bench/run.py --workloads W1,W3 --epochs 3
+    python bench/run.py --quick                  # 1/8 of the samples, 1 round: a smoke run
+    python bench/run.py --json results.json      # also write every measurement
+
+For each workload the parent starts two child processes, one for kerspec and one for PyTorch,
+each with 2 threads, and drives them in turn over a pipe: only one of them computes at any
+moment, the other waits on its pipe. Each child builds its model and its synthetic data (same
+seed, same numbers in both), runs a warm-up epoch and a warm-up predict, then the rounds: one
+training epoch and one predict pass over all samples each, kerspec first in even rounds and
+PyTorch first in odd ones, so that drift in the machine's speed hits both. A child times its own
+calls; data generation is never timed. kerspec trains through its public API, one whole epoch as
+a user runs it: `kerspec.load(spec).fit(Dataset(...), epochs=1)`; predict is
+`model.predict(x, batch_size=1024)`.
+
+Reported per workload: median train and predict samples/s, the median over rounds of the
+per-round ratio kerspec/PyTorch (min-max in brackets), and each process's peak RSS
+(`getrusage(RUSAGE_SELF).ru_maxrss` of the child, after everything it ran), with the RSS after
+setup (imports, model, data) beside it. It also measures numpy's float32 GEMM rate in its own
+child with the same settings and the fraction of it that W1 training reaches.
+
+Benchmark children run with OMP/OPENBLAS/MKL_NUM_THREADS=2 and without OPENBLAS_CORETYPE and
+OPENBLAS_L2_SIZE, which some machines set to work around old OpenBLAS builds and which slow a
+current numpy (`--keep-openblas-env` keeps them). Nothing here changes the environment of tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+BENCH = Path(__file__).resolve().parent
+SEED = 20240601
+THREADS = 2
+PREDICT_BATCH = 1024
+OPENBLAS_WORKAROUNDS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    title: str
+    spec: str
+    input_shape: tuple[int, ...]
+    classes: int  # 1: a binary target
+    samples: int
+    batch_size: int
+    # (train ratio, predict ratio) targets of issue 6: kerspec/PyTorch at least this much
+    targets: tuple[float, float]
+
+
+WORKLOADS = {
+    w.name: w
+    for w in (
+        Workload("W1", "MLP 784-512-256-10", "w1_mlp.yaml", (784,), 10, 16_384, 128, (1.0, 1.0)),
+        Workload("W2", "CNN 28x28x1", "w2_cnn.yaml", (28, 28, 1), 10, 8_192, 128, (0.7, 1.0)),
+        Workload("W3", "LSTM 100x1 -> 32", "w3_lstm.yaml", (100, 1), 1, 4_096, 64, (0.6, 0.8)),
+        Workload(
+            "W4", "LSTM 50x32 -> 128", "w4_lstm_wide.yaml", (50, 32), 10, 4_096, 64, (0.8, 0.8)
+        ),
+    )
+}
+
+# W1's Dense layers (inputs, units), for counting its training FLOPs.
+W1_DENSE = ((784, 512), (512, 256), (256, 10))
+# The GEMM that stands for W1: its largest, a batch of 128 through the first Dense layer.
+GEMM_SHAPE = (128, 784, 512)
+
+
+def w1_train_flops_per_sample() -> int:
+    """Forward 2*n*k per Dense; backward the same again for the kernel gradient and for the input
+    gradient, except the first layer's input gradient, which nobody needs (kerspec skips it)."""
+    forward = sum(2 * n * k for n, k in W1_DENSE)
+    input_grads = sum(2 * n * k for n, k in W1_DENSE[1:])
+    return 2 * forward + input_grads
+
+
+def make_data(w: Workload, samples: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs (float32, standard normal) and labels (class index, or 0/1), the same every run."""
+    rng = np.random.default_rng([SEED, int(w.name[1:])])
+    x = rng.standard_normal((samples, *w.input_shape), dtype=np.float32)
+    labels = rng.integers(0, max(w.classes, 2), samples)
+    return x, labels
+
+
+# -- children ------------------------------------------------------------------------------------
+
+
+def _rss_now_kib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _blas_info() -> list[dict]:
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return [{"note": "threadpoolctl not installed (pip install threadpoolctl)"}]
+    keys = ("user_api", "internal_api", "version", "num_threads", "architecture", "prefix")
+    return [{k: info.get(k) for k in keys if info.get(k) is not None} for info in threadpool_info()]
+
+
+class KerspecRunner:
+    def __init__(self, w: Workload, samples: int):
+        import kerspec
+        from kerspec.training.data import Dataset
+
+        x, labels = make_data(w, samples)
+        if w.classes == 1:
+            y = labels.astype(np.float32)[:, None]
+        else:
+            y = np.eye(w.classes, dtype=np.float32)[labels]
+        self.x = x
+        self.data = Dataset({"x": x}, {"y": y}, source="bench synthetic data")
+        self.model = kerspec.load(BENCH / "specs" / w.spec, seed=0)
+        self.version = kerspec.__version__
+
+    def train_epoch(self) -> float:
+        start = time.perf_counter()
+        history = self.model.fit(self.data, epochs=1)
+        elapsed = time.perf_counter() - start
+        self.loss = history.last()["loss"]
+        return elapsed
+
+    def predict(self) -> float:
+        start = time.perf_counter()
+        self.model.predict(self.x, batch_size=PREDICT_BATCH)
+        return time.perf_counter() - start
+
+    def info(self) -> dict:
+        return {"kerspec": self.version, "numpy": np.__version__, "blas": _blas_info()}
+
+
+class TorchRunner:
+    def __init__(self, w: Workload, samples: int):
+        import torch
+
+        sys.path.insert(0, str(BENCH))
+        from torch_models import build
+
+        torch.set_num_threads(THREADS)
+        torch.manual_seed(0)
+        self.torch = torch
+        x, labels = make_data(w, samples)
+        if len(w.input_shape) == 3:  # NHWC -> NCHW, PyTorch's image layout
+            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        self.x = torch.from_numpy(x)
+        if w.classes == 1:
+            self.y = torch.from_numpy(labels.astype(np.float32)[:, None])
+        else:
+            self.y = torch.from_numpy(labels.astype(np.int64))
+        self.samples, self.batch_size = samples, w.batch_size
+        self.model, self.loss_fn, activation = build(w.name)
+        self.activation = (
+            torch.sigmoid if activation == "sigmoid" else lambda z: torch.softmax(z, -1)
+        )
+        self.outputs = w.classes
+        # Keras's Adam epsilon is 1e-7 (PyTorch's default is 1e-8).
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3, eps=1e-7)
+        self.generator = torch.Generator().manual_seed(0)
+
+    def train_epoch(self) -> float:
+        torch = self.torch
+        start = time.perf_counter()
+        self.model.train()
+        order = torch.randperm(self.samples, generator=self.generator)
+        total = 0.0
+        for begin in range(0, self.samples, self.batch_size):
+            index = order[begin : begin + self.batch_size]
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.loss_fn(self.model(self.x[index]), self.y[index])
+            loss.backward()
+            self.optimizer.step()
+            total += loss.item() * len(index)
+        elapsed = time.perf_counter() - start
+        self.loss = total / self.samples
+        return elapsed
+
+    def predict(self) -> float:
+        torch = self.torch
+        start = time.perf_counter()
+        self.model.eval()
+        with torch.inference_mode():
+            out = torch.empty(self.samples, self.outputs)
+            for begin in range(0, self.samples, PREDICT_BATCH):
+                out[begin : begin + PREDICT_BATCH] = self.activation(
+                    self.model(self.x[begin : begin + PREDICT_BATCH])
+                )
+            out.numpy()
+        return time.perf_counter() - start
+
+    def info(self) -> dict:
+        torch = self.torch
+        return {
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "mkldnn": torch.backends.mkldnn.is_available(),
+            "numpy": np.__version__,
+        }
+
+
+def gemm_rate(shape: tuple[int, int, int], seconds: float = 1.0) -> float:
+    """numpy's float32 GEMM rate in GFLOP/s: the median of repeated timed groups of calls."""
+    m, k, n = shape
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((m, k), dtype=np.float32)
+    b = rng.standard_normal((k, n), dtype=np.float32)
+    out = np.empty((m, n), np.float32)
+    for _ in range(5):
+        np.matmul(a, b, out=out)
+    start = time.perf_counter()
+    calls = 0
+    while time.perf_counter() - start < 0.1:
+        np.matmul(a, b, out=out)
+        calls += 1
+    per_group = max(1, calls)
+    rates = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(rates) < 5:
+        t = time.perf_counter()
+        for _ in range(per_group):
+            np.matmul(a, b, out=out)
+        rates.append(2 * m * n * k * per_group / (time.perf_counter() - t) / 1e9)
+    return statistics.median(rates)
+
+
+def child_main(framework: str, workload: str, samples: int) -> None:
+    """Serve commands from the parent, one JSON line back per command."""
+    proto = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # anything a library prints goes to stderr, never into the protocol
+    sys.stdout = sys.stderr
+
+    def reply(**fields):
+        proto.write(json.dumps(fields) + "\n")
+
+    if framework == "gemm":
+        reply(
+            gemm=gemm_rate(GEMM_SHAPE),
+            gemm_large=gemm_rate((1024, 1024, 1024)),
+            blas=_blas_info(),
+            numpy=np.__version__,
+        )
+        return
+    w = WORKLOADS[workload]
+    runner = (KerspecRunner if framework == "kerspec" else TorchRunner)(w, samples)
+    reply(ready=True, rss_setup_kib=_rss_now_kib())
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "train":
+            reply(seconds=runner.train_epoch(), loss=float(runner.loss))
+        elif command == "predict":
+            reply(seconds=runner.predict())
+        elif command == "gemm":  # numpy's GEMM rate, in this process, between W1's epochs
+            reply(gflops=gemm_rate(GEMM_SHAPE, seconds=0.5))
+        elif command == "stats":
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+            reply(peak_rss_kib=peak, info=runner.info())
+        elif command == "quit":
+            return
+
+
+# -- parent --------------------------------------------------------------------------------------
+
+
+def child_env(keep_openblas_env: bool) -> dict[str, str]:
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(THREADS)
+    if not keep_openblas_env:
+        for var in OPENBLAS_WORKAROUNDS:
+            env.pop(var, None)
+    return env
+
+
+class Child:
+    def __init__(self, framework: str, workload: str, samples: int, env: dict[str, str]):
+        self.framework = framework
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--child", framework, workload,
+             "--samples", str(samples)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True, bufsize=1,
+        )  # fmt: skip
+
+    def read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            code = self.proc.wait()
+            raise SystemExit(
+                f"the {self.framework} child exited (code {code}); see its stderr above"
+            )
+        return json.loads(line)
+
+    def ask(self, command: str) -> dict:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self.read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.close()
+            self.proc.wait()
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_gemm(env: dict[str, str]) -> dict:
+    child = Child("gemm", "-", 0, env)
+    result = child.read()
+    child.proc.wait()
+    return result
+
+
+def run_workload(w: Workload, samples: int, rounds: int, env: dict[str, str]) -> dict:
+    children = {}
+    setup = {}
+    for framework in ("kerspec", "torch"):  # one at a time, so that neither setup is disturbed
+        children[framework] = Child(framework, w.name, samples, env)
+        setup[framework] = children[framework].read()["rss_setup_kib"]
+    try:
+        for framework, child in children.items():
+            log(f"{w.name} {framework}: warm-up")
+            child.ask("train")
+            child.ask("predict")
+        train = {f: [] for f in children}
+        predict = {f: [] for f in children}
+        losses = {f: [] for f in children}
+        gemm = []
+        for r in range(rounds):
+            order = ("kerspec", "torch") if r % 2 == 0 else ("torch", "kerspec")
+            for framework in order:
+                answer = children[framework].ask("train")
+                train[framework].append(answer["seconds"])
+                losses[framework].append(answer["loss"])
+            for framework in order:
+                predict[framework].append(children[framework].ask("predict")["seconds"])
+            if w.name == "W1":
+                gemm.append(children["kerspec"].ask("gemm")["gflops"])
+            log(
+                f"{w.name} round {r + 1}/{rounds}: train s kerspec {train['kerspec'][-1]:.3f}"
+                f" torch {train['torch'][-1]:.3f}; predict s kerspec {predict['kerspec'][-1]:.3f}"
+                f" torch {predict['torch'][-1]:.3f}"
+            )
+        stats = {f: child.ask("stats") for f, child in children.items()}
+    finally:
+        for child in children.values():
+            child.close()
+    return {
+        "workload": w.name,
+        "samples": samples,
+        "rounds": rounds,
+        "train_seconds": train,
+        "predict_seconds": predict,
+        "loss": losses,
+        "gemm_gflops": gemm,
+        "rss_setup_kib": setup,
+        "peak_rss_kib": {f: s["peak_rss_kib"] for f, s in stats.items()},
+        "info": {f: s["info"] for f, s in stats.items()},
+    }
+
+
+def summarize(result: dict) -> dict:
+    n = result["samples"]
+    out = {}
+    for kind in ("train", "predict"):
+        seconds = result[f"{kind}_seconds"]
+        rates = {f: [n / s for s in seconds[f]] for f in seconds}
+        ratios = [k / t for k, t in zip(rates["kerspec"], rates["torch"])]
+        out[kind] = {
+            "kerspec": statistics.median(rates["kerspec"]),
+            "torch": statistics.median(rates["torch"]),
+            "ratio": statistics.median(ratios),
+            "ratio_min": min(ratios),
+            "ratio_max": max(ratios),
+            "best_ratio": max(rates["kerspec"]) / max(rates["torch"]),
+        }
+    peak, setup = result["peak_rss_kib"], result["rss_setup_kib"]
+    out["memory"] = {
+        "kerspec": peak["kerspec"] / 1024,
+        "torch": peak["torch"] / 1024,
+        "ratio": peak["kerspec"] / peak["torch"],
+        "kerspec_setup": setup["kerspec"] / 1024,
+        "torch_setup": setup["torch"] / 1024,
+    }
+    return out
+
+
+def met(value: float, target: float, higher_is_better: bool = True) -> str:
+    ok = value >= target if higher_is_better else value <= target
+    return "yes" if ok else "NO"
+
+
+def render(results: list[dict], gemm: dict, header: dict) -> str:
+    lines = [
+        (
+            f"kerspec {header['kerspec']} / numpy {header['numpy']} vs torch {header['torch']};"
+            f" {THREADS} threads each; {header['cpu']}; {header['date']}; git {header['git']}"
+        ),
+        f"BLAS (numpy, threadpoolctl): {header['blas']}",
+        "",
+        "train: samples/s over whole epochs (median); predict: samples/s at batch 1024 (median);",
+        (
+            "ratio: median over rounds of kerspec/PyTorch [min-max]; peak RSS of each process in MiB"
+            " (RSS after setup in parentheses)."
+        ),
+        "",
+    ]
+    head = (
+        "| workload | train kerspec | train torch | train ratio | target | "
+        "predict kerspec | predict torch | predict ratio | target | "
+        "peak RSS kerspec | peak RSS torch | RSS ratio |"
+    )
+    lines += [head, "|" + " --- |" * (head.count("|") - 1)]
+    for result in results:
+        w = WORKLOADS[result["workload"]]
+        s = summarize(result)
+        t, p, m = s["train"], s["predict"], s["memory"]
+        lines.append(
+            f"| {w.name} {w.title} | {t['kerspec']:,.0f} | {t['torch']:,.0f} | "
+            f"{t['ratio']:.2f} [{t['ratio_min']:.2f}-{t['ratio_max']:.2f}] | "
+            f">= {w.targets[0]:.1f} {met(t['ratio'], w.targets[0])} | "
+            f"{p['kerspec']:,.0f} | {p['torch']:,.0f} | "
+            f"{p['ratio']:.2f} [{p['ratio_min']:.2f}-{p['ratio_max']:.2f}] | "
+            f">= {w.targets[1]:.1f} {met(p['ratio'], w.targets[1])} | "
+            f"{m['kerspec']:,.0f} ({m['kerspec_setup']:,.0f}) | {m['torch']:,.0f} ({m['torch_setup']:,.0f}) | "
+            f"{m['ratio']:.2f} {met(m['ratio'], 1.0, higher_is_better=False)} |"
+        )
+    lines += [
+        "",
+        "best-of-rounds ratios (fastest epoch / fastest epoch), less sensitive to other load:",
+    ]
+    for result in results:
+        s = summarize(result)
+        lines.append(
+            f"  {result['workload']}: train {s['train']['best_ratio']:.2f},"
+            f" predict {s['predict']['best_ratio']:.2f}"
+        )
+    m_, k_, n_ = GEMM_SHAPE
+    lines += [
+        "",
+        (
+            f"numpy float32 GEMM ({m_}x{k_} @ {k_}x{n_}, W1's largest), own process before the"
+            f" workloads: {gemm['gemm']:.1f} GFLOP/s; 1024x1024x1024: {gemm['gemm_large']:.1f} GFLOP/s"
+        ),
+    ]
+    w1 = next((r for r in results if r["workload"] == "W1"), None)
+    if w1 is not None:
+        lines += w1_gemm_fraction(w1)
+    return "\n".join(lines)
+
+
+def w1_gemm_fraction(w1: dict) -> list[str]:
+    """W1's training FLOP rate against numpy's GEMM rate measured in the kerspec child right after
+    each round's epochs (same process, same moment): the median over rounds of the fraction."""
+    flops = w1_train_flops_per_sample()
+    gemm = w1["gemm_gflops"]
+    lines = [
+        (
+            f"numpy float32 GEMM {GEMM_SHAPE[0]}x{GEMM_SHAPE[1]} @ {GEMM_SHAPE[1]}x{GEMM_SHAPE[2]} in the"
+            f" W1 kerspec process, each round: median {statistics.median(gemm):.1f} GFLOP/s"
+            f" [{min(gemm):.1f}-{max(gemm):.1f}]"
+        )
+    ]
+    for framework in ("kerspec", "torch"):
+        rates = [w1["samples"] / s * flops / 1e9 for s in w1["train_seconds"][framework]]
+        fractions = [r / g for r, g in zip(rates, gemm)]
+        lines.append(
+            f"W1 training, {framework}: {statistics.median(rates):.1f} GFLOP/s"
+            f" ({flops / 1e6:.2f} MFLOP a sample) = {100 * statistics.median(fractions):.0f}% of numpy's"
+            f" GEMM rate (median over rounds)"
+            + ("; target >= 70%" if framework == "kerspec" else "")
+        )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workloads", default="W1,W2,W3,W4", help="comma-separated, e.g. W1,W3")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="timed rounds (one epoch + one predict each) after the warm-up; default 5",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="1/8 of the samples and 1 round (unless --epochs): a smoke run",
+    )
+    parser.add_argument("--json", type=Path, help="also write every measurement to this file")
+    parser.add_argument(
+        "--keep-openblas-env",
+        action="store_true",
+        help="keep OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE in the children's environment",
+    )
+    parser.add_argument(
+        "--child", nargs=2, metavar=("FRAMEWORK", "WORKLOAD"), help=argparse.SUPPRESS
+    )
+    parser.add_argument("--samples", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child_main(args.child[0], args.child[1], args.samples)
+        return
+
+    names = [n.strip().upper() for n in args.workloads.split(",") if n.strip()]
+    unknown = [n for n in names if n not in WORKLOADS]
+    if unknown:
+        parser.error(
+            f"unknown workload(s) {', '.join(unknown)}; expected some of {', '.join(WORKLOADS)}"
+        )
+    rounds = args.epochs if args.epochs is not None else (1 if args.quick else 5)
+    if rounds < 1:
+        parser.error("--epochs must be at least 1")
+    try:
+        import torch  # noqa: F401  (only to fail early with the install hint)
+    except ImportError:
+        raise SystemExit(
+            "PyTorch is not installed: pip install -e '.[bench]' (see bench/README.md)"
+        )
+
+    env = child_env(args.keep_openblas_env)
+    dropped = [v for v in OPENBLAS_WORKAROUNDS if v in os.environ and v not in env]
+    if dropped:
+        log(f"benchmark children run without {', '.join(dropped)} (--keep-openblas-env keeps them)")
+    load_before = os.getloadavg()
+    log("numpy GEMM rate ...")
+    gemm = run_gemm(env)
+    results = []
+    for name in names:
+        w = WORKLOADS[name]
+        samples = max(w.batch_size, w.samples // 8) if args.quick else w.samples
+        results.append(run_workload(w, samples, rounds, env))
+    info = results[0]["info"] if results else {"kerspec": {}, "torch": {}}
+    blas = "; ".join(
+        ", ".join(f"{k}={v}" for k, v in b.items() if k != "prefix") for b in gemm["blas"]
+    )
+    header = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": f"{_cpu_model()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "kerspec": info["kerspec"].get("kerspec", "?"),
+        "numpy": gemm["numpy"],
+        "torch": info["torch"].get("torch", "?"),
+        "blas": blas,
+        "git": _git_state(),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "quick": args.quick,
+    }
+    print(render(results, gemm, header))
+    print(
+        f"\nload average before {load_before[0]:.2f}, after {header['load_average_after'][0]:.2f}"
+        " (anything else running on the machine skews the numbers)"
+    )
+    if args.quick:
+        print("--quick: 1/8 of the samples; a smoke run, not a result")
+    if args.json:
+        payload = {
+            "header": header,
+            "gemm": gemm,
+            "results": results,
+            "summary": {r["workload"]: summarize(r) for r in results},
+        }
+        args.json.write_text(json.dumps(payload, indent=1))
+
+
+def _git_state() -> str:
+    """The commit measured, and whether kerspec/ had uncommitted changes then."""
+    repo = BENCH.parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "kerspec"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return commit + (" with uncommitted changes in kerspec/" if dirty else "")
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+if __name__ == "__main__":
+    main()
