@@ -136,7 +136,10 @@ def train(
             fit={k: v for k, v in settings.items() if v is not None},
             data={k: v for k, v in paths.items() if v is not None},
             resume=resume is not None,
+            final_metrics=True,
         )
+        for note in folder.notes:
+            console.err.print(f"{run_dir}: {note}", markup=False)
         try:
             history = model.fit(
                 train_data,
@@ -161,9 +164,13 @@ def train(
         for note in folder.session.notes if folder.session else []:
             console.err.print(note, markup=False)
         final = history.last()
-        if data is None and model.spec.data is not None and model.spec.data.test is not None:
-            final.update({f"test_{k}": v for k, v in model.evaluate().items()})
-        folder.write_metrics(final)
+        try:
+            if data is None and model.spec.data is not None and model.spec.data.test is not None:
+                final.update({f"test_{k}": v for k, v in model.evaluate().items()})
+        except KerspecError:
+            folder.end()  # training ended; the test data is what failed
+            raise
+        folder.write_metrics(final)  # then run.json says how the run ended
     if json_out:
         console.emit_json({"run": str(run_dir), "seed": model.seed, "metrics": final, "history": history.history})
     else:

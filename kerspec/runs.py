@@ -82,6 +82,7 @@ class RunFolder(Callback):
         fit: dict[str, int] | None = None,
         data: dict[str, str] | None = None,
         resume: bool = False,
+        final_metrics: bool = False,
     ):
         from kerspec import __version__
 
@@ -104,6 +105,11 @@ class RunFolder(Callback):
             "epochs_done": 0,
         }
         self.checkpoint: dict[str, np.ndarray] | None = None
+        # With `final_metrics` (the command line), run.json says the run ended only once
+        # metrics.json is written (write_metrics): a run killed before that is resumed to finish.
+        self.final_metrics = final_metrics
+        self._end_pending = False
+        self.notes: list[str] = []  # what resuming found, for the user
         if resume:
             self._open_for_resume()
 
@@ -134,18 +140,29 @@ class RunFolder(Callback):
             )
         done, epochs = meta["epoch"], self.model.spec.fit.epochs
         epochs = self.raw.get("fit", {}).get("epochs", epochs)
-        if meta.get("stop_training"):
+        previous = _read_json(self.path / "run.json") or {}
+        # "running" (or no run.json): killed. A run killed after its last checkpoint, before its
+        # final files, is finished by resuming it.
+        ended = previous.get("status") in ("finished", "stopped")
+        if meta.get("stop_training") and ended:
             raise RunError(
                 f"the run was stopped by a callback after epoch {done}; there is nothing to resume",
                 str(self.path),
             )
-        if done >= epochs:
+        if done > epochs or (done == epochs and ended):
             raise RunError(
                 f"the run has finished its {done} epochs; to train further give more"
                 f" (--epochs {done + 5}, or fit.epochs in the spec)",
                 str(self.path),
             )
-        previous = _read_json(self.path / "run.json") or {}
+        if done == epochs or meta.get("stop_training"):
+            self.notes.append(
+                f"the run was stopped after its last epoch ({done}), before writing its final"
+                " files; writing them"
+            )
+        else:
+            self.notes.append(f"resuming after epoch {done} of {epochs}")
+        self.info["epochs_done"] = done
         self.info["started"] = previous.get("started", self.info["started"])
         self.info["resumed"] = [*previous.get("resumed", []), _now()]
 
@@ -198,10 +215,21 @@ class RunFolder(Callback):
         self._write_info()
 
     def on_train_end(self, logs=None):
+        self.write_history()  # a resume that only finishes the run has not written it
         self.model.save_weights(self.path / "weights.npz")
         self.info["ended"] = _now()
         self.info["status"] = self.session.status if self.session else "finished"
-        self._write_info()
+        if self.session is not None:
+            self.info["epochs_done"] = self.session.epoch
+        self._end_pending = True
+        if not self.final_metrics:
+            self.end()
+
+    def end(self) -> None:
+        """Write run.json with the status training ended with (once, after on_train_end)."""
+        if self._end_pending:
+            self._end_pending = False
+            self._write_info()
 
     def on_train_stopped(self, status, message):
         self.write_history()
@@ -225,6 +253,7 @@ class RunFolder(Callback):
 
     def write_metrics(self, metrics: dict[str, float]) -> None:
         io.write_json(self.path / "metrics.json", metrics)
+        self.end()
 
     def _write_info(self) -> None:
         io.write_json(self.path / "run.json", self.info)
