@@ -241,11 +241,22 @@ class Adam(Optimizer):
         beta_1, beta_2 = f(self.beta_1), f(self.beta_2)
         alpha = f(lr) * np.sqrt(1 - beta_2 ** f(step)) / (1 - beta_1 ** f(step))
         m, v = slots["momentum"], slots["velocity"]
-        m += (grad - m) * (1 - beta_1)
-        v += (np.square(grad) - v) * (1 - beta_2)
+        # In place, with one scratch array: the step runs over every weight of the model, and
+        # temporaries would double its memory traffic.
+        scratch = np.square(grad)
+        v *= beta_2
+        scratch *= 1 - beta_2
+        v += scratch
+        m *= beta_1
+        grad *= 1 - beta_1
+        m += grad
         if self.amsgrad:
             v = np.maximum(slots["velocity_hat"], v, out=slots["velocity_hat"])
-        weight -= m * alpha / (np.sqrt(v) + f(self.epsilon))
+        np.sqrt(v, out=scratch)
+        scratch += f(self.epsilon)
+        np.divide(m, scratch, out=scratch)
+        scratch *= alpha
+        weight -= scratch
 
 
 @OPTIMIZERS.register("adamw")
