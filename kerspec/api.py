@@ -366,9 +366,12 @@ class Model:
         xs = [np.asarray(x[name], dtype=self.dtype) for name in self.input_names]
         n = len(xs[0])
         results: list[np.ndarray] | None = None
+        # A context of its own: its large-batch buffers are freed when prediction ends instead of
+        # staying beside the training buffers for the life of the model.
+        ctx = Context(training=False, rng=self.ctx.rng)
         for start in range(0, n, batch_size):
             batch = [a[start : start + batch_size] for a in xs]
-            outputs = self.plan.forward(self.params, batch, self.ctx, record=False).outputs
+            outputs = self.plan.forward(self.params, batch, ctx, record=False).outputs
             if results is None:
                 results = [np.empty((n, *o.shape[1:]), o.dtype) for o in outputs]
             for result, output in zip(results, outputs):
