@@ -1,5 +1,7 @@
 """The compiler and the plan: names, links, order, shapes, sharing, and whole-graph gradients."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -124,3 +126,22 @@ def test_inference_drops_intermediate_values(rng):
 def test_first_layer_needs_no_input_gradient():
     model = kerspec.from_yaml("layers:\n  - {type: Dense, units: 3, input_shape: [5]}\n  - {type: Dense, units: 2}\n")
     assert [step.need_dx for step in model.plan.steps] == [False, True]
+
+
+@pytest.mark.parametrize(
+    "compile_section,message",
+    [
+        ("{loss: {kind: mse, color: mae}}", "compile.loss: 'color' is not an output (outputs: kind, size)"),
+        ("{loss: {kind: mse}}", "compile.loss: no loss for output 'size'"),
+        ("{loss: mse, loss_weights: [1.0]}", "compile.loss_weights has 1 entries for 2 outputs"),
+        ("{loss: mse, metrics: {shape: [mae]}}", "compile.metrics: 'shape' is not an output"),
+    ],
+)
+def test_losses_and_metrics_must_name_real_outputs(compile_section, message):
+    model = kerspec.from_yaml(
+        "layers:\n  - {type: Input, shape: [3]}\n  - {type: Dense, units: 2, name: kind}\n"
+        "  - {type: Dense, units: 1, from: input_layer, name: size}\n"
+        f"outputs: [kind, size]\ncompile: {compile_section}\n"
+    )
+    with pytest.raises(kerspec.KerspecError, match=re.escape(message)):
+        model.trainer
