@@ -1,13 +1,21 @@
-"""Activations, by Keras name: `forward(x)` and `backward(x, y, dy)`.
+"""Activations, by Keras name: `forward(x, out=None)` and `backward(x, y, dy, out=None)`.
 
 `backward` receives the input and the output, and uses whichever makes the derivative cheapest
 (sigmoid and tanh are cheapest in terms of their output). It may overwrite `dy`, which the caller
 owns. Every formula keeps the input's dtype: constants are Python floats, which NumPy never lets
 promote a float32 array.
+
+`out`, when given, is an array of the result's shape and dtype that receives the result (and is
+returned); it may be `x` itself for forward, or `dy` for backward. Loops that run an activation
+thousands of times on small blocks (the recurrent layers' steps) pass it so that the result lands
+in a preallocated buffer without a temporary and a copy. Activations with a cheap in-place form
+write into `out` directly; the others compute as usual and copy (see `Activation.__init_subclass__`).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from typing import ClassVar, Literal
 
@@ -26,12 +34,38 @@ SELU_SCALE = 1.0507009873554804934193349852946
 class Activation(Item):
     # False when backward needs only y, so callers may compute the activation in place over x.
     uses_input: ClassVar[bool] = True
+    # False when an output depends on more than its own input (softmax and its kin): then the
+    # derivative is no elementwise factor, and `backward(x, y, ones)` is not dy/dx.
+    elementwise: ClassVar[bool] = True
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def forward(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         raise NotImplementedError
 
-    def backward(self, x: np.ndarray, y: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    def backward(
+        self, x: np.ndarray, y: np.ndarray, dy: np.ndarray, out: np.ndarray | None = None
+    ) -> np.ndarray:
         raise NotImplementedError
+
+    def __init_subclass__(cls, **kwargs):
+        # Most activations have no cheaper in-place form; rather than spell `out` in each of
+        # them, a forward or backward defined without it gets it here: compute, then copy.
+        super().__init_subclass__(**kwargs)
+        for name in ("forward", "backward"):
+            method = cls.__dict__.get(name)
+            if method is not None and "out" not in inspect.signature(method).parameters:
+                setattr(cls, name, _with_out(method))
+
+
+def _with_out(method):
+    @functools.wraps(method)
+    def wrapper(self, *args, out=None):
+        result = method(self, *args)
+        if out is None or result is out:
+            return result
+        out[...] = result
+        return out
+
+    return wrapper
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -144,11 +178,17 @@ class Linear(Activation):
     type: Literal["linear"] = "linear"
     uses_input: ClassVar[bool] = False
 
-    def forward(self, x):
-        return x
+    def forward(self, x, out=None):
+        if out is None or out is x:
+            return x
+        out[...] = x
+        return out
 
-    def backward(self, x, y, dy):
-        return dy
+    def backward(self, x, y, dy, out=None):
+        if out is None or out is dy:
+            return dy
+        out[...] = dy
+        return out
 
 
 @ACTIVATIONS.register("relu")
@@ -177,6 +217,11 @@ class Relu(Activation):
         return y
 
     def backward(self, x, y, dy):
+        if self.negative_slope == 0.0 and self.max_value is None:
+            # The common case in place over dy (which backward may overwrite): a compare and a
+            # multiply by the boolean, about 4x faster than np.where with a product temporary.
+            np.multiply(dy, y > 0, out=dy)
+            return dy
         dx = np.where(y > 0, dy, self.negative_slope * dy)
         if self.max_value is not None:
             dx[y >= self.max_value] = 0.0
@@ -223,9 +268,12 @@ class Sigmoid(Activation):
     def forward(self, x):
         return sigmoid(x)
 
-    def backward(self, x, y, dy):
-        dy *= y * (1.0 - y)
-        return dy
+    def backward(self, x, y, dy, out=None):
+        if out is None:
+            out = dy
+        d = np.subtract(1.0, y)
+        d *= y
+        return np.multiply(dy, d, out=out)
 
 
 @ACTIVATIONS.register("hard_sigmoid")
@@ -295,6 +343,7 @@ class Softmax(Activation):
 
     type: Literal["softmax"] = "softmax"
     uses_input: ClassVar[bool] = False
+    elementwise: ClassVar[bool] = False
     axis: int = -1
 
     def forward(self, x):
@@ -314,6 +363,7 @@ class LogSoftmax(Activation):
 
     type: Literal["log_softmax"] = "log_softmax"
     uses_input: ClassVar[bool] = False
+    elementwise: ClassVar[bool] = False
     axis: int = -1
 
     def forward(self, x):
@@ -334,6 +384,7 @@ class Sparsemax(Activation):
 
     type: Literal["sparsemax"] = "sparsemax"
     uses_input: ClassVar[bool] = False
+    elementwise: ClassVar[bool] = False
     axis: int = -1
 
     def forward(self, x):
@@ -361,12 +412,15 @@ class Tanh(Activation):
     type: Literal["tanh"] = "tanh"
     uses_input: ClassVar[bool] = False
 
-    def forward(self, x):
-        return np.tanh(x)
+    def forward(self, x, out=None):
+        return np.tanh(x, out=out)
 
-    def backward(self, x, y, dy):
-        dy *= 1.0 - y * y
-        return dy
+    def backward(self, x, y, dy, out=None):
+        if out is None:
+            out = dy
+        d = np.multiply(y, y)
+        np.subtract(1.0, d, out=d)
+        return np.multiply(dy, d, out=out)
 
 
 @ACTIVATIONS.register("hard_tanh")

@@ -98,6 +98,50 @@ def test_float32_stays_float32(name, args, bounds, kinks, shape, rng):
     assert y.dtype == np.float32 and dx.dtype == np.float32
 
 
+@pytest.mark.parametrize("name, args, bounds, kinks, shape", PARAMS)
+def test_out_receives_the_same_result(name, args, bounds, kinks, shape, rng):
+    """`out=` (a separate buffer, or the input itself) gives what the plain call gives."""
+    act = make(name, args)
+    x = inputs(rng, bounds, kinks, shape, np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    y = act.forward(x.copy())
+    dx = act.backward(x.copy(), y.copy(), dy.copy())
+    out = np.full_like(x, np.nan)
+    assert act.forward(x.copy(), out=out) is out
+    np.testing.assert_array_equal(out, y)
+    same = x.copy()
+    np.testing.assert_array_equal(act.forward(same, out=same), y)
+    out = np.full_like(x, np.nan)
+    assert act.backward(x.copy(), y.copy(), dy.copy(), out=out) is out
+    np.testing.assert_array_equal(out, dx)
+    d = dy.copy()
+    np.testing.assert_array_equal(act.backward(x.copy(), y.copy(), d, out=d), dx)
+
+
+@pytest.mark.parametrize("name, args, bounds, kinks, shape", PARAMS)
+def test_elementwise_derivative_is_backward_of_ones(name, args, bounds, kinks, shape, rng):
+    """What the recurrent layers rely on: for an elementwise activation, backward(x, y, 1) is
+    dy/dx, so backward(x, y, dy) = dy * backward(x, y, 1)."""
+    act = make(name, args)
+    x = inputs(rng, bounds, kinks, shape)
+    y = act.forward(x)
+    dy = rng.standard_normal(shape)
+    direct = act.backward(x, y, dy.copy())
+    if act.elementwise:
+        np.testing.assert_allclose(direct, dy * act.backward(x, y, np.ones_like(y)), rtol=1e-12)
+    else:
+        assert not np.allclose(direct, dy * act.backward(x, y, np.ones_like(y)))
+
+
+def test_relu_backward_in_place_keeps_negative_inputs_at_zero():
+    act = make("relu", {})
+    y = act.forward(np.array([-1.0, 0.0, 2.0], np.float32))
+    dy = np.array([5.0, 6.0, 7.0], np.float32)
+    dx = act.backward(None, y, dy)
+    np.testing.assert_array_equal(dx, [0.0, 0.0, 7.0])
+    assert dx.dtype == np.float32
+
+
 @pytest.mark.parametrize(
     "name",
     ["sigmoid", "log_sigmoid", "softplus", "softmax", "log_softmax", "sparsemax", "silu", "mish"]
