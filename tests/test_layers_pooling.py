@@ -202,3 +202,55 @@ def test_shape_errors(config, shape, message):
 def test_invalid_arguments(config):
     with pytest.raises(ValidationError):
         build(config)
+
+
+def _reference_max_pool(x, pool):
+    """Loops over every window (channels_last, pool == strides, valid): y and, for dy = 1 + index,
+    dx with each window's gradient at its first maximum in row-major order (TensorFlow's rule)."""
+    out = tuple(n // p for n, p in zip(x.shape[1:-1], pool))
+    y = np.empty((x.shape[0], *out, x.shape[-1]), x.dtype)
+    dy = (1 + np.arange(y.size, dtype=x.dtype)).reshape(y.shape)
+    dx = np.zeros_like(x)
+    for b in range(x.shape[0]):
+        for pos in np.ndindex(*out):
+            for c in range(x.shape[-1]):
+                window = x[(b, *(slice(i * p, (i + 1) * p) for i, p in zip(pos, pool)), c)]
+                first = np.unravel_index(np.argmax(window), window.shape)
+                y[(b, *pos, c)] = window[first]
+                dx[(b, *(i * p + k for i, p, k in zip(pos, pool, first)), c)] = dy[(b, *pos, c)]
+    return y, dy, dx
+
+
+@pytest.mark.parametrize(
+    "config,shape",
+    [
+        ({"type": "MaxPooling2D"}, (3, 6, 8, 4)),
+        ({"type": "MaxPooling2D"}, (2, 7, 5, 3)),  # odd edges: cropped, no gradient
+        ({"type": "MaxPooling2D", "pool_size": [2, 3]}, (2, 5, 9, 2)),
+        ({"type": "MaxPooling2D", "pool_size": 3, "padding": "same"}, (2, 6, 9, 2)),
+        ({"type": "MaxPooling2D", "data_format": "channels_first"}, (2, 3, 6, 5)),
+        ({"type": "MaxPooling1D", "pool_size": 3}, (2, 10, 3)),
+    ],
+    ids=_ids,
+)
+def test_non_overlapping_max_pool_matches_loops_with_ties(config, shape):
+    # Rounded relu outputs: many windows hold the same maximum (often all zeros).
+    rng = np.random.default_rng(5)
+    x = np.maximum(np.round(rng.standard_normal(shape)), 0).astype(np.float32)
+    first = config.get("data_format") == "channels_first"
+    xl = np.moveaxis(x, 1, -1) if first else x
+    pool = config.get("pool_size", 2)
+    rank = xl.ndim - 2
+    pool = (pool,) * rank if isinstance(pool, int) else tuple(pool)
+    want_y, dy, want_dx = _reference_max_pool(xl, pool)
+    layer = build(config)
+    # Training keeps and reuses the output and gradient buffers: a second batch must not see
+    # the first one's values (stale gradient on the cropped edges, for one).
+    ctx = Context(training=True, rng=np.random.default_rng(0))
+    for batch in (rng.standard_normal(shape).astype(np.float32) * 10, x):
+        (y,), backprop = layer.forward({}, [batch], ctx)
+        (dx,), _ = backprop([np.moveaxis(dy, -1, 1) if first else dy])
+    to_last = (lambda a: np.moveaxis(a, 1, -1)) if first else (lambda a: a)
+    np.testing.assert_array_equal(to_last(y), want_y)
+    np.testing.assert_array_equal(to_last(dx), want_dx)
+    assert y.dtype == dx.dtype == np.float32

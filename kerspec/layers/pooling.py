@@ -4,6 +4,11 @@ Both passes loop over the pool_h * pool_w window offsets, never over positions: 
 one strided view of the padded input covering every output position (the helpers in conv.py).
 Forward folds the views with maximum or add; backward adds each offset's share of the gradient
 back through the same view. No copy of the windows is made.
+
+Max pooling with non-overlapping windows and no padding (pool_size == strides, the usual case)
+takes a faster path: the input, cropped to whole windows, is split into a (batch, out_h, pool_h,
+out_w, pool_w, channels) view, and backward writes the gradient through that view in one pass
+(a mask of the window maxima, first maximum wins), into a buffer reused batch after batch.
 """
 
 from __future__ import annotations
@@ -79,6 +84,30 @@ class BasePooling(SimpleLayer):
         regions = [offset_region(offset, strides, ones, out) for offset in np.ndindex(*pool)]
         return xl, pads, xp, regions
 
+    def _blocks(self, x):
+        """For non-overlapping windows with no padding (pool_size == strides; `same` only when
+        the sizes divide): the channels_last input, the crop to whole windows (an odd edge is in
+        no window), the cropped input viewed as (batch, out_1, pool_1, out_2, pool_2, ...,
+        channels), and the index of each window offset into that view. None otherwise."""
+        pool, strides, ones = self._sizes()
+        if pool != strides:
+            return None
+        xl = to_last(self, x)
+        spatial = xl.shape[1:-1]
+        pads = pad_amounts(self.padding, spatial, pool, strides, ones)
+        if any(lo or hi for lo, hi in pads):
+            return None
+        out = out_sizes(self, spatial, pads, pool, strides, ones)
+        crop = (slice(None), *(slice(0, o * p) for o, p in zip(out, pool)), slice(None))
+        split = (xl.shape[0], *(d for o, p in zip(out, pool) for d in (o, p)), xl.shape[-1])
+        # Splitting axes never needs a copy, so this is a view of x.
+        xb = xl[crop].reshape(split)
+        offsets = [
+            (slice(None), *(i for k in offset for i in (slice(None), k)), slice(None))
+            for offset in np.ndindex(*pool)
+        ]
+        return xl, crop, xb, offsets
+
     @staticmethod
     def _scatter(xl, pads, xp, regions, share) -> np.ndarray:
         """The input gradient: `share(index)` (batch, *out, channels) added at every offset."""
@@ -90,6 +119,9 @@ class BasePooling(SimpleLayer):
 
 class MaxPooling(BasePooling):
     def call(self, w, x, ctx):
+        blocks = self._blocks(x)
+        if blocks is not None:
+            return self._call_blocks(x, blocks, ctx)
         # -inf padding never wins a window, as in TensorFlow's max pool.
         xl, pads, xp, regions = self._windows(x, -np.inf, ctx)
         y = xp[regions[0]].copy()
@@ -112,6 +144,54 @@ class MaxPooling(BasePooling):
                 return dyl * hit
 
             return from_last(self, self._scatter(xl, pads, xp, regions, share)), {}
+
+        return from_last(self, y), backprop
+
+    def _call_blocks(self, x, blocks, ctx):
+        """Non-overlapping windows (the common pool_size == strides, valid): each offset is one
+        view of the block-split input, so forward is pool_h * pool_w - 1 maxima and backward
+        writes each offset's share straight into its view of dx: no scatter-add into zeros."""
+        xl, crop, xb, offsets = blocks
+        # The output and the gradient buffers are reused batch after batch (a fresh large array
+        # costs its page faults on every call). dx is taken now because backprop runs when
+        # ctx.node names another layer; only in training, so that predict does not keep one.
+        y = ctx.buffer("y", xb[offsets[0]].shape, x.dtype)
+        np.copyto(y, xb[offsets[0]])
+        for offset in offsets[1:]:
+            np.maximum(y, xb[offset], out=y)
+        need_dx = ctx.need_dx
+        # dx and the window mask are taken now because backprop runs when ctx.node names another
+        # layer; only in training, so that predict keeps no backward buffers.
+        keep = need_dx and ctx.training
+        dx_buffer = ctx.buffer("dx", xl.shape, x.dtype) if keep else None
+        hit_buffer = ctx.buffer("hit", xb.shape, bool) if keep else None
+        # y and dy with a length-1 axis at each pool axis, to broadcast over every window offset.
+        expand = tuple(range(2, 2 * self.rank + 1, 2))
+
+        def backprop(dy):
+            if not need_dx:
+                return None, {}
+            dyl = to_last(self, dy)
+            dxl = dx_buffer if dx_buffer is not None else np.empty(xl.shape, x.dtype)
+            hit = hit_buffer if hit_buffer is not None else np.empty(xb.shape, bool)
+            # Rows and columns cut off by the crop (an odd edge) are in no window.
+            for axis, kept in enumerate(crop[1:-1], start=1):
+                if kept.stop < xl.shape[axis]:
+                    dxl[(slice(None),) * axis + (slice(kept.stop, None),)] = 0
+            dxb = dxl[crop].reshape(xb.shape)
+            # Every value equal to its window's maximum, in one pass over the input.
+            np.equal(xb, np.expand_dims(y, expand), out=hit)
+            # The first offset holding the maximum takes the whole gradient (TensorFlow's tie
+            # rule; ties are common after a relu, windows of zeros): an offset keeps its hits
+            # only where no earlier offset hit. Bool passes over the output, cheap.
+            if len(offsets) > 1:
+                earlier = hit[offsets[0]].copy()
+                for index, offset in enumerate(offsets[1:], start=2):
+                    np.greater(hit[offset], earlier, out=hit[offset])
+                    if index < len(offsets):
+                        np.logical_or(earlier, hit[offset], out=earlier)
+            np.multiply(np.expand_dims(dyl, expand), hit, out=dxb)
+            return from_last(self, dxl), {}
 
         return from_last(self, y), backprop
 
