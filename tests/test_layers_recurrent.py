@@ -31,6 +31,12 @@ GRAD_CASES = {
         {"units": 2, "activation": "linear", "unit_forget_bias": False},
         {"units": 2, **DROPOUT, **STATE},
         {"units": 2, "recurrent_dropout": 0.5, "return_state": True},
+        # Other gate activations than tanh/sigmoid take the fast scan's general branches: a σ
+        # other than sigmoid, a g that needs its input, and softmax (not elementwise), which
+        # runs the scan in Keras's gate order.
+        {"units": 2, "recurrent_activation": "tanh", "return_sequences": True},
+        {"units": 2, "activation": "hard_silu", "return_state": True},
+        {"units": 3, "activation": "softmax", "recurrent_activation": "softmax", **STATE},
     ],
     "GRU": [
         {"units": 2},
@@ -141,6 +147,34 @@ def test_variable_time_and_float32(kind):
         (dx,), grads = backprop([np.ones_like(y) for y in ys])
         assert dx.dtype == np.float32 and dx.shape == x.shape
         assert all(g.dtype == np.float32 for g in grads.values())
+
+
+@pytest.mark.parametrize("kind", ["SimpleRNN", "LSTM", "GRU"])
+@pytest.mark.parametrize(
+    "config", [{}, {"return_sequences": True}, STATE, {"return_state": True, "go_backwards": True}]
+)
+@pytest.mark.parametrize("masked", [False, True])
+def test_inference_without_record_gives_the_same_outputs(kind, config, masked):
+    """With ctx.record False (no backward will come) a layer may keep less; its outputs must
+    not change, masks included, and repeated calls must not see the previous batch's states."""
+    layer = build({"type": kind, "units": 3, **config})
+    rng = np.random.default_rng(0)
+    w = {s.name: s.initializer(s.shape, rng, np.float32) for s in layer.weights([(None, 4)])}
+    for time in (5, 6):
+        x = rng.standard_normal((3, time, 4)).astype(np.float32)
+        mask = np.ones((3, time), bool)
+        mask[1, -2:] = False
+        mask[2, 1] = False
+        recorded = Context(training=False, rng=rng)
+        plain = Context(training=False, rng=rng)
+        plain.record = False
+        if masked:
+            recorded.masks = plain.masks = [mask]
+        expected = [y.copy() for y in layer.forward(w, [x], recorded)[0]]
+        for _ in range(2):
+            ys, _ = layer.forward(w, [x], plain)
+            for y, e in zip(ys, expected):
+                np.testing.assert_allclose(y, e, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("kind", ["SimpleRNN", "LSTM", "GRU"])

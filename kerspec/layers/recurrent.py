@@ -20,7 +20,7 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import Field, PositiveInt, field_validator
 
-from kerspec.activations import ACTIVATIONS
+from kerspec.activations import ACTIVATIONS, Sigmoid, Tanh
 from kerspec.constraints import CONSTRAINTS
 from kerspec.initializers import INITIALIZERS, Initializer
 from kerspec.layers.base import LAYERS, Context, Layer, ShapeError, WeightSpec, format_shape
@@ -75,6 +75,13 @@ def hold(new: np.ndarray, old: np.ndarray, step: np.ndarray) -> None:
     new -= old
     new *= step
     new += old
+
+
+def keras_order(internal: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """A gradient with gate columns in a scan's internal order, back in Keras's order."""
+    keras = np.empty_like(internal)
+    keras[..., order] = internal
+    return keras
 
 
 def split_carry(d: np.ndarray, step: np.ndarray) -> np.ndarray:
@@ -162,6 +169,13 @@ class Recurrent(Layer):
     def bias_init(self) -> Initializer:
         return self.bias_initializer
 
+    def layout(self, dtype) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """How `scan` wants the gate columns: (order, scale) with internal column j = Keras
+        column order[j] times scale[j]. The scale applies to the forward projection only: the
+        gradients `scan` returns are for the unscaled columns, in internal order; forward puts
+        them back into Keras's order. (None, None): Keras's layout as it is."""
+        return None, None
+
     def weights(self, shapes):
         width = self.gates * self.units
         specs = [
@@ -213,17 +227,31 @@ class Recurrent(Layer):
             keep_x = keep_mask(rng, self.dropout, (batch, features), dtype)
             keep_h = keep_mask(rng, self.recurrent_dropout, (batch, self.units), dtype)
 
+        order, scale = self.layout(dtype)
+        if order is not None:
+            # A copy per forward call (not per step); `kernel` is what dx needs, unscaled.
+            kernel = kernel[:, order]
+        forward_kernel = kernel if scale is None else kernel * scale
+
         # A time-major copy, so that each step's projection is one contiguous block.
         xt = ctx.buffer("x", (time, batch, features), dtype)
         xt[...] = (x[:, ::-1] if self.go_backwards else x).transpose(1, 0, 2)
         if keep_x is not None:
             xt *= keep_x
         x2 = xt.reshape(time * batch, features)
-        zx = np.matmul(x2, kernel, out=ctx.buffer("zx", (time * batch, width), dtype))
+        zx = ctx.buffer("zx", (time * batch, width), dtype)
+        if features == 1:
+            # An outer product: a broadcast multiply is several times faster than a K=1 GEMM.
+            np.multiply(x2, forward_kernel, out=zx)
+        else:
+            np.matmul(x2, forward_kernel, out=zx)
         if self.use_bias:
             bias = w["bias"]
             # GRU with reset_after keeps the input and recurrent biases as the rows of one weight.
-            zx += bias[0] if bias.ndim == 2 else bias
+            bias = bias[0] if bias.ndim == 2 else bias
+            if order is not None:
+                bias = bias[order]
+            zx += bias if scale is None else bias * scale
         steps = None
         if ctx.masks and ctx.masks[0] is not None:
             steps = ctx.masks[0].T[..., None].astype(dtype)
@@ -234,7 +262,8 @@ class Recurrent(Layer):
         )
 
         # In Keras the sequence comes out in the order it was read, reversed by go_backwards.
-        output = hs[1:].transpose(1, 0, 2) if self.return_sequences else hs[time]
+        # (Without return_sequences a scan may keep only the last states and return hs=None.)
+        output = hs[1:].transpose(1, 0, 2) if self.return_sequences else finals[0]
         ys = [output, *finals] if self.return_state else [output]
         need_dx = ctx.need_dx
 
@@ -251,9 +280,15 @@ class Recurrent(Layer):
                 d_finals[0] += dys[0]
             dz, d_recurrent, d_recurrent_bias = scan_backprop(d_sequence, d_finals)
             dz2 = dz.reshape(time * batch, width)
-            grads = {"kernel": np.matmul(x2.T, dz2), "recurrent_kernel": d_recurrent}
+            d_kernel = np.matmul(x2.T, dz2)
+            d_bias = dz2.sum(axis=0) if self.use_bias else None
+            if order is not None:
+                d_kernel, d_recurrent = keras_order(d_kernel, order), keras_order(d_recurrent, order)
+                d_bias = None if d_bias is None else keras_order(d_bias, order)
+                if d_recurrent_bias is not None:
+                    d_recurrent_bias = keras_order(d_recurrent_bias, order)
+            grads = {"kernel": d_kernel, "recurrent_kernel": d_recurrent}
             if self.use_bias:
-                d_bias = dz2.sum(axis=0)
                 grads["bias"] = (
                     d_bias if d_recurrent_bias is None else np.stack([d_bias, d_recurrent_bias])
                 )
@@ -356,7 +391,157 @@ class LSTM(Gated):
             return self.bias_initializer
         return UnitForgetBias(base=self.bias_initializer, units=self.units)
 
+    def fast(self) -> bool:
+        # The fast scan folds each activation's derivative into factors computed for all steps
+        # at once, which takes elementwise activations; softmax-like ones run the general scan.
+        return self.activation.elementwise and self.recurrent_activation.elementwise
+
+    def layout(self, dtype):
+        if not self.fast():
+            return None, None
+        # Internally [o, i, f, c]: the three σ gates side by side (one activation call a step on
+        # a contiguous block), and i, f, c together, the blocks whose gradient is dc times a
+        # factor (one broadcast multiply a step in the backward pass).
+        u = self.units
+        order = np.concatenate([np.arange(3 * u, 4 * u), np.arange(3 * u)])
+        if not isinstance(self.recurrent_activation, Sigmoid):
+            return order, None
+        # σ(z) = (1 + tanh(z / 2)) / 2: with the σ columns' weights halved once per forward, a
+        # step needs one tanh for all gates (or for the σ block) and no exp, abs or where.
+        scale = np.ones(4 * u, dtype)
+        scale[: 3 * u] = 0.5
+        return order, scale
+
     def scan(self, w, zx, keep_h, ctx, steps):
+        if not self.fast():
+            return self.scan_keras_order(w, zx, keep_h, ctx, steps)
+        time, batch, width = zx.shape
+        u = self.units
+        dtype = zx.dtype
+        g, sigma = self.activation, self.recurrent_activation
+        order, scale = self.layout(dtype)
+        recurrent = w["recurrent_kernel"][:, order]
+        forward_recurrent = recurrent if scale is None else recurrent * scale
+        sigmoid_by_tanh = scale is not None
+        one_tanh = sigmoid_by_tanh and isinstance(g, Tanh)
+        # Whether a backward pass will come: when not (predict, evaluate), the loop keeps only
+        # the last states in small buffers instead of every step's gates and states.
+        record = getattr(ctx, "record", True)
+        keep_sequence = record or self.return_sequences or keep_h is not None
+        hs, seen = self.states(ctx, time if keep_sequence else 1, batch, dtype, keep_h)
+        cs = ctx.buffer("c", ((time if record else 1) + 1, batch, u), dtype)
+        cs[0] = 0.0
+        # The activated gates, in place over the projection when the backward pass needs no
+        # pre-activation (σ and g are functions of their outputs' derivatives).
+        uses_z = sigma.uses_input or g.uses_input
+        gates = ctx.buffer("gates", zx.shape, dtype) if record and uses_z else zx
+        g_cs = ctx.buffer("g_c", (time if record else 1, batch, u), dtype)
+        rec = ctx.buffer("rec", (batch, width), dtype)
+        ic = ctx.buffer("ic", (batch, u), dtype)
+        for t in range(time):
+            # Rows of the state buffers: every step's when recording, else two rows reused.
+            r0, r1 = (t, t + 1) if keep_sequence else (t % 2, 1 - t % 2)
+            c0, c1 = (t, t + 1) if record else (t % 2, 1 - t % 2)
+            gc = g_cs[t] if record else g_cs[0]
+            if keep_h is not None:
+                np.multiply(hs[r0], keep_h, out=seen[t])
+                h_seen = seen[t]
+            else:
+                h_seen = hs[r0]
+            np.matmul(h_seen, forward_recurrent, out=rec)
+            z, a = zx[t], gates[t]
+            z += rec
+            if one_tanh:
+                np.tanh(z, out=a)
+            else:
+                if sigmoid_by_tanh:
+                    np.tanh(z[:, : 3 * u], out=a[:, : 3 * u])
+                else:
+                    sigma.forward(z[:, : 3 * u], out=a[:, : 3 * u])
+                g.forward(z[:, 3 * u :], out=a[:, 3 * u :])
+            if sigmoid_by_tanh:
+                s = a[:, : 3 * u]
+                s *= 0.5
+                s += 0.5
+            o, i, f, candidate = a[:, :u], a[:, u : 2 * u], a[:, 2 * u : 3 * u], a[:, 3 * u :]
+            c_new = cs[c1]
+            np.multiply(f, cs[c0], out=c_new)
+            np.multiply(i, candidate, out=ic)
+            c_new += ic
+            if steps is not None:
+                hold(c_new, cs[c0], steps[t])
+            g.forward(c_new, out=gc)
+            np.multiply(o, gc, out=hs[r1])
+            if steps is not None:
+                hold(hs[r1], hs[r0], steps[t])
+        last = time if keep_sequence else time % 2
+        finals = [hs[last], cs[time if record else time % 2]]
+        if not keep_sequence:
+            hs = None
+        if record:
+            # The backward pass's large arrays, kept from batch to batch: fresh ones of a few MB
+            # each would be new pages every batch, and their first touch showed in the profile.
+            factors = ctx.buffer("factors", zx.shape, dtype)
+            dz = ctx.buffer("dz", zx.shape, dtype)
+            dg_c = ctx.buffer("dg_c", (time, batch, u), dtype)
+
+        def scan_backprop(d_sequence, d_finals):
+            # Every factor that does not depend on the incoming gradient, for all steps at once
+            # (a few large calls instead of a dozen small ones per step):
+            #   dz_o = dh * g(c_t) σ'(o)          dc += dh * o g'(c_t)
+            #   dz_i, dz_f, dz_c = dc * (c~ σ'(i), c_{t-1} σ'(f), i g'(c~))
+            # with σ' and g' from each activation's backward of ones (elementwise).
+            gates4 = gates.reshape(time, batch, 4, u)
+            o, i, f, candidate = (gates4[:, :, k] for k in range(4))
+            f4 = factors.reshape(time, batch, 4, u)
+            if isinstance(sigma, Sigmoid):
+                np.subtract(1.0, gates[..., : 3 * u], out=factors[..., : 3 * u])
+                factors[..., : 3 * u] *= gates[..., : 3 * u]
+            else:
+                ones = np.ones((time, batch, 3 * u), dtype)
+                factors[..., : 3 * u] = sigma.backward(zx[..., : 3 * u], gates[..., : 3 * u], ones)
+            if isinstance(g, Tanh):
+                np.multiply(candidate, candidate, out=f4[:, :, 3])
+                np.subtract(1.0, f4[:, :, 3], out=f4[:, :, 3])
+                np.multiply(g_cs, g_cs, out=dg_c)
+                np.subtract(1.0, dg_c, out=dg_c)
+            else:
+                ones = np.ones((time, batch, u), dtype)
+                f4[:, :, 3] = g.backward(zx[..., 3 * u :], candidate, ones.copy())
+                dg_c[...] = g.backward(cs[1:], g_cs, ones)
+            f4[:, :, 0] *= g_cs
+            f4[:, :, 1] *= candidate
+            f4[:, :, 2] *= cs[:-1]
+            f4[:, :, 3] *= i
+            np.multiply(dg_c, o, out=dg_c)  # in place; `dg_c *= o` would make it a local name
+            recurrent_t = np.ascontiguousarray(recurrent.T)
+            dz4 = dz.reshape(time, batch, 4, u)
+            dh, dc = d_finals
+            scratch = np.empty((batch, u), dtype)
+            for t in reversed(range(time)):
+                if d_sequence is not None:
+                    dh += d_sequence[t]
+                carried_h = carried_c = None
+                if steps is not None:
+                    carried_h, carried_c = split_carry(dh, steps[t]), split_carry(dc, steps[t])
+                np.multiply(dh, dg_c[t], out=scratch)
+                dc += scratch
+                np.multiply(dh, f4[t, :, 0], out=dz4[t, :, 0])
+                np.multiply(dc[:, None, :], f4[t, :, 1:], out=dz4[t, :, 1:])
+                dc *= f[t]
+                np.matmul(dz[t], recurrent_t, out=dh)
+                if keep_h is not None:
+                    dh *= keep_h
+                if carried_h is not None:
+                    dh += carried_h
+                    dc += carried_c
+            d_recurrent = np.matmul(seen.reshape(-1, u).T, dz.reshape(-1, width))
+            return dz, d_recurrent, None
+
+        return hs, finals, scan_backprop
+
+    def scan_keras_order(self, w, zx, keep_h, ctx, steps):
+        """The general scan in Keras's gate order, for activations that are not elementwise."""
         time, batch, width = zx.shape
         u = self.units
         dtype = zx.dtype
