@@ -8,8 +8,10 @@
       weights.npz     final weights (the last finished epoch's, when stopped early)
       metrics.json    final metrics
 
-Every file is written atomically, so a run stopped at any moment leaves each file complete or
-absent.
+Every file is written atomically, so a run stopped at any moment, even by SIGKILL, leaves each
+file complete or absent (and at most a temporary `.NAME.XXXXXXXX.tmp`, deleted when a run starts
+or resumes in the folder). A killed run's run.json still says "running"; `--resume` carries it on
+from checkpoint.npz, or only writes the final files when it was killed after its last epoch.
 
 `checkpoint.npz` holds `weights/LAYER/WEIGHT`, `optimizer/KEY` (the optimizer's state: iteration
 count, current learning rate, slots), `callbacks/KEY/...` (arrays of callbacks' states, such as
