@@ -111,6 +111,7 @@ class Plan:
         for slot, x in zip(self.input_slots, inputs):
             values[slot] = x
         backprops = [] if record else None
+        ctx.record = record
         penalty = 0.0
         for i, step in enumerate(self.steps):
             ctx.node = step.node

@@ -57,6 +57,8 @@ class Context:
     need_dx: bool = True
     # The masks of the current step's inputs (None where an input has none), for masking layers.
     masks: list = field(default_factory=list)
+    # False when no backward pass will follow (inference): layers may keep less for it.
+    record: bool = True
 
     # Generators of layers that carry their own `seed`, kept across batches.
     seeded: dict = field(default_factory=dict)
