@@ -256,3 +256,53 @@ def test_padding_is_case_insensitive_as_in_keras():
         build({"type": "Conv1D", "filters": 1, "kernel_size": 2, "padding": "SAME"}).padding
         == "same"
     )
+
+
+@pytest.mark.parametrize(
+    "config,shape",
+    [
+        ({"type": "Conv2D", "filters": 4, "kernel_size": 3, "activation": "relu"}, (5, 7, 6, 3)),
+        (
+            {"type": "Conv2D", "filters": 4, "kernel_size": 2, "strides": 2, "padding": "same",
+             "groups": 2, "data_format": "channels_first"},
+            (5, 4, 7, 6),
+        ),
+        ({"type": "Conv1D", "filters": 3, "kernel_size": 3, "dilation_rate": 2}, (5, 9, 2)),
+    ],
+    ids=lambda v: v["type"] if isinstance(v, dict) else str(v),
+)
+def test_inference_in_parts_and_reused_training_buffers_give_the_same_numbers(
+    config, shape, monkeypatch
+):
+    """Inference unfolds the columns a few samples at a time; training reuses its buffers batch
+    after batch. Neither may change a number, nor may one batch leak into the next."""
+    import kerspec.layers.conv as conv
+
+    rng = np.random.default_rng(3)
+    layer = build(config)
+    w = {
+        s.name: rng.standard_normal(s.shape).astype(np.float32)
+        for s in layer.weights([shape[1:]])
+    }
+    batches = [rng.standard_normal(shape).astype(np.float32) for _ in range(2)]
+    dys = []
+
+    def run(ctx, x):
+        (y,), backprop = layer.forward(w, [x], ctx)
+        if not dys:
+            dys.append(rng.standard_normal(y.shape).astype(np.float32))
+        (dx,), grads = backprop([dys[0].copy()])
+        return [y.copy(), dx.copy(), *(g.copy() for g in grads.values())]
+
+    fresh = [run(Context(training=True, rng=rng), x) for x in batches]
+    reused_ctx = Context(training=True, rng=rng)
+    reused = [run(reused_ctx, x) for x in batches]
+    # One sample's columns at a time (inference, a backward after it unfolds them again).
+    monkeypatch.setattr(conv, "CHUNK_BYTES", 1)
+    parts_ctx = Context(training=False, rng=rng)
+    parts = [run(parts_ctx, x) for x in batches]
+    for want, *gots in zip(fresh, reused, parts):
+        for got in gots:
+            for a, b in zip(want, got):
+                np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+                assert b.dtype == np.float32

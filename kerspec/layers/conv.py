@@ -6,6 +6,11 @@ gradient is that matrix's transpose times the output gradient (one GEMM), and th
 is the matching col2im: one GEMM to window gradients, then one strided add per kernel offset
 (kh * kw of them), never a loop over positions or samples.
 
+Training unfolds the whole batch into a buffer reused batch after batch and keeps it for the
+kernel gradient; its backward writes into buffers too. Inference (ctx.training False: predict,
+evaluate) unfolds at most CHUNK_BYTES of columns at a time and keeps none, so a large predict
+batch does not hold a column array nine times the size of its input.
+
 Arrays are handled channels_last inside; a channels_first input is moved there as a view.
 """
 
@@ -35,6 +40,9 @@ from kerspec.layers.core import (
 )
 
 Pads = list[tuple[int, int]]
+
+# Inference unfolds the columns of at most this many bytes at a time (at least one sample).
+CHUNK_BYTES = 16 << 20
 
 
 def _lower(value):
@@ -263,14 +271,38 @@ class BaseConv(SimpleLayer):
         # (batch, *out, groups, in_group, *kernel) -> (groups, batch, *out, *kernel, in_group),
         # the row-major order of the kernel's (*kernel, in_group) axes.
         order = (rank + 1, 0, *range(1, rank + 1), *range(rank + 3, 2 * rank + 3), rank + 2)
-        cols = ctx.buffer("cols", (groups, batch, *out, *kernel_size, in_group), x.dtype)
-        np.copyto(cols, windows(grouped, kernel_size, strides, dilation).transpose(order))
-        cols = cols.reshape(groups, rows, depth)
+        views = windows(grouped, kernel_size, strides, dilation).transpose(order)
         kernel = np.ascontiguousarray(
             w["kernel"].reshape(depth, groups, out_group).transpose(1, 0, 2)
         )
-
-        zg = np.matmul(cols, kernel, out=ctx.buffer("z", (groups, rows, out_group), x.dtype))
+        training = ctx.training
+        per_sample = rows // batch if batch else 0
+        if training:
+            # Training keeps the columns for the kernel gradient, in buffers reused batch after
+            # batch (a fresh large array costs its page faults every time).
+            chunk = batch
+            zg = ctx.buffer("z", (groups, rows, out_group), x.dtype)
+        else:
+            # Inference (predict, evaluate) needs no columns afterwards: unfold at most about
+            # CHUNK_BYTES of them at a time, so a batch of 1,024 does not hold its whole column
+            # array (142 MB for W2's second conv), and allocate the output afresh, so it is freed
+            # as soon as the next layer has read it instead of staying as a buffer.
+            row_bytes = per_sample * depth * groups * x.itemsize
+            chunk = max(1, min(batch, CHUNK_BYTES // max(row_bytes, 1)))
+            zg = np.empty((groups, rows, out_group), x.dtype)
+        cols = ctx.buffer("cols", (groups, chunk, *out, *kernel_size, in_group), x.dtype)
+        for start in range(0, batch, chunk):
+            stop = min(start + chunk, batch)
+            part = cols[:, : stop - start]
+            np.copyto(part, views[:, start:stop])
+            np.matmul(
+                part.reshape(groups, -1, depth),
+                kernel,
+                out=zg[:, start * per_sample : stop * per_sample],
+            )
+        # The whole batch's columns, or None when they were unfolded in parts (backprop, if a
+        # caller asks for it in inference, unfolds them again).
+        kept_cols = cols.reshape(groups, rows, depth) if chunk >= batch else None
         # A view when groups == 1; otherwise the group outputs are interleaved into filters.
         z = zg.transpose(1, 0, 2).reshape(rows, filters)
         if self.use_bias:
@@ -279,22 +311,52 @@ class BaseConv(SimpleLayer):
         y = activation.forward(z)
         kept_z = z if activation.uses_input else None
         need_dx = ctx.need_dx
+        # Backprop runs when ctx.node names another layer: take its buffers now, in training only.
+        if need_dx and training:
+            dcols_buffer = ctx.buffer("dcols", (groups, rows, depth), x.dtype)
+            dxp_buffer = ctx.buffer("dx", (batch, *grouped.shape[1:]), x.dtype)
+        else:
+            dcols_buffer = dxp_buffer = None
 
         def backprop(dy):
             dz = activation.backward(kept_z, y, to_last(self, dy).reshape(rows, filters))
             # Contiguous per group for BLAS; no copy when groups == 1.
             dzg = np.ascontiguousarray(dz.reshape(rows, groups, out_group).transpose(1, 0, 2))
+            cols = kept_cols
+            if cols is None:
+                cols = np.empty((groups, batch, *out, *kernel_size, in_group), x.dtype)
+                np.copyto(cols, views)
+                cols = cols.reshape(groups, rows, depth)
             dkernel = np.matmul(cols.transpose(0, 2, 1), dzg)
             grads = {"kernel": dkernel.transpose(1, 0, 2).reshape(w["kernel"].shape)}
             if self.use_bias:
                 grads["bias"] = dz.sum(axis=0)
             if not need_dx:
                 return None, grads
-            dcols = np.matmul(dzg, kernel.transpose(0, 2, 1))
+            dcols = np.matmul(
+                dzg,
+                kernel.transpose(0, 2, 1),
+                out=dcols_buffer if dcols_buffer is not None else None,
+            )
             dcols = dcols.reshape(groups, batch, *out, *kernel_size, in_group)
-            dxp = np.zeros((batch, *grouped.shape[1:]), x.dtype)
             positions = (slice(None),) * (rank + 2)
-            for offset in np.ndindex(*kernel_size):
+            offsets = list(np.ndindex(*kernel_size))
+            dxp = dxp_buffer if dxp_buffer is not None else np.empty(
+                (batch, *grouped.shape[1:]), x.dtype
+            )
+            first = offset_region(offsets[0], strides, dilation, out)
+            if max(strides) == 1 and max(dilation) == 1:
+                # Offset 0 covers the box [0, out) of every axis: copy it there and zero only
+                # the rest, instead of zeroing everything and adding it (one pass fewer).
+                for axis, n in enumerate(out, start=1):
+                    box = tuple(slice(0, m) for m in out[: axis - 1])
+                    dxp[(slice(None), *box, slice(n, None))] = 0
+                np.copyto(dxp[first], np.moveaxis(dcols[(*positions, *offsets[0])], 0, -2))
+                rest = offsets[1:]
+            else:
+                dxp.fill(0)
+                rest = offsets
+            for offset in rest:
                 dxp[offset_region(offset, strides, dilation, out)] += np.moveaxis(
                     dcols[(*positions, *offset)], 0, -2
                 )
