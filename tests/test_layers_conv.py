@@ -299,7 +299,7 @@ def test_inference_in_parts_and_reused_training_buffers_give_the_same_numbers(
     reused = [run(reused_ctx, x) for x in batches]
     # One sample's columns at a time (inference, a backward after it unfolds them again).
     monkeypatch.setattr(conv, "CHUNK_BYTES", 1)
-    parts_ctx = Context(training=False, rng=rng)
+    parts_ctx = Context(training=False, rng=rng, record=False)
     parts = [run(parts_ctx, x) for x in batches]
     for want, *gots in zip(fresh, reused, parts):
         for got in gots:

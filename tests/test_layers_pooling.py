@@ -254,3 +254,8 @@ def test_non_overlapping_max_pool_matches_loops_with_ties(config, shape):
     np.testing.assert_array_equal(to_last(y), want_y)
     np.testing.assert_array_equal(to_last(dx), want_dx)
     assert y.dtype == dx.dtype == np.float32
+    # Inference keeps no buffers; a backward after it still gets the same gradient.
+    (y,), backprop = layer.forward({}, [x], Context(training=False, rng=rng, record=False))
+    (dx,), _ = backprop([np.moveaxis(dy, -1, 1) if first else dy])
+    np.testing.assert_array_equal(to_last(y), want_y)
+    np.testing.assert_array_equal(to_last(dx), want_dx)

@@ -7,8 +7,8 @@ is the matching col2im: one GEMM to window gradients, then one strided add per k
 (kh * kw of them), never a loop over positions or samples.
 
 Training unfolds the whole batch into a buffer reused batch after batch and keeps it for the
-kernel gradient; its backward writes into buffers too. Inference (ctx.training False: predict,
-evaluate) unfolds at most CHUNK_BYTES of columns at a time and keeps none, so a large predict
+kernel gradient; its backward writes into buffers too. Inference (ctx.record False: predict,
+evaluate, no backward follows) unfolds at most CHUNK_BYTES of columns at a time and keeps none, so a large predict
 batch does not hold a column array nine times the size of its input.
 
 Arrays are handled channels_last inside; a channels_first input is moved there as a view.
@@ -275,7 +275,8 @@ class BaseConv(SimpleLayer):
         kernel = np.ascontiguousarray(
             w["kernel"].reshape(depth, groups, out_group).transpose(1, 0, 2)
         )
-        training = ctx.training
+        # Whether a backward pass will follow (training, a gradient check), not ctx.training.
+        training = ctx.record
         per_sample = rows // batch if batch else 0
         if training:
             # Training keeps the columns for the kernel gradient, in buffers reused batch after
@@ -311,7 +312,8 @@ class BaseConv(SimpleLayer):
         y = activation.forward(z)
         kept_z = z if activation.uses_input else None
         need_dx = ctx.need_dx
-        # Backprop runs when ctx.node names another layer: take its buffers now, in training only.
+        # Backprop runs when ctx.node names another layer: take its buffers now, and only when a
+        # backward pass will follow.
         if need_dx and training:
             dcols_buffer = ctx.buffer("dcols", (groups, rows, depth), x.dtype)
             dxp_buffer = ctx.buffer("dx", (batch, *grouped.shape[1:]), x.dtype)

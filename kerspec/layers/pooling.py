@@ -152,17 +152,18 @@ class MaxPooling(BasePooling):
         view of the block-split input, so forward is pool_h * pool_w - 1 maxima and backward
         writes each offset's share straight into its view of dx: no scatter-add into zeros."""
         xl, crop, xb, offsets = blocks
-        # The output and the gradient buffers are reused batch after batch (a fresh large array
-        # costs its page faults on every call). dx is taken now because backprop runs when
-        # ctx.node names another layer; only in training, so that predict does not keep one.
-        y = ctx.buffer("y", xb[offsets[0]].shape, x.dtype)
+        # When a backward pass will follow, the output and the gradient live in buffers reused
+        # batch after batch (a fresh large array costs its page faults on every call). Taken now
+        # because backprop runs when ctx.node names another layer. Inference allocates the output
+        # afresh, so it is freed as soon as the next layer has read it.
+        record = ctx.record
+        shape = xb[offsets[0]].shape
+        y = ctx.buffer("y", shape, x.dtype) if record else np.empty(shape, x.dtype)
         np.copyto(y, xb[offsets[0]])
         for offset in offsets[1:]:
             np.maximum(y, xb[offset], out=y)
         need_dx = ctx.need_dx
-        # dx and the window mask are taken now because backprop runs when ctx.node names another
-        # layer; only in training, so that predict keeps no backward buffers.
-        keep = need_dx and ctx.training
+        keep = need_dx and record
         dx_buffer = ctx.buffer("dx", xl.shape, x.dtype) if keep else None
         hit_buffer = ctx.buffer("hit", xb.shape, bool) if keep else None
         # y and dy with a length-1 axis at each pool axis, to broadcast over every window offset.
