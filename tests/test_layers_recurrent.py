@@ -49,6 +49,12 @@ GRAD_CASES = {
         {"units": 2, "activation": "softplus", "recurrent_activation": "hard_sigmoid", **STATE},
         {"units": 2, **DROPOUT, **STATE},
         {"units": 2, "reset_after": False, **DROPOUT, **STATE},
+        # The fast scan's general branches (σ other than sigmoid, g that needs its input) and
+        # the scan in Keras's order (softmax, not elementwise).
+        {"units": 2, "recurrent_activation": "tanh", "return_sequences": True},
+        {"units": 2, "reset_after": False, "activation": "hard_silu", "return_state": True},
+        {"units": 3, "activation": "softmax", "recurrent_activation": "softmax", **STATE},
+        {"units": 2, "reset_after": False, "recurrent_activation": "softmax", **STATE},
     ],
 }
 
@@ -157,7 +163,24 @@ def test_variable_time_and_float32(kind):
 def test_inference_without_record_gives_the_same_outputs(kind, config, masked):
     """With ctx.record False (no backward will come) a layer may keep less; its outputs must
     not change, masks included, and repeated calls must not see the previous batch's states."""
-    layer = build({"type": kind, "units": 3, **config})
+    check_inference_without_record({"type": kind, "units": 3, **config}, masked)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize(
+    "activations",
+    [
+        {"activation": "relu", "recurrent_activation": "hard_sigmoid"},
+        {"activation": "hard_silu", "recurrent_activation": "sigmoid"},
+        {"activation": "softmax", "recurrent_activation": "softmax"},
+    ],
+)
+def test_inference_without_record_other_activations(kind, activations):
+    check_inference_without_record({"type": kind, "units": 3, **activations, **STATE}, True)
+
+
+def check_inference_without_record(config, masked):
+    layer = build(config)
     rng = np.random.default_rng(0)
     w = {s.name: s.initializer(s.shape, rng, np.float32) for s in layer.weights([(None, 4)])}
     for time in (5, 6):

@@ -205,6 +205,20 @@ class Recurrent(Layer):
         the mask says padding: there the states are carried over unchanged, as in Keras."""
         raise NotImplementedError
 
+    def infer(
+        self,
+        w: dict[str, np.ndarray],
+        x: np.ndarray,
+        kernel: np.ndarray,
+        bias: np.ndarray | None,
+        ctx: Context,
+        steps: np.ndarray | None,
+    ) -> tuple[np.ndarray | None, list[np.ndarray]] | None:
+        """Inference with no backward to come and no dropout: (every h as in `scan`, or None
+        without return_sequences; the final states), from the batch-major input `x` and the
+        kernel and bias arranged as `layout` says. None: this layer has no such path."""
+        return None
+
     def states(self, ctx: Context, time: int, batch: int, dtype, keep_h: np.ndarray | None):
         """The h of every step, (time + 1, batch, units) with row 0 the zero initial state, and
         the previous states as the recurrent matmul sees them: row t is h_{t-1}, times the
@@ -232,6 +246,33 @@ class Recurrent(Layer):
             # A copy per forward call (not per step); `kernel` is what dx needs, unscaled.
             kernel = kernel[:, order]
         forward_kernel = kernel if scale is None else kernel * scale
+        forward_bias = None
+        if self.use_bias:
+            forward_bias = w["bias"]
+            # GRU with reset_after keeps the input and recurrent biases as the rows of one weight.
+            forward_bias = forward_bias[0] if forward_bias.ndim == 2 else forward_bias
+            if order is not None:
+                forward_bias = forward_bias[order]
+            if scale is not None:
+                forward_bias = forward_bias * scale
+        steps = None
+        if ctx.masks and ctx.masks[0] is not None:
+            steps = ctx.masks[0].T[..., None].astype(dtype)
+            if self.go_backwards:
+                steps = steps[::-1]
+
+        if not getattr(ctx, "record", True) and keep_x is None and keep_h is None:
+            # No backward will come: a layer may project the input step by step (no projection
+            # of all steps kept, see LSTM.infer); None when it has no such path.
+            inferred = self.infer(w, x, forward_kernel, forward_bias, ctx, steps)
+            if inferred is not None:
+                hs, finals = inferred
+                output = hs[1:].transpose(1, 0, 2) if self.return_sequences else finals[0]
+
+                def no_backprop(dys):
+                    raise RuntimeError(f"{self.type} ran with ctx.record False: no backward pass")
+
+                return ([output, *finals] if self.return_state else [output]), no_backprop
 
         # A time-major copy, so that each step's projection is one contiguous block.
         xt = ctx.buffer("x", (time, batch, features), dtype)
@@ -245,18 +286,8 @@ class Recurrent(Layer):
             np.multiply(x2, forward_kernel, out=zx)
         else:
             np.matmul(x2, forward_kernel, out=zx)
-        if self.use_bias:
-            bias = w["bias"]
-            # GRU with reset_after keeps the input and recurrent biases as the rows of one weight.
-            bias = bias[0] if bias.ndim == 2 else bias
-            if order is not None:
-                bias = bias[order]
-            zx += bias if scale is None else bias * scale
-        steps = None
-        if ctx.masks and ctx.masks[0] is not None:
-            steps = ctx.masks[0].T[..., None].astype(dtype)
-            if self.go_backwards:
-                steps = steps[::-1]
+        if forward_bias is not None:
+            zx += forward_bias
         hs, finals, scan_backprop = self.scan(
             w, zx.reshape(time, batch, width), keep_h, ctx, steps
         )
@@ -540,6 +571,65 @@ class LSTM(Gated):
 
         return hs, finals, scan_backprop
 
+    def infer(self, w, x, kernel, bias, ctx, steps):
+        if not self.fast():
+            return None
+        batch, time, features = x.shape
+        u = self.units
+        dtype = x.dtype
+        g, sigma = self.activation, self.recurrent_activation
+        order, scale = self.layout(dtype)
+        recurrent = w["recurrent_kernel"][:, order]
+        # [x_t, h_{t-1}] @ [kernel; recurrent_kernel]: the input projection inside the step's one
+        # GEMM, instead of a (time, batch, 4 units) projection of all steps written and read
+        # back (105 MB for W4 at batch 1024) and an add a step.
+        stacked = np.concatenate([kernel, recurrent if scale is None else recurrent * scale])
+        sigmoid_by_tanh = scale is not None
+        one_tanh = sigmoid_by_tanh and isinstance(g, Tanh)
+        xh = ctx.buffer("xh", (batch, features + u), dtype)
+        xh[:, features:] = 0.0
+        hs = ctx.buffer("h", (time + 1 if self.return_sequences else 2, batch, u), dtype)
+        hs[0] = 0.0
+        cs = ctx.buffer("c", (2, batch, u), dtype)
+        cs[0] = 0.0
+        a = ctx.buffer("a", (batch, 4 * u), dtype)
+        gc = ctx.buffer("g_c", (batch, u), dtype)
+        ic = ctx.buffer("ic", (batch, u), dtype)
+        s = a[:, : 3 * u]
+        o, i, f, candidate = a[:, :u], a[:, u : 2 * u], a[:, 2 * u : 3 * u], a[:, 3 * u :]
+        for t in range(time):
+            r0, r1 = (t, t + 1) if self.return_sequences else (t % 2, 1 - t % 2)
+            c0, c1 = t % 2, 1 - t % 2
+            xh[:, :features] = x[:, time - 1 - t] if self.go_backwards else x[:, t]
+            np.matmul(xh, stacked, out=a)
+            if bias is not None:
+                a += bias
+            if one_tanh:
+                np.tanh(a, out=a)
+            else:
+                if sigmoid_by_tanh:
+                    np.tanh(s, out=s)
+                else:
+                    sigma.forward(s, out=s)
+                g.forward(candidate, out=candidate)
+            if sigmoid_by_tanh:
+                s *= 0.5
+                s += 0.5
+            c_new = cs[c1]
+            np.multiply(f, cs[c0], out=c_new)
+            np.multiply(i, candidate, out=ic)
+            c_new += ic
+            if steps is not None:
+                hold(c_new, cs[c0], steps[t])
+            g.forward(c_new, out=gc)
+            h_new = hs[r1]
+            np.multiply(o, gc, out=h_new)
+            if steps is not None:
+                hold(h_new, hs[r0], steps[t])
+            xh[:, features:] = h_new
+        finals = [hs[time if self.return_sequences else time % 2], cs[time % 2]]
+        return (hs if self.return_sequences else None), finals
+
     def scan_keras_order(self, w, zx, keep_h, ctx, steps):
         """The general scan in Keras's gate order, for activations that are not elementwise."""
         time, batch, width = zx.shape
@@ -628,7 +718,186 @@ class GRU(Gated):
         width = 3 * self.units
         return (2, width) if self.reset_after else (width,)
 
+    def fast(self) -> bool:
+        # As LSTM.fast: the fast scan needs elementwise activations.
+        return self.activation.elementwise and self.recurrent_activation.elementwise
+
+    def layout(self, dtype):
+        if not (self.fast() and isinstance(self.recurrent_activation, Sigmoid)):
+            return None, None
+        # Keras's order already puts the σ gates z, r side by side; their weights halved once
+        # per forward make σ one tanh and an affine a step (see LSTM.layout).
+        scale = np.ones(3 * self.units, dtype)
+        scale[: 2 * self.units] = 0.5
+        return None, scale
+
     def scan(self, w, zx, keep_h, ctx, steps):
+        if not self.fast():
+            return self.scan_keras_order(w, zx, keep_h, ctx, steps)
+        time, batch, width = zx.shape
+        u = self.units
+        dtype = zx.dtype
+        g, sigma = self.activation, self.recurrent_activation
+        reset_after = self.reset_after
+        _, scale = self.layout(dtype)
+        sigmoid_by_tanh = scale is not None
+        recurrent = w["recurrent_kernel"]
+        forward_recurrent = recurrent if scale is None else recurrent * scale
+        recurrent_bias = w["bias"][1] if reset_after and self.use_bias else None
+        forward_bias = recurrent_bias
+        if recurrent_bias is not None and scale is not None:
+            forward_bias = recurrent_bias * scale
+        record = getattr(ctx, "record", True)
+        keep_sequence = record or self.return_sequences or keep_h is not None
+        hs, seen = self.states(ctx, time if keep_sequence else 1, batch, dtype, keep_h)
+        uses_z = sigma.uses_input or g.uses_input
+        gates = ctx.buffer("gates", zx.shape, dtype) if record and uses_z else zx
+        kept = time if record else 1
+        if reset_after:
+            # Every step's recurrent projection h_{t-1} @ recurrent_kernel + b_h: its h block is
+            # what r scales, which the backward pass needs.
+            recs = ctx.buffer("rec", (kept, batch, width), dtype)
+        else:
+            # Contiguous copies of the two blocks that reset_after=False multiplies separately;
+            # the candidate's block is never scaled.
+            recurrent_zr = np.ascontiguousarray(forward_recurrent[:, : 2 * u])
+            recurrent_h = np.ascontiguousarray(recurrent[:, 2 * u :])
+            rec = ctx.buffer("rec", (batch, width), dtype)
+            rh = ctx.buffer("rh", (kept, batch, u), dtype)  # r * h_{t-1}, every step's
+        scratch = ctx.buffer("scratch", (batch, u), dtype)
+        for t in range(time):
+            r0, r1 = (t, t + 1) if keep_sequence else (t % 2, 1 - t % 2)
+            k = t if record else 0
+            if keep_h is not None:
+                np.multiply(hs[r0], keep_h, out=seen[t])
+                h_seen = seen[t]
+            else:
+                h_seen = hs[r0]
+            z, a = zx[t], gates[t]
+            if reset_after:
+                rc = recs[k]
+                np.matmul(h_seen, forward_recurrent, out=rc)
+                if forward_bias is not None:
+                    rc += forward_bias
+                z[:, : 2 * u] += rc[:, : 2 * u]
+            else:
+                np.matmul(h_seen, recurrent_zr, out=rec[:, : 2 * u])
+                z[:, : 2 * u] += rec[:, : 2 * u]
+            if sigmoid_by_tanh:
+                np.tanh(z[:, : 2 * u], out=a[:, : 2 * u])
+                s = a[:, : 2 * u]
+                s *= 0.5
+                s += 0.5
+            else:
+                sigma.forward(z[:, : 2 * u], out=a[:, : 2 * u])
+            update, reset, candidate = a[:, :u], a[:, u : 2 * u], a[:, 2 * u :]
+            if reset_after:
+                np.multiply(reset, rc[:, 2 * u :], out=scratch)
+                z[:, 2 * u :] += scratch
+            else:
+                np.multiply(reset, h_seen, out=rh[k])
+                np.matmul(rh[k], recurrent_h, out=rec[:, 2 * u :])
+                z[:, 2 * u :] += rec[:, 2 * u :]
+            g.forward(z[:, 2 * u :], out=candidate)
+            # h_t = h~ + z * (h_{t-1} - h~), the same mix with one product.
+            h_new = hs[r1]
+            np.subtract(hs[r0], candidate, out=h_new)
+            h_new *= update
+            h_new += candidate
+            if steps is not None:
+                hold(h_new, hs[r0], steps[t])
+        finals = [hs[time if keep_sequence else time % 2]]
+        if not keep_sequence:
+            hs = None
+        if record:
+            factors = ctx.buffer("factors", zx.shape, dtype)
+            dz = ctx.buffer("dz", zx.shape, dtype)
+            d_rec = ctx.buffer("d_rec", zx.shape, dtype) if reset_after else None
+            rec_factors = ctx.buffer("rec_factors", zx.shape, dtype) if reset_after else None
+            every = ctx.buffer("every", (time, batch, u), dtype)
+
+        def scan_backprop(d_sequence, d_finals):
+            # The factors that do not depend on the incoming gradient dh, for all steps at once:
+            #   dz_z = dh * (h_{t-1} - h~) σ'(z)      dz_h = dh * (1 - z) g'(h~)
+            #   reset_after:  dz_r = dz_h * rec_h σ'(r), and the recurrent projection's gradient
+            #                 is dz with its h block times r;
+            #   else:         dz_r = (dz_h @ recurrent_h.T) * h_{t-1} σ'(r).
+            gates3 = gates.reshape(time, batch, 3, u)
+            update, reset, candidate = gates3[:, :, 0], gates3[:, :, 1], gates3[:, :, 2]
+            f3 = factors.reshape(time, batch, 3, u)
+            if isinstance(sigma, Sigmoid):
+                np.subtract(1.0, gates[..., : 2 * u], out=factors[..., : 2 * u])
+                factors[..., : 2 * u] *= gates[..., : 2 * u]
+            else:
+                ones = np.ones((time, batch, 2 * u), dtype)
+                factors[..., : 2 * u] = sigma.backward(zx[..., : 2 * u], gates[..., : 2 * u], ones)
+            if isinstance(g, Tanh):
+                np.multiply(candidate, candidate, out=f3[:, :, 2])
+                np.subtract(1.0, f3[:, :, 2], out=f3[:, :, 2])
+            else:
+                ones = np.ones((time, batch, u), dtype)
+                f3[:, :, 2] = g.backward(zx[..., 2 * u :], candidate, ones)
+            np.subtract(1.0, update, out=every)
+            f3[:, :, 2] *= every
+            np.subtract(hs[:-1], candidate, out=every)
+            f3[:, :, 0] *= every
+            dz3 = dz.reshape(time, batch, 3, u)
+            dh = d_finals[0]
+            d_seen = np.empty((batch, u), dtype)
+            if reset_after:
+                f3[:, :, 1] *= recs[..., 2 * u :]
+                f3[:, :, 1] *= f3[:, :, 2]
+                np.copyto(rec_factors, factors)
+                r3 = rec_factors.reshape(time, batch, 3, u)
+                r3[:, :, 2] *= reset
+                d_rec3 = d_rec.reshape(time, batch, 3, u)
+                recurrent_t = np.ascontiguousarray(recurrent.T)
+            else:
+                f3[:, :, 1] *= seen
+                d_rh = np.empty((batch, u), dtype)
+                recurrent_zr_t = np.ascontiguousarray(recurrent[:, : 2 * u].T)
+                recurrent_h_t = np.ascontiguousarray(recurrent_h.T)
+            for t in reversed(range(time)):
+                if d_sequence is not None:
+                    dh += d_sequence[t]
+                carried = None if steps is None else split_carry(dh, steps[t])
+                if reset_after:
+                    np.multiply(dh[:, None, :], f3[t], out=dz3[t])
+                    np.multiply(dh[:, None, :], r3[t], out=d_rec3[t])
+                    np.matmul(d_rec[t], recurrent_t, out=d_seen)
+                else:
+                    # z and h blocks (0 and 2) in one strided multiply; r needs d_rh first.
+                    np.multiply(dh[:, None, :], f3[t, :, ::2], out=dz3[t, :, ::2])
+                    np.matmul(dz3[t, :, 2], recurrent_h_t, out=d_rh)
+                    np.multiply(d_rh, f3[t, :, 1], out=dz3[t, :, 1])
+                    np.matmul(dz[t, :, : 2 * u], recurrent_zr_t, out=d_seen)
+                    d_rh *= reset[t]
+                    d_seen += d_rh
+                if keep_h is not None:
+                    d_seen *= keep_h
+                dh *= update[t]
+                dh += d_seen
+                if carried is not None:
+                    dh += carried
+            seen2 = seen.reshape(-1, u)
+            if reset_after:
+                d_rec2 = d_rec.reshape(-1, width)
+                d_bias = d_rec2.sum(axis=0) if recurrent_bias is not None else None
+                return dz, np.matmul(seen2.T, d_rec2), d_bias
+            dz2 = dz.reshape(-1, width)
+            d_recurrent = np.concatenate(
+                [
+                    np.matmul(seen2.T, dz2[:, : 2 * u]),
+                    np.matmul(rh.reshape(-1, u).T, dz2[:, 2 * u :]),
+                ],
+                axis=1,
+            )
+            return dz, d_recurrent, None
+
+        return hs, finals, scan_backprop
+
+    def scan_keras_order(self, w, zx, keep_h, ctx, steps):
+        """The general scan, for activations that are not elementwise."""
         time, batch, width = zx.shape
         u = self.units
         dtype = zx.dtype
