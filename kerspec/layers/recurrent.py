@@ -846,47 +846,61 @@ class GRU(Gated):
             every = ctx.buffer("every", (time, batch, u), dtype)
 
         def scan_backprop(d_sequence, d_finals):
-            # The factors that do not depend on the incoming gradient dh, for all steps at once:
+            # The factors that do not depend on the incoming gradient dh, for a block of steps
+            # at once (a few calls a block instead of a dozen small ones per step):
             #   dz_z = dh * (h_{t-1} - h~) σ'(z)      dz_h = dh * (1 - z) g'(h~)
             #   reset_after:  dz_r = dz_h * rec_h σ'(r), and the recurrent projection's gradient
             #                 is dz with its h block times r;
             #   else:         dz_r = (dz_h @ recurrent_h.T) * h_{t-1} σ'(r).
             gates3 = gates.reshape(time, batch, 3, u)
-            update, reset, candidate = gates3[:, :, 0], gates3[:, :, 1], gates3[:, :, 2]
+            update, reset = gates3[:, :, 0], gates3[:, :, 1]
             f3 = factors.reshape(time, batch, 3, u)
-            if isinstance(sigma, Sigmoid):
-                np.subtract(1.0, gates[..., : 2 * u], out=factors[..., : 2 * u])
-                factors[..., : 2 * u] *= gates[..., : 2 * u]
-            else:
-                ones = np.ones((time, batch, 2 * u), dtype)
-                factors[..., : 2 * u] = sigma.backward(zx[..., : 2 * u], gates[..., : 2 * u], ones)
-            if isinstance(g, Tanh):
-                np.multiply(candidate, candidate, out=f3[:, :, 2])
-                np.subtract(1.0, f3[:, :, 2], out=f3[:, :, 2])
-            else:
-                ones = np.ones((time, batch, u), dtype)
-                f3[:, :, 2] = g.backward(zx[..., 2 * u :], candidate, ones)
-            np.subtract(1.0, update, out=every)
-            f3[:, :, 2] *= every
-            np.subtract(hs[:-1], candidate, out=every)
-            f3[:, :, 0] *= every
+            r3 = rec_factors.reshape(time, batch, 3, u) if reset_after else None
+
+            def prepare(lo, hi):
+                a, fs, fs3 = gates[lo:hi], factors[lo:hi], f3[lo:hi]
+                candidate, other = gates3[lo:hi, :, 2], every[lo:hi]
+                if isinstance(sigma, Sigmoid):
+                    np.subtract(1.0, a[..., : 2 * u], out=fs[..., : 2 * u])
+                    fs[..., : 2 * u] *= a[..., : 2 * u]
+                else:
+                    ones = np.ones(a[..., : 2 * u].shape, dtype)
+                    fs[..., : 2 * u] = sigma.backward(zx[lo:hi, :, : 2 * u], a[..., : 2 * u], ones)
+                if isinstance(g, Tanh):
+                    np.multiply(candidate, candidate, out=fs3[:, :, 2])
+                    np.subtract(1.0, fs3[:, :, 2], out=fs3[:, :, 2])
+                else:
+                    ones = np.ones(candidate.shape, dtype)
+                    fs3[:, :, 2] = g.backward(zx[lo:hi, :, 2 * u :], candidate, ones)
+                np.subtract(1.0, update[lo:hi], out=other)
+                fs3[:, :, 2] *= other
+                np.subtract(hs[lo:hi], candidate, out=other)
+                fs3[:, :, 0] *= other
+                if reset_after:
+                    fs3[:, :, 1] *= recs[lo:hi, :, 2 * u :]
+                    fs3[:, :, 1] *= fs3[:, :, 2]
+                    np.copyto(rec_factors[lo:hi], fs)
+                    r3[lo:hi, :, 2] *= reset[lo:hi]
+                else:
+                    fs3[:, :, 1] *= seen[lo:hi]
+
             dz3 = dz.reshape(time, batch, 3, u)
             dh = d_finals[0]
             d_seen = np.empty((batch, u), dtype)
             if reset_after:
-                f3[:, :, 1] *= recs[..., 2 * u :]
-                f3[:, :, 1] *= f3[:, :, 2]
-                np.copyto(rec_factors, factors)
-                r3 = rec_factors.reshape(time, batch, 3, u)
-                r3[:, :, 2] *= reset
                 d_rec3 = d_rec.reshape(time, batch, 3, u)
                 recurrent_t = np.ascontiguousarray(recurrent.T)
             else:
-                f3[:, :, 1] *= seen
                 d_rh = np.empty((batch, u), dtype)
                 recurrent_zr_t = np.ascontiguousarray(recurrent[:, : 2 * u].T)
                 recurrent_h_t = np.ascontiguousarray(recurrent_h.T)
+            # Blocks of about 256 KiB of gates, as in LSTM: prepared just before they are read.
+            block = max(1, (256 << 10) // (batch * width * gates.itemsize))
+            lo = time
             for t in reversed(range(time)):
+                if t < lo:
+                    lo = max(0, t + 1 - block)
+                    prepare(lo, t + 1)
                 if d_sequence is not None:
                     dh += d_sequence[t]
                 carried = None if steps is None else split_carry(dh, steps[t])
