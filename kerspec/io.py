@@ -23,7 +23,6 @@ from kerspec.errors import DataError, KerspecError, WeightsError
 from kerspec.guards import READ_ERRORS, check_npy_file, describe_read_error, read_npz_array
 from kerspec.layers.base import format_shape
 
-
 # The temporary file of `atomic_write`: mkstemp's `.NAME.XXXXXXXX.tmp`, left behind only by a
 # process killed (SIGKILL, a crash) while writing NAME.
 TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")

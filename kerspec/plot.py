@@ -65,7 +65,8 @@ def plot(graph: Graph, path: Path) -> None:
     if program is None:
         raise KerspecError(INSTALL_HINT, str(path))
     done = subprocess.run(
-        [program, f"-T{suffix[1:]}"], input=dot.encode(), capture_output=True, timeout=120
+        [program, f"-T{suffix[1:]}"], input=dot.encode(), capture_output=True, timeout=120,
+        check=False,
     )
     if done.returncode != 0:
         reason = done.stderr.decode(errors="replace").strip().splitlines()

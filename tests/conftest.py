@@ -3,8 +3,8 @@ import os
 # Keras reads its backend once, at import: set it before any test module imports keras.
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
 
 
 @pytest.fixture

@@ -144,4 +144,4 @@ def test_losses_and_metrics_must_name_real_outputs(compile_section, message):
         f"outputs: [kind, size]\ncompile: {compile_section}\n"
     )
     with pytest.raises(kerspec.KerspecError, match=re.escape(message)):
-        model.trainer
+        model.trainer  # noqa: B018 (building the trainer is what checks compile)

@@ -276,7 +276,7 @@ def test_inference_in_parts_and_reused_training_buffers_give_the_same_numbers(
 ):
     """Inference unfolds the columns a few samples at a time; training reuses its buffers batch
     after batch. Neither may change a number, nor may one batch leak into the next."""
-    import kerspec.layers.conv as conv
+    from kerspec.layers import conv
 
     rng = np.random.default_rng(3)
     layer = build(config)

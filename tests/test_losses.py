@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
-from tests.gradcheck import check_grads
 from pydantic import ValidationError
 
 from kerspec.training.losses import LOSSES
+from tests.gradcheck import check_grads
 
 RNG = np.random.default_rng(1)
 N, C = 4, 3

@@ -145,8 +145,8 @@ def test_masked_rnn_matches_keras(name, mode):
 @pytest.mark.parametrize("name", ["SimpleRNN", "LSTM", "GRU"])
 def test_masked_rnn_gradients(name):
     from kerspec.layers import Context
-    from tests.harness import build, random_weights
     from tests.gradcheck import check_grads
+    from tests.harness import build, random_weights
 
     rng = np.random.default_rng(2)
     x = rng.standard_normal((3, 4, 2))

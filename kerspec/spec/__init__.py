@@ -87,7 +87,7 @@ def _walk(data: Any, loc: tuple) -> tuple[tuple, list]:
     """Split a pydantic `loc` into the path through the data and the union tags pydantic added."""
     path, tags, node = [], [], data
     for segment in loc:
-        if isinstance(node, dict) and segment in node:
+        if isinstance(node, dict) and segment in node:  # noqa: SIM114 (mapping, then list)
             path.append(segment)
             node = node[segment]
         elif isinstance(node, list) and isinstance(segment, int) and 0 <= segment < len(node):
