@@ -8,13 +8,12 @@ random CSV tables. `KERSPEC_FUZZ=long` runs thousands of examples (docs/security
 from __future__ import annotations
 
 import io
-import os
 import zipfile
 from pathlib import Path
 from unittest import mock
 
 import numpy as np
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -22,20 +21,7 @@ from kerspec import guards
 from kerspec import io as kio
 from kerspec.errors import DataError, WeightsError
 from kerspec.training.data import Dataset, OutputInfo, load_dataset, load_inputs
-
-settings.register_profile(
-    "kerspec-ci",
-    max_examples=150,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-settings.register_profile(
-    "kerspec-long", parent=settings.get_profile("kerspec-ci"), max_examples=5000
-)
-FUZZ = settings.get_profile(
-    "kerspec-long" if os.environ.get("KERSPEC_FUZZ") == "long" else "kerspec-ci"
-)
+from tests.fuzzing import FUZZ
 
 INPUTS = {"features": (4,)}
 OUTPUTS = [

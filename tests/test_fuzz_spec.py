@@ -10,34 +10,20 @@ in tests/hostile/ and in `@example`s below.
 
 from __future__ import annotations
 
-import os
 import string
 from contextlib import contextmanager
 from pathlib import Path
 from unittest import mock
 
 import yaml
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 import kerspec
 from kerspec import guards
 from kerspec.errors import KerspecError, Problems
 from kerspec.spec import parse_spec
-
-settings.register_profile(
-    "kerspec-ci",
-    max_examples=150,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-settings.register_profile(
-    "kerspec-long", parent=settings.get_profile("kerspec-ci"), max_examples=5000
-)
-FUZZ = settings.get_profile(
-    "kerspec-long" if os.environ.get("KERSPEC_FUZZ") == "long" else "kerspec-ci"
-)
+from tests.fuzzing import FUZZ
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = sorted((ROOT / "specs").glob("*.yaml")) + sorted(
