@@ -205,16 +205,25 @@ class Relu(Activation):
     max_value: float | None = Field(None, ge=0.0)
     threshold: float = Field(0.0, ge=0.0)
 
-    def forward(self, x):
+    def forward(self, x, out=None):
+        if self.threshold == 0.0 and self.negative_slope == 0.0:
+            # The common case, about twice as fast as np.where, and in place when out is x.
+            y = np.maximum(x, 0.0, out=out)
+            if self.max_value is not None:
+                np.minimum(y, self.max_value, out=y)
+            return y
         if self.threshold == 0.0:
-            y = np.maximum(x, 0.0)  # the common case, about twice as fast as np.where
+            y = np.maximum(x, 0.0)
         else:
             y = np.where(x > self.threshold, x, 0.0)
         if self.max_value is not None:
             np.minimum(y, self.max_value, out=y)
         if self.negative_slope != 0.0:
             y -= self.negative_slope * np.maximum(self.threshold - x, 0.0)
-        return y
+        if out is None:
+            return y
+        out[...] = y
+        return out
 
     def backward(self, x, y, dy):
         if self.negative_slope == 0.0 and self.max_value is None:

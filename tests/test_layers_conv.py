@@ -306,3 +306,50 @@ def test_inference_in_parts_and_reused_training_buffers_give_the_same_numbers(
             for a, b in zip(want, got):
                 np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
                 assert b.dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    "config,shapes",
+    [
+        ({"type": "Conv2D", "filters": 2, "kernel_size": 3, "activation": "relu"}, [(2, 5, 6, 2)]),
+        (
+            {"type": "Conv2D", "filters": 6, "kernel_size": 2, "groups": 3, "strides": [2, 1],
+             "data_format": "channels_first"},
+            [(2, 3, 5, 6)],
+        ),
+        ({"type": "Conv1D", "filters": 4, "kernel_size": 2, "groups": 2}, [(2, 5, 4)]),
+    ],
+    ids=_ids,
+)
+@pytest.mark.parametrize("max_depth", [0, 1 << 30])
+def test_gradients_with_the_bias_added_after_or_inside_the_gemm(
+    config, shapes, max_depth, monkeypatch
+):
+    """Short windows take the bias into the GEMM as a column of ones, long ones add it after:
+    both ways give the same gradients, grouped or not."""
+    from kerspec.layers import conv
+
+    monkeypatch.setattr(conv, "FUSED_BIAS_MAX_DEPTH", max_depth)
+    check_layer_grads(config, shapes)
+
+
+def test_bias_inside_and_after_the_gemm_agree(monkeypatch):
+    from kerspec.layers import conv
+
+    rng = np.random.default_rng(5)
+    layer = build({"type": "Conv2D", "filters": 6, "kernel_size": 3, "groups": 2,
+                   "activation": "relu"})
+    shape = (3, 6, 7, 4)
+    w = {s.name: rng.standard_normal(s.shape).astype(np.float32)
+         for s in layer.weights([shape[1:]])}
+    x = rng.standard_normal(shape).astype(np.float32)
+    dy = rng.standard_normal((3, 4, 5, 6)).astype(np.float32)
+    results = []
+    for max_depth in (0, 1 << 30):
+        monkeypatch.setattr(conv, "FUSED_BIAS_MAX_DEPTH", max_depth)
+        (y,), backprop = layer.forward(w, [x], Context(training=True, rng=rng))
+        (dx,), grads = backprop([dy.copy()])
+        results.append([y.copy(), dx, grads["kernel"], grads["bias"]])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+        assert b.dtype == np.float32

@@ -101,8 +101,11 @@ class Dense(SimpleLayer):
         if self.use_bias:
             z += w["bias"]
         activation = self.activation
-        # An activation whose derivative needs only its output may overwrite z in place.
-        y = activation.forward(z)
+        # An elementwise activation whose derivative needs only its output overwrites z in place.
+        if activation.elementwise and not activation.uses_input:
+            y = activation.forward(z, out=z)
+        else:
+            y = activation.forward(z)
         kept_z = None if not activation.uses_input else z
         out_shape = (*x.shape[:-1], self.units)
         need_dx = ctx.need_dx
