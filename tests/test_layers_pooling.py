@@ -233,7 +233,18 @@ def _reference_max_pool(x, pool):
     ],
     ids=_ids,
 )
-def test_non_overlapping_max_pool_matches_loops_with_ties(config, shape):
+@pytest.mark.parametrize("samples_per_block", [None, 1, 2])
+def test_non_overlapping_max_pool_matches_loops_with_ties(
+    config, shape, samples_per_block, monkeypatch
+):
+    # The batch goes in blocks of POOL_CHUNK_BYTES: all of it, one sample, or two (a last,
+    # shorter block when the batch is odd).
+    from kerspec.layers import pooling
+
+    if samples_per_block is not None:
+        monkeypatch.setattr(
+            pooling, "POOL_CHUNK_BYTES", samples_per_block * 4 * int(np.prod(shape[1:]))
+        )
     # Rounded relu outputs: many windows hold the same maximum (often all zeros).
     rng = np.random.default_rng(5)
     x = np.maximum(np.round(rng.standard_normal(shape)), 0).astype(np.float32)

@@ -36,6 +36,9 @@ from kerspec.layers.conv import (
 )
 from kerspec.layers.core import DataFormat
 
+# Non-overlapping max pooling works through the batch in blocks of about this many input bytes.
+POOL_CHUNK_BYTES = 1 << 20
+
 
 def window_counts(spatial, pads, pool, strides, out, dtype) -> np.ndarray:
     """How many real (unpadded) values each window covers, shaped (*out, 1) for the channels."""
@@ -159,13 +162,22 @@ class MaxPooling(BasePooling):
         record = ctx.record
         shape = xb[offsets[0]].shape
         y = ctx.buffer("y", shape, x.dtype) if record else np.empty(shape, x.dtype)
-        np.copyto(y, xb[offsets[0]])
-        for offset in offsets[1:]:
-            np.maximum(y, xb[offset], out=y)
+        # Both passes go a few samples at a time, so that the output block each offset's maximum
+        # reads and writes stays in cache rather than streaming the whole batch's output once
+        # per offset (W2's first pool at predict batch 1,024: 24 -> 14 ms).
+        batch = xb.shape[0]
+        per_sample = xb[:1].nbytes
+        step = max(1, min(batch, POOL_CHUNK_BYTES // max(per_sample, 1)))
+        for start in range(0, batch, step):
+            part, out = xb[start : start + step], y[start : start + step]
+            np.copyto(out, part[offsets[0]])
+            for offset in offsets[1:]:
+                np.maximum(out, part[offset], out=out)
         need_dx = ctx.need_dx
         keep = need_dx and record
         dx_buffer = ctx.buffer("dx", xl.shape, x.dtype) if keep else None
-        hit_buffer = ctx.buffer("hit", xb.shape, bool) if keep else None
+        hit_shape = (step, *xb.shape[1:])
+        hit_buffer = ctx.buffer("hit", hit_shape, bool) if keep else None
         # y and dy with a length-1 axis at each pool axis, to broadcast over every window offset.
         expand = tuple(range(2, 2 * self.rank + 1, 2))
 
@@ -174,24 +186,27 @@ class MaxPooling(BasePooling):
                 return None, {}
             dyl = to_last(self, dy)
             dxl = dx_buffer if dx_buffer is not None else np.empty(xl.shape, x.dtype)
-            hit = hit_buffer if hit_buffer is not None else np.empty(xb.shape, bool)
+            hits = hit_buffer if hit_buffer is not None else np.empty(hit_shape, bool)
             # Rows and columns cut off by the crop (an odd edge) are in no window.
             for axis, kept in enumerate(crop[1:-1], start=1):
                 if kept.stop < xl.shape[axis]:
                     dxl[(slice(None),) * axis + (slice(kept.stop, None),)] = 0
             dxb = dxl[crop].reshape(xb.shape)
-            # Every value equal to its window's maximum, in one pass over the input.
-            np.equal(xb, np.expand_dims(y, expand), out=hit)
-            # The first offset holding the maximum takes the whole gradient (TensorFlow's tie
-            # rule; ties are common after a relu, windows of zeros): an offset keeps its hits
-            # only where no earlier offset hit. Bool passes over the output, cheap.
-            if len(offsets) > 1:
-                earlier = hit[offsets[0]].copy()
-                for index, offset in enumerate(offsets[1:], start=2):
-                    np.greater(hit[offset], earlier, out=hit[offset])
-                    if index < len(offsets):
-                        np.logical_or(earlier, hit[offset], out=earlier)
-            np.multiply(np.expand_dims(dyl, expand), hit, out=dxb)
+            for start in range(0, batch, step):
+                stop = min(start + step, batch)
+                hit = hits[: stop - start]
+                # Every value equal to its window's maximum, in one pass over the input.
+                np.equal(xb[start:stop], np.expand_dims(y[start:stop], expand), out=hit)
+                # The first offset holding the maximum takes the whole gradient (TensorFlow's
+                # tie rule; ties are common after a relu, windows of zeros): an offset keeps its
+                # hits only where no earlier offset hit. Bool passes over the output, cheap.
+                if len(offsets) > 1:
+                    earlier = hit[offsets[0]].copy()
+                    for index, offset in enumerate(offsets[1:], start=2):
+                        np.greater(hit[offset], earlier, out=hit[offset])
+                        if index < len(offsets):
+                            np.logical_or(earlier, hit[offset], out=earlier)
+                np.multiply(np.expand_dims(dyl[start:stop], expand), hit, out=dxb[start:stop])
             return from_last(self, dxl), {}
 
         return from_last(self, y), backprop
