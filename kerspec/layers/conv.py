@@ -46,6 +46,10 @@ Pads = list[tuple[int, int]]
 # hundreds of rows for the GEMM (W2 predict at batch 1,024: conv2 83-86 ms at 16 MiB, 61 ms at
 # 1 MiB; conv1 49 -> 37 ms).
 CHUNK_BYTES = 1 << 20
+# The input gradient's window gradients are made (one GEMM) and added back (col2im) in blocks of
+# about this many bytes (W2 conv2 backward, batch 128: 20.9-21.7 ms whole, 18.5-18.9 ms at 4 MiB,
+# 19.2-19.7 at 1 MiB), which also bounds their buffer.
+DX_CHUNK_BYTES = 4 << 20
 # Windows of at most this many values (kernel positions times input channels per group) take the
 # bias into the GEMM as a column of ones.
 FUSED_BIAS_MAX_DEPTH = 64
@@ -341,8 +345,12 @@ class BaseConv(SimpleLayer):
         need_dx = ctx.need_dx
         # Backprop runs when ctx.node names another layer: take its buffers now, and only when a
         # backward pass will follow.
+        # The input gradient goes a few samples at a time: each block's window gradients (one
+        # GEMM) are still in cache when the col2im adds read them.
+        sample_bytes = per_sample * depth * groups * x.itemsize
+        dx_step = max(1, min(batch, DX_CHUNK_BYTES // max(sample_bytes, 1)))
         if need_dx and training:
-            dcols_buffer = ctx.buffer("dcols", (groups, rows, depth), x.dtype)
+            dcols_buffer = ctx.buffer("dcols", (groups, dx_step * per_sample, depth), x.dtype)
             dxp_buffer = ctx.buffer("dx", (batch, *grouped.shape[1:]), x.dtype)
         else:
             dcols_buffer = dxp_buffer = None
@@ -368,33 +376,41 @@ class BaseConv(SimpleLayer):
                 grads["bias"] = np.ones(rows, dz.dtype) @ dz
             if not need_dx:
                 return None, grads
-            dcols = np.matmul(
-                dzg,
-                kernel[:, :depth].transpose(0, 2, 1),
-                out=dcols_buffer if dcols_buffer is not None else None,
+            kernel_t = kernel[:, :depth].transpose(0, 2, 1)
+            dcols_all = dcols_buffer if dcols_buffer is not None else np.empty(
+                (groups, dx_step * per_sample, depth), x.dtype
             )
-            dcols = dcols.reshape(groups, batch, *out, *kernel_size, in_group)
             positions = (slice(None),) * (rank + 2)
             offsets = list(np.ndindex(*kernel_size))
             dxp = dxp_buffer if dxp_buffer is not None else np.empty(
                 (batch, *grouped.shape[1:]), x.dtype
             )
             first = offset_region(offsets[0], strides, dilation, out)
-            if max(strides) == 1 and max(dilation) == 1:
-                # Offset 0 covers the box [0, out) of every axis: copy it there and zero only
-                # the rest, instead of zeroing everything and adding it (one pass fewer).
-                for axis, n in enumerate(out, start=1):
-                    box = tuple(slice(0, m) for m in out[: axis - 1])
-                    dxp[(slice(None), *box, slice(n, None))] = 0
-                np.copyto(dxp[first], np.moveaxis(dcols[(*positions, *offsets[0])], 0, -2))
-                rest = offsets[1:]
-            else:
-                dxp.fill(0)
-                rest = offsets
-            for offset in rest:
-                dxp[offset_region(offset, strides, dilation, out)] += np.moveaxis(
-                    dcols[(*positions, *offset)], 0, -2
+            # Offset 0 covers the box [0, out) of every axis when strides and dilation are 1:
+            # copy it there and zero only the rest, instead of zeroing everything and adding it.
+            boxed = max(strides) == 1 and max(dilation) == 1
+            for start in range(0, batch, dx_step):
+                stop = min(start + dx_step, batch)
+                dcols = np.matmul(
+                    dzg[:, start * per_sample : stop * per_sample],
+                    kernel_t,
+                    out=dcols_all[:, : (stop - start) * per_sample],
                 )
+                dcols = dcols.reshape(groups, stop - start, *out, *kernel_size, in_group)
+                block = dxp[start:stop]
+                if boxed:
+                    for axis, n in enumerate(out, start=1):
+                        box = tuple(slice(0, m) for m in out[: axis - 1])
+                        block[(slice(None), *box, slice(n, None))] = 0
+                    np.copyto(block[first], np.moveaxis(dcols[(*positions, *offsets[0])], 0, -2))
+                    rest = offsets[1:]
+                else:
+                    block.fill(0)
+                    rest = offsets
+                for offset in rest:
+                    block[offset_region(offset, strides, dilation, out)] += np.moveaxis(
+                        dcols[(*positions, *offset)], 0, -2
+                    )
             dx = dxp[interior(pads, spatial)].reshape(xl.shape)
             return from_last(self, dx), grads
 
