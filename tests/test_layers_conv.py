@@ -297,13 +297,15 @@ def test_inference_in_parts_and_reused_training_buffers_give_the_same_numbers(
     fresh = [run(Context(training=True, rng=rng), x) for x in batches]
     reused_ctx = Context(training=True, rng=rng)
     reused = [run(reused_ctx, x) for x in batches]
-    # The input gradient two samples at a time (a shorter last block), in reused buffers.
+    # Training's forward blocks and the input gradient two samples at a time (a shorter last
+    # block), in reused buffers.
     first = config.get("data_format") == "channels_first"
     out_shape = layer.output_shape(shape[1:])
     positions = int(np.prod(out_shape[1:] if first else out_shape[:-1]))
     window = int(np.prod(conv.as_tuple(config["kernel_size"], len(shape) - 2)))
     sample_bytes = positions * window * (shape[1] if first else shape[-1]) * 4
     monkeypatch.setattr(conv, "DX_CHUNK_BYTES", 2 * sample_bytes)
+    monkeypatch.setattr(conv, "CHUNK_BYTES", 2 * sample_bytes)
     blocks_ctx = Context(training=True, rng=rng)
     blocks = [run(blocks_ctx, x) for x in batches]
     # One sample's columns at a time (inference, a backward after it unfolds them again).

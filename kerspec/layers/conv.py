@@ -305,42 +305,53 @@ class BaseConv(SimpleLayer):
         # Whether a backward pass will follow (training, a gradient check), not ctx.training.
         training = ctx.record
         per_sample = rows // batch if batch else 0
+        # Both modes unfold, multiply and (when it can) activate about CHUNK_BYTES of columns at
+        # a time, so that each block is still in cache for its GEMM and its activation.
+        row_bytes = per_sample * depth * groups * x.itemsize
+        chunk = max(1, min(batch, CHUNK_BYTES // max(row_bytes, 1)))
         if training:
-            # Training keeps the columns for the kernel gradient, in buffers reused batch after
-            # batch (a fresh large array costs its page faults every time).
-            chunk = batch
+            # Training keeps the whole batch's columns for the kernel gradient, in buffers reused
+            # batch after batch (a fresh large array costs its page faults every time).
             zg = ctx.buffer("z", (groups, rows, out_group), x.dtype)
+            cols = ctx.buffer("cols", (groups, rows, width), x.dtype)
         else:
-            # Inference (predict, evaluate) needs no columns afterwards: unfold at most about
-            # CHUNK_BYTES of them at a time, so a batch of 1,024 does not hold its whole column
-            # array (142 MB for W2's second conv) and each block is still in cache for its GEMM,
-            # and allocate the output afresh, so it is freed as soon as the next layer has read
-            # it instead of staying as a buffer.
-            row_bytes = per_sample * depth * groups * x.itemsize
-            chunk = max(1, min(batch, CHUNK_BYTES // max(row_bytes, 1)))
+            # Inference (predict, evaluate) needs no columns afterwards: keep one block of them,
+            # so a batch of 1,024 does not hold its whole column array (142 MB for W2's second
+            # conv), and allocate the output afresh, so it is freed as soon as the next layer
+            # has read it instead of staying as a buffer.
             zg = np.empty((groups, rows, out_group), x.dtype)
-        cols = unfold_buffer(ctx.buffer("cols", (groups, chunk * per_sample, width), x.dtype), depth)
+            cols = ctx.buffer("cols", (groups, chunk * per_sample, width), x.dtype)
+        cols = unfold_buffer(cols, depth)
+        activation = self.activation
+        in_place = activation.elementwise and not activation.uses_input
+        # With one group z is zg's rows: each block gets its bias and activation (in place, as
+        # backward needs only y) right after its GEMM.
+        blockwise = in_place and groups == 1
         for start in range(0, batch, chunk):
             stop = min(start + chunk, batch)
-            part = cols[:, : (stop - start) * per_sample]
+            rows_in = slice(start * per_sample, stop * per_sample)
+            part = cols[:, rows_in] if training else cols[:, : (stop - start) * per_sample]
             np.copyto(
                 part[..., :depth].reshape(groups, stop - start, *out, *kernel_size, in_group),
                 views[:, start:stop],
             )
-            np.matmul(part, kernel, out=zg[:, start * per_sample : stop * per_sample])
+            np.matmul(part, kernel, out=zg[:, rows_in])
+            if blockwise:
+                block = zg[0, rows_in]
+                if use_bias and not fused_bias:
+                    block += w["bias"]
+                activation.forward(block, out=block)
         # The whole batch's columns, or None when they were unfolded in parts (backprop, if a
         # caller asks for it in inference, unfolds them again).
-        kept_cols = cols if chunk >= batch else None
+        kept_cols = cols if training or chunk >= batch else None
         # A view when groups == 1; otherwise the group outputs are interleaved into filters.
         z = zg.transpose(1, 0, 2).reshape(rows, filters)
-        if use_bias and not fused_bias:
-            z += w["bias"]
-        activation = self.activation
-        if activation.elementwise and not activation.uses_input:
-            # In place over z (this node's own buffer, or a fresh array): backward needs only y.
-            y = activation.forward(z, out=z)
+        if blockwise:
+            y = z
         else:
-            y = activation.forward(z)
+            if use_bias and not fused_bias:
+                z += w["bias"]
+            y = activation.forward(z, out=z) if in_place else activation.forward(z)
         kept_z = z if activation.uses_input else None
         need_dx = ctx.need_dx
         # Backprop runs when ctx.node names another layer: take its buffers now, and only when a
