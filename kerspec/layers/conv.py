@@ -1,15 +1,17 @@
 """Convolutions: Conv1D and Conv2D, and the window helpers that pooling shares.
 
 The forward pass is im2col: the padded input's windows (a strided view) are copied once into a
-`(groups, positions, window)` matrix and multiplied by the kernel in one batched GEMM. The kernel
-gradient is that matrix's transpose times the output gradient (one GEMM), and the input gradient
-is the matching col2im: one GEMM to window gradients, then one strided add per kernel offset
-(kh * kw of them), never a loop over positions or samples.
+`(groups, positions, window)` matrix and multiplied by the kernel in a batched GEMM (with short
+windows the bias rides in it as a column of ones). The kernel gradient is that matrix's transpose
+times the output gradient (one GEMM), and the input gradient is the matching col2im: a GEMM to
+window gradients, then one strided add per kernel offset (kh * kw of them), never a loop over
+positions or samples. Both go through the batch in blocks of a few samples (CHUNK_BYTES,
+DX_CHUNK_BYTES) so that what a GEMM writes is still in cache when the next step reads it.
 
 Training unfolds the whole batch into a buffer reused batch after batch and keeps it for the
 kernel gradient; its backward writes into buffers too. Inference (ctx.record False: predict,
-evaluate, no backward follows) unfolds at most CHUNK_BYTES of columns at a time and keeps none, so a large predict
-batch does not hold a column array nine times the size of its input.
+evaluate, no backward follows) keeps one block of columns and none afterwards, so a large
+predict batch does not hold a column array nine times the size of its input.
 
 Arrays are handled channels_last inside; a channels_first input is moved there as a view.
 """
