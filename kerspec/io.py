@@ -21,7 +21,6 @@ import numpy as np
 
 from kerspec.errors import DataError, KerspecError, WeightsError
 from kerspec.guards import READ_ERRORS, check_npy_file, describe_read_error, read_npz_array
-from kerspec.layers.base import format_shape
 
 # The temporary file of `atomic_write`: mkstemp's `.NAME.XXXXXXXX.tmp`, left behind only by a
 # process killed (SIGKILL, a crash) while writing NAME.
@@ -205,7 +204,3 @@ def _csv_text(predictions: dict[str, np.ndarray]) -> str:
     writer.writerow(header)
     writer.writerows([repr(float(v)) for v in row] for row in table)
     return buffer.getvalue()
-
-
-def describe_shapes(shapes: dict[str, tuple]) -> str:
-    return ", ".join(f"{name} {format_shape(shape)}" for name, shape in shapes.items())

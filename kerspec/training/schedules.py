@@ -98,8 +98,3 @@ class PiecewiseConstant(Schedule):
     def __call__(self, step):
         index = int(np.searchsorted(np.asarray(self.boundaries), step, side="left"))
         return F(self.values[index])
-
-
-def schedule_ref():
-    """A schedule field: `{type: exponential_decay, ...}`."""
-    return SCHEDULES.ref()
