@@ -24,7 +24,6 @@ class RichProgress(Callback):
 
     def __init__(self, console: Console = err):
         self.console = console
-
         self.progress: Progress | None = None
 
     def on_epoch_begin(self, epoch, steps):
@@ -40,7 +39,7 @@ class RichProgress(Callback):
             console=self.console,
             transient=True,
         )
-        self.task = self.progress.add_task("", total=steps, epoch=epoch + 1, logs="")
+        self.task = self.progress.add_task("", total=steps, epoch=self._of(epoch), logs="")
         self.progress.start()
 
     def on_train_batch_end(self, batch, logs):
@@ -50,7 +49,11 @@ class RichProgress(Callback):
     def on_epoch_end(self, epoch, logs):
         self.close()
         seconds = time.perf_counter() - self.started
-        self.console.print(f"Epoch {epoch + 1}  {seconds:.1f}s  {format_logs(logs)}")
+        self.console.print(f"Epoch {self._of(epoch)}  {seconds:.1f}s  {format_logs(logs)}")
+
+    def _of(self, epoch: int) -> str:
+        """`3/20`, as Keras counts epochs."""
+        return f"{epoch + 1}/{self.session.epochs}"
 
     def close(self) -> None:
         """Take the bar off the screen, also when training stopped with an error."""
