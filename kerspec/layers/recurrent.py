@@ -98,6 +98,48 @@ def split_carry(d: np.ndarray, step: np.ndarray) -> np.ndarray:
     return carried
 
 
+def derivative(activation, z: np.ndarray, a: np.ndarray, out: np.ndarray) -> None:
+    """An elementwise activation's derivative at every point into `out`, from its output `a`
+    (and input `z`): a (1 - a) for sigmoid, 1 - a² for tanh, else its backward of ones."""
+    if isinstance(activation, Sigmoid):
+        np.subtract(1.0, a, out=out)
+        out *= a
+    elif isinstance(activation, Tanh):
+        np.multiply(a, a, out=out)
+        np.subtract(1.0, out, out=out)
+    else:
+        out[...] = activation.backward(z, a, np.ones(a.shape, a.dtype))
+
+
+def gru_recurrent_grads(
+    dz: np.ndarray,
+    d_rec: np.ndarray | None,
+    seen: np.ndarray,
+    rh: np.ndarray | None,
+    with_bias: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The end of both GRU scans' backward: (dz, d recurrent_kernel, d recurrent bias or None)
+    from every step's gradients. With reset_after, `d_rec` is the gradient of every step's
+    recurrent projection; without, `rh` holds every step's r * h_{t-1}, which the candidate's
+    block of the recurrent kernel multiplies."""
+    width = dz.shape[-1]
+    u = width // 3
+    seen2 = seen.reshape(-1, u)
+    if d_rec is not None:
+        d_rec2 = d_rec.reshape(-1, width)
+        d_bias = column_sums(d_rec2) if with_bias else None
+        return dz, np.matmul(seen2.T, d_rec2), d_bias
+    dz2 = dz.reshape(-1, width)
+    d_recurrent = np.concatenate(
+        [
+            np.matmul(seen2.T, dz2[:, : 2 * u]),
+            np.matmul(rh.reshape(-1, u).T, dz2[:, 2 * u :]),
+        ],
+        axis=1,
+    )
+    return dz, d_recurrent, None
+
+
 class Recurrent(Layer):
     """What SimpleRNN, LSTM and GRU share: arguments, shapes, weights, dropout and the input side.
 
@@ -411,6 +453,11 @@ class Gated(Recurrent):
             )
         return value
 
+    def fast(self) -> bool:
+        # The fast scan folds each activation's derivative into factors computed for all steps
+        # at once, which takes elementwise activations; softmax-like ones run the general scan.
+        return self.activation.elementwise and self.recurrent_activation.elementwise
+
 
 @LAYERS.register("LSTM")
 class LSTM(Gated):
@@ -434,11 +481,6 @@ class LSTM(Gated):
         if not self.unit_forget_bias:
             return self.bias_initializer
         return UnitForgetBias(base=self.bias_initializer, units=self.units)
-
-    def fast(self) -> bool:
-        # The fast scan folds each activation's derivative into factors computed for all steps
-        # at once, which takes elementwise activations; softmax-like ones run the general scan.
-        return self.activation.elementwise and self.recurrent_activation.elementwise
 
     def layout(self, dtype):
         if not self.fast():
@@ -544,22 +586,12 @@ class LSTM(Gated):
                 a4, fs4, dgc = gates4[lo:hi], f4[lo:hi], dg_c[lo:hi]
                 o, i, candidate = a4[:, :, 0], a4[:, :, 1], a4[:, :, 3]
                 gc = g_cs[lo:hi]
-                if isinstance(sigma, Sigmoid):
-                    # Over all four blocks, contiguous, then block c overwritten.
-                    np.subtract(1.0, a, out=fs)
-                    fs *= a
-                else:
-                    ones = np.ones(a[..., : 3 * u].shape, dtype)
-                    fs[..., : 3 * u] = sigma.backward(zx[lo:hi, :, : 3 * u], a[..., : 3 * u], ones)
-                if isinstance(g, Tanh):
-                    np.multiply(candidate, candidate, out=fs4[:, :, 3])
-                    np.subtract(1.0, fs4[:, :, 3], out=fs4[:, :, 3])
-                    np.multiply(gc, gc, out=dgc)
-                    np.subtract(1.0, dgc, out=dgc)
-                else:
-                    ones = np.ones(gc.shape, dtype)
-                    fs4[:, :, 3] = g.backward(zx[lo:hi, :, 3 * u :], candidate, ones.copy())
-                    dgc[...] = g.backward(cs[lo + 1 : hi + 1], gc, ones)
+                # σ' over the three σ blocks; for sigmoid over all four, contiguous, then
+                # block c overwritten.
+                n = width if isinstance(sigma, Sigmoid) else 3 * u
+                derivative(sigma, zx[lo:hi, :, :n], a[..., :n], fs[..., :n])
+                derivative(g, zx[lo:hi, :, 3 * u :], candidate, fs4[:, :, 3])
+                derivative(g, cs[lo + 1 : hi + 1], gc, dgc)
                 fs4[:, :, 0] *= gc
                 fs4[:, :, 1] *= candidate
                 fs4[:, :, 2] *= cs[lo:hi]
@@ -747,10 +779,6 @@ class GRU(Gated):
         width = 3 * self.units
         return (2, width) if self.reset_after else (width,)
 
-    def fast(self) -> bool:
-        # As LSTM.fast: the fast scan needs elementwise activations.
-        return self.activation.elementwise and self.recurrent_activation.elementwise
-
     def layout(self, dtype):
         if not (self.fast() and isinstance(self.recurrent_activation, Sigmoid)):
             return None, None
@@ -860,18 +888,8 @@ class GRU(Gated):
             def prepare(lo, hi):
                 a, fs, fs3 = gates[lo:hi], factors[lo:hi], f3[lo:hi]
                 candidate, other = gates3[lo:hi, :, 2], every[lo:hi]
-                if isinstance(sigma, Sigmoid):
-                    np.subtract(1.0, a[..., : 2 * u], out=fs[..., : 2 * u])
-                    fs[..., : 2 * u] *= a[..., : 2 * u]
-                else:
-                    ones = np.ones(a[..., : 2 * u].shape, dtype)
-                    fs[..., : 2 * u] = sigma.backward(zx[lo:hi, :, : 2 * u], a[..., : 2 * u], ones)
-                if isinstance(g, Tanh):
-                    np.multiply(candidate, candidate, out=fs3[:, :, 2])
-                    np.subtract(1.0, fs3[:, :, 2], out=fs3[:, :, 2])
-                else:
-                    ones = np.ones(candidate.shape, dtype)
-                    fs3[:, :, 2] = g.backward(zx[lo:hi, :, 2 * u :], candidate, ones)
+                derivative(sigma, zx[lo:hi, :, : 2 * u], a[..., : 2 * u], fs[..., : 2 * u])
+                derivative(g, zx[lo:hi, :, 2 * u :], candidate, fs3[:, :, 2])
                 np.subtract(1.0, update[lo:hi], out=other)
                 fs3[:, :, 2] *= other
                 np.subtract(hs[lo:hi], candidate, out=other)
@@ -922,20 +940,9 @@ class GRU(Gated):
                 dh += d_seen
                 if carried is not None:
                     dh += carried
-            seen2 = seen.reshape(-1, u)
-            if reset_after:
-                d_rec2 = d_rec.reshape(-1, width)
-                d_bias = column_sums(d_rec2) if recurrent_bias is not None else None
-                return dz, np.matmul(seen2.T, d_rec2), d_bias
-            dz2 = dz.reshape(-1, width)
-            d_recurrent = np.concatenate(
-                [
-                    np.matmul(seen2.T, dz2[:, : 2 * u]),
-                    np.matmul(rh.reshape(-1, u).T, dz2[:, 2 * u :]),
-                ],
-                axis=1,
+            return gru_recurrent_grads(
+                dz, d_rec, seen, None if reset_after else rh, recurrent_bias is not None
             )
-            return dz, d_recurrent, None
 
         return hs, finals, scan_backprop
 
@@ -1021,19 +1028,6 @@ class GRU(Gated):
                 dh += d_seen
                 if carried is not None:
                     dh += carried
-            seen2 = seen.reshape(-1, u)
-            if reset_after:
-                d_rec2 = d_rec.reshape(-1, width)
-                d_bias = d_rec2.sum(axis=0) if recurrent_bias is not None else None
-                return dz, np.matmul(seen2.T, d_rec2), d_bias
-            dz2 = dz.reshape(-1, width)
-            d_recurrent = np.concatenate(
-                [
-                    np.matmul(seen2.T, dz2[:, : 2 * u]),
-                    np.matmul(rh.reshape(-1, u).T, dz2[:, 2 * u :]),
-                ],
-                axis=1,
-            )
-            return dz, d_recurrent, None
+            return gru_recurrent_grads(dz, d_rec, seen, rh, recurrent_bias is not None)
 
         return hs, [hs[time]], scan_backprop
