@@ -25,21 +25,8 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from pydantic import BeforeValidator, PositiveInt, model_validator
 
-from kerspec.layers.base import (
-    LAYERS,
-    ShapeError,
-    SimpleLayer,
-    WeightSpec,
-    format_shape,
-    require_known,
-)
-from kerspec.layers.core import (
-    ActivationRef,
-    ConstraintRef,
-    DataFormat,
-    InitializerRef,
-    RegularizerRef,
-)
+from kerspec.layers.base import LAYERS, ShapeError, format_shape, require_known
+from kerspec.layers.core import DataFormat, KernelBiasLayer
 
 Pads = list[tuple[int, int]]
 
@@ -190,7 +177,7 @@ def unfold_buffer(cols: np.ndarray, depth: int) -> np.ndarray:
     return cols
 
 
-class BaseConv(SimpleLayer):
+class BaseConv(KernelBiasLayer):
     """Shared arguments and math of Conv1D and Conv2D."""
 
     rank: ClassVar[int]
@@ -202,15 +189,6 @@ class BaseConv(SimpleLayer):
     data_format: DataFormat | None = None
     dilation_rate: Sizes = 1
     groups: PositiveInt = 1
-    activation: ActivationRef = "linear"
-    use_bias: bool = True
-    kernel_initializer: InitializerRef = "glorot_uniform"
-    bias_initializer: InitializerRef = "zeros"
-    kernel_regularizer: RegularizerRef = None
-    bias_regularizer: RegularizerRef = None
-    activity_regularizer: RegularizerRef = None
-    kernel_constraint: ConstraintRef = None
-    bias_constraint: ConstraintRef = None
 
     @model_validator(mode="after")
     def _check_sizes(self):
@@ -255,26 +233,7 @@ class BaseConv(SimpleLayer):
     def weight_specs(self, shape):
         _, channels = self._channels(shape)
         kernel = self._sizes()[0]
-        specs = [
-            WeightSpec(
-                "kernel",
-                (*kernel, channels // self.groups, self.filters),
-                self.kernel_initializer,
-                self.kernel_regularizer,
-                self.kernel_constraint,
-            )
-        ]
-        if self.use_bias:
-            specs.append(
-                WeightSpec(
-                    "bias",
-                    (self.filters,),
-                    self.bias_initializer,
-                    self.bias_regularizer,
-                    self.bias_constraint,
-                )
-            )
-        return specs
+        return self.kernel_and_bias((*kernel, channels // self.groups, self.filters), self.filters)
 
     def call(self, w, x, ctx):
         rank, groups, filters = self.rank, self.groups, self.filters

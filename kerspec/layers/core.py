@@ -56,16 +56,9 @@ class Input(Layer):
         return [self.input_dims]
 
 
-@LAYERS.register("Dense")
-class Dense(SimpleLayer):
-    """`y = activation(x @ kernel + bias)` over the last axis.
+class KernelBiasLayer(SimpleLayer):
+    """The arguments Keras's Dense and Conv layers share, and their `kernel` and `bias` weights."""
 
-    Input shape (batch, ..., input_dim); output shape (batch, ..., units).
-    """
-
-    type: Literal["Dense"] = "Dense"
-    supports_masking: ClassVar[bool] = True
-    units: PositiveInt
     activation: ActivationRef = "linear"
     use_bias: bool = True
     kernel_initializer: InitializerRef = "glorot_uniform"
@@ -76,6 +69,30 @@ class Dense(SimpleLayer):
     kernel_constraint: ConstraintRef = None
     bias_constraint: ConstraintRef = None
 
+    def kernel_and_bias(self, kernel_shape: tuple[int, ...], units: int) -> list[WeightSpec]:
+        specs = [
+            WeightSpec("kernel", kernel_shape, self.kernel_initializer,
+                       self.kernel_regularizer, self.kernel_constraint)
+        ]
+        if self.use_bias:
+            specs.append(
+                WeightSpec("bias", (units,), self.bias_initializer,
+                           self.bias_regularizer, self.bias_constraint)
+            )
+        return specs  # fmt: skip
+
+
+@LAYERS.register("Dense")
+class Dense(KernelBiasLayer):
+    """`y = activation(x @ kernel + bias)` over the last axis.
+
+    Input shape (batch, ..., input_dim); output shape (batch, ..., units).
+    """
+
+    type: Literal["Dense"] = "Dense"
+    supports_masking: ClassVar[bool] = True
+    units: PositiveInt
+
     def output_shape(self, shape):
         if not shape:
             raise ShapeError(f"Dense needs an input with at least 2 dimensions; received {format_shape(shape)}")
@@ -83,16 +100,7 @@ class Dense(SimpleLayer):
         return (*shape[:-1], self.units)
 
     def weight_specs(self, shape):
-        specs = [
-            WeightSpec("kernel", (shape[-1], self.units), self.kernel_initializer,
-                       self.kernel_regularizer, self.kernel_constraint)
-        ]
-        if self.use_bias:
-            specs.append(
-                WeightSpec("bias", (self.units,), self.bias_initializer,
-                           self.bias_regularizer, self.bias_constraint)
-            )
-        return specs
+        return self.kernel_and_bias((shape[-1], self.units), self.units)
 
     def call(self, w, x, ctx):
         kernel = w["kernel"]
