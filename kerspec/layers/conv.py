@@ -270,17 +270,17 @@ class BaseConv(KernelBiasLayer):
         # a time, so that each block is still in cache for its GEMM and its activation.
         row_bytes = per_sample * depth * groups * x.itemsize
         chunk = max(1, min(batch, CHUNK_BYTES // max(row_bytes, 1)))
+        # The output, and the columns, live in buffers reused batch after batch: a fresh array
+        # of more than 32 MB (W2's first conv output at batch 1,024 is 88 MB) is new pages from
+        # the kernel every time, and touching them cost more than the layer's GEMM.
+        zg = ctx.buffer("z", (groups, rows, out_group), x.dtype)
         if training:
-            # Training keeps the whole batch's columns for the kernel gradient, in buffers reused
-            # batch after batch (a fresh large array costs its page faults every time).
-            zg = ctx.buffer("z", (groups, rows, out_group), x.dtype)
+            # Training keeps the whole batch's columns for the kernel gradient.
             cols = ctx.buffer("cols", (groups, rows, width), x.dtype)
         else:
             # Inference (predict, evaluate) needs no columns afterwards: keep one block of them,
             # so a batch of 1,024 does not hold its whole column array (142 MB for W2's second
-            # conv), and allocate the output afresh, so it is freed as soon as the next layer
-            # has read it instead of staying as a buffer.
-            zg = np.empty((groups, rows, out_group), x.dtype)
+            # conv).
             cols = ctx.buffer("cols", (groups, chunk * per_sample, width), x.dtype)
         cols = unfold_buffer(cols, depth)
         activation = self.activation

@@ -155,13 +155,11 @@ class MaxPooling(BasePooling):
         view of the block-split input, so forward is pool_h * pool_w - 1 maxima and backward
         writes each offset's share straight into its view of dx: no scatter-add into zeros."""
         xl, crop, xb, offsets = blocks
-        # When a backward pass will follow, the output and the gradient live in buffers reused
-        # batch after batch (a fresh large array costs its page faults on every call). Taken now
-        # because backprop runs when ctx.node names another layer. Inference allocates the output
-        # afresh, so it is freed as soon as the next layer has read it.
+        # The output (and, when a backward pass will follow, the gradient) live in buffers
+        # reused batch after batch: a fresh large array costs its page faults on every call.
+        # Taken now because backprop runs when ctx.node names another layer.
         record = ctx.record
-        shape = xb[offsets[0]].shape
-        y = ctx.buffer("y", shape, x.dtype) if record else np.empty(shape, x.dtype)
+        y = ctx.buffer("y", xb[offsets[0]].shape, x.dtype)
         # Both passes go a few samples at a time, so that the output block each offset's maximum
         # reads and writes stays in cache rather than streaming the whole batch's output once
         # per offset (W2's first pool at predict batch 1,024: 24 -> 14 ms).
