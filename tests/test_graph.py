@@ -145,3 +145,71 @@ def test_losses_and_metrics_must_name_real_outputs(compile_section, message):
     )
     with pytest.raises(kerspec.KerspecError, match=re.escape(message)):
         model.trainer  # noqa: B018 (building the trainer is what checks compile)
+
+
+RELU_POOL = """
+dtype: float64
+seed: 0
+layers:
+  - {type: Input, shape: [6, 6, 2], name: x}
+  - {type: Conv2D, filters: 3, kernel_size: 3, activation: relu, name: c1}
+  - {type: MaxPooling2D, name: p1}
+  - {type: Conv2D, filters: 2, kernel_size: 2, activation: {type: relu, max_value: 0.5}, name: c2}
+  - {type: GlobalMaxPooling2D, name: g}
+  - {type: Dense, units: 2, activation: relu, name: d}
+"""
+
+
+def _steps(model):
+    return {model.graph.nodes[s.node].name: s for s in model.plan.steps}
+
+
+def test_relu_read_only_by_max_pooling_moves_after_it():
+    steps = _steps(kerspec.from_yaml(RELU_POOL))
+    for conv, pool in (("c1", "p1"), ("c2", "g")):
+        assert steps[conv].layer.activation.type == "linear"
+        assert steps[pool].after.type == "relu"
+    assert steps["c2"].layer.activation.type == "linear"
+    assert steps["g"].after.max_value == 0.5
+    assert steps["d"].layer.activation.type == "relu"  # read by no pooling
+
+
+@pytest.mark.parametrize(
+    "name,extra",
+    [
+        # The conv output is also a model output, has a second reader, a leaky ReLU (no ties to
+        # hide a different pick) or an activity regularizer (it sees the ReLU's output).
+        ("output", "outputs: [d, c1]\n"),
+        ("second reader", "  - {type: Flatten, from: c1, name: f}\noutputs: [d, f]\n"),
+        ("leaky", ""),
+        ("activity", ""),
+    ],
+)
+def test_relu_stays_where_moving_it_would_change_something(name, extra):
+    spec = RELU_POOL + extra
+    if name == "leaky":
+        spec = spec.replace("activation: relu, name: c1", "activation: {type: relu, negative_slope: 0.1}, name: c1")
+    if name == "activity":
+        spec = spec.replace("name: c1}", "name: c1, activity_regularizer: l2}")
+    steps = _steps(kerspec.from_yaml(spec))
+    assert steps["c1"].layer.activation.type == "relu"
+    assert steps["p1"].after is None
+
+
+def test_gradients_through_a_moved_relu(rng):
+    model = kerspec.from_yaml(RELU_POOL)
+    xs = [rng.standard_normal((3, 6, 6, 2))]
+    wrt = {f"{o}/{n}": w for o, ws in model.params.items() for n, w in ws.items()}
+
+    def forward():
+        ctx = Context(training=True, rng=np.random.default_rng(0))
+        run = model.plan.forward(model.params, xs, ctx, record=True)
+        (y,) = run.outputs
+
+        def backprop(dy):
+            grads = model.plan.backward(run.tape, [dy])
+            return {f"{o}/{n}": g for o, gs in grads.items() for n, g in gs.items()}
+
+        return y, backprop
+
+    check_grads(forward, wrt)

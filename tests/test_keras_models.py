@@ -74,6 +74,27 @@ def regression_keras():
     return keras.Model(x, layers.Dense(2, name="out")(h))
 
 
+# ReLUs read only by max pooling: the plan moves them after the pooling (graph/plan.py).
+CNN = """
+seed: 0
+layers:
+  - {type: Input, shape: [8, 8, 2], name: x}
+  - {type: Conv2D, filters: 4, kernel_size: 3, activation: relu, name: c1}
+  - {type: MaxPooling2D, name: p1}
+  - {type: Conv2D, filters: 3, kernel_size: 2, activation: relu, name: c2}
+  - {type: GlobalMaxPooling2D, name: g}
+  - {type: Dense, units: 3, activation: softmax, name: out}
+compile: {optimizer: {type: sgd, learning_rate: 0.1}, loss: categorical_crossentropy}
+"""
+
+
+def cnn_keras():
+    x = keras.Input((8, 8, 2), name="x")
+    h = layers.MaxPooling2D(name="p1")(layers.Conv2D(4, 3, activation="relu", name="c1")(x))
+    h = layers.GlobalMaxPooling2D(name="g")(layers.Conv2D(3, 2, activation="relu", name="c2")(h))
+    return keras.Model(x, layers.Dense(3, activation="softmax", name="out")(h))
+
+
 def data_for(model: kerspec.Model, rng, n=16):
     xs = {name: rng.random((n, *shape)).astype(np.float32) for name, shape in model.graph.input_shapes().items()}
     (out,) = model.output_names
@@ -106,12 +127,12 @@ def our_weights(ours: kerspec.Model) -> dict:
     return {f"{layer}/{name}": w for layer, ws in ours.params.items() for name, w in ws.items()}
 
 
-MODELS = [(MLP, mlp_keras), (GRAPH, graph_keras), (REGRESSION, regression_keras)]
+MODELS = [(MLP, mlp_keras), (GRAPH, graph_keras), (REGRESSION, regression_keras), (CNN, cnn_keras)]
 # Dropout draws different masks in the two libraries: training is compared without it.
 TRAINED = [(MLP.replace("rate: 0.3", "rate: 0.0"), lambda: mlp_keras(0.0)), *MODELS[1:]]
 
 
-@pytest.mark.parametrize("spec,make", MODELS, ids=["mlp", "graph", "regression"])
+@pytest.mark.parametrize("spec,make", MODELS, ids=["mlp", "graph", "regression", "cnn"])
 def test_same_predictions(spec, make, rng):
     ours, theirs = kerspec.from_yaml(spec), make()
     copy_weights(ours, theirs)
@@ -138,7 +159,7 @@ def train_both(spec, make, optimizer, steps, rng):
     return ours, theirs
 
 
-@pytest.mark.parametrize("spec,make", TRAINED, ids=["mlp", "graph", "regression"])
+@pytest.mark.parametrize("spec,make", TRAINED, ids=["mlp", "graph", "regression", "cnn"])
 def test_same_weights_after_one_sgd_step(spec, make, rng):
     ours, theirs = train_both(spec, make, keras.optimizers.SGD(learning_rate=_lr(spec)), 1, rng)
     expected = keras_weights(theirs)
@@ -186,7 +207,7 @@ def test_loss_includes_regularization_as_keras_reports_it(rng):
     np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
-@pytest.mark.parametrize("spec,make", MODELS, ids=["mlp", "graph", "regression"])
+@pytest.mark.parametrize("spec,make", MODELS, ids=["mlp", "graph", "regression", "cnn"])
 def test_summary_matches_keras_counts_and_shapes(spec, make):
     ours, theirs = kerspec.from_yaml(spec), make()
     assert ours.count_params() == (theirs.count_params(), 0)

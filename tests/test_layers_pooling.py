@@ -140,6 +140,14 @@ def test_max_pool_tie_sends_the_gradient_to_one_value():
     assert dx.dtype == np.float32
 
 
+def test_max_pool_breaks_a_tie_beside_a_nan_window():
+    # The NaN window has no maximum to hit, the tied one two hits: as many hits as windows.
+    x = np.array([[[np.nan], [1.0], [2.0], [2.0]]], np.float32)
+    y, dx = _run({"type": "MaxPooling1D"}, x)
+    assert np.isnan(y[0, 0, 0]) and y[0, 1, 0] == 2.0
+    np.testing.assert_array_equal(dx[0, :, 0], [0.0, 0.0, 1.0, 0.0])
+
+
 def test_max_pool_same_padding_never_picks_the_padding():
     x = -np.arange(1, 6, dtype=np.float32).reshape(1, 5, 1)
     y, _ = _run({"type": "MaxPooling1D", "padding": "same"}, x)
@@ -258,12 +266,15 @@ def test_non_overlapping_max_pool_matches_loops_with_ties(
     # Training keeps and reuses the output and gradient buffers: a second batch must not see
     # the first one's values (stale gradient on the cropped edges, for one).
     ctx = Context(training=True, rng=np.random.default_rng(0))
-    for batch in (rng.standard_normal(shape).astype(np.float32) * 10, x):
+    to_last = (lambda a: np.moveaxis(a, 1, -1)) if first else (lambda a: a)
+    # First a batch with no ties (the pass that breaks them is skipped), then one with many.
+    untied = rng.standard_normal(shape).astype(np.float32) * 10
+    untied_y, _, untied_dx = _reference_max_pool(to_last(untied), pool)
+    for batch, expect_y, expect_dx in ((untied, untied_y, untied_dx), (x, want_y, want_dx)):
         (y,), backprop = layer.forward({}, [batch], ctx)
         (dx,), _ = backprop([np.moveaxis(dy, -1, 1) if first else dy])
-    to_last = (lambda a: np.moveaxis(a, 1, -1)) if first else (lambda a: a)
-    np.testing.assert_array_equal(to_last(y), want_y)
-    np.testing.assert_array_equal(to_last(dx), want_dx)
+        np.testing.assert_array_equal(to_last(y), expect_y)
+        np.testing.assert_array_equal(to_last(dx), expect_dx)
     assert y.dtype == dx.dtype == np.float32
     # Inference keeps no buffers; a backward after it still gets the same gradient.
     (y,), backprop = layer.forward({}, [x], Context(training=False, rng=rng, record=False))

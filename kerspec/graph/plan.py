@@ -7,10 +7,11 @@ tape; inference keeps none and drops every intermediate value as soon as its las
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from kerspec.activations import ACTIVATIONS, Activation, Relu
 from kerspec.graph.compile import Graph, Ref
 from kerspec.layers import Context, Layer
 from kerspec.regularizers import Regularizer
@@ -32,6 +33,9 @@ class Step:
     trainable: bool
     # True when some output carries a mask: the step computes its output masks.
     makes_masks: bool
+    # An activation moved here from the step before (see `_relu_after_max`): applied to this
+    # step's output, and differentiated before this step's backward.
+    after: Activation | None = None
 
 
 @dataclass
@@ -79,8 +83,42 @@ class Plan:
                     makes_masks=any(node.output_masked),
                 )
             )
+        self._relu_after_max()
         self.uses_masks = any(step.makes_masks for step in self.steps)
         self.free_after = self._last_reads()
+
+    def _relu_after_max(self) -> None:
+        """A ReLU whose output only max pooling reads moves after the pooling.
+
+        max(relu(a), relu(b)) == relu(max(a, b)), so the outputs are the same, and so are the
+        gradients: the maximum of the pre-activations is also the maximum after the ReLU unless
+        the ReLU made a tie (at 0, or at max_value), and there its derivative is 0 whichever
+        value the pooling picked. The ReLU then runs on the pooled output (4x smaller after a
+        2x2 pool) and its backward on the pooled gradient, instead of full-size passes over the
+        layer's output (W2: ~2.5 ms of a 37 ms training step)."""
+        readers: dict[int, list[int]] = {}
+        for i, step in enumerate(self.steps):
+            for slot in step.inputs:
+                readers.setdefault(slot, []).append(i)
+        for i, step in enumerate(self.steps):
+            activation = getattr(step.layer, "activation", None)
+            if not (isinstance(activation, Relu) and activation.negative_slope == 0.0):
+                continue
+            reader = readers.get(step.outputs[0], [])
+            if (
+                len(step.outputs) != 1
+                or len(reader) != 1
+                or step.outputs[0] in self.output_slots
+                or step.activity is not None
+                or step.makes_masks
+            ):
+                continue
+            pool = self.steps[reader[0]]
+            if not pool.layer.takes_maxima or pool.after is not None or len(pool.inputs) != 1:
+                continue
+            linear = step.layer.model_copy(update={"activation": ACTIVATIONS.create("linear")})
+            self.steps[i] = replace(step, layer=linear)
+            self.steps[reader[0]] = replace(pool, after=activation)
 
     def _last_reads(self) -> list[tuple[int, ...]]:
         """For inference: the slots no later step reads, to drop after each step."""
@@ -120,6 +158,8 @@ class Plan:
             if self.uses_masks:
                 ctx.masks = [masks[s] for s in step.inputs]
             ys, backprop = step.layer.forward(params.get(step.owner, NO_WEIGHTS), xs, ctx)
+            if step.after is not None:
+                ys, backprop = _then(step.after, ys[0], backprop)
             for slot, y in zip(step.outputs, ys):
                 values[slot] = y
             if step.makes_masks:
@@ -178,3 +218,13 @@ class Plan:
                 for name, g in dws.items():
                     into[name] = g if name not in into else into[name] + g
         return weight_grads
+
+
+def _then(activation: Activation, x: np.ndarray, backprop):
+    """A layer's single output x through `activation`, and the backprop of both."""
+    y = activation.forward(x)
+
+    def then_backprop(dys):
+        return backprop([activation.backward(x, y, dys[0])])
+
+    return [y], then_backprop

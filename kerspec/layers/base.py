@@ -94,6 +94,9 @@ class Layer(Item):
     # Keras's supports_masking: the layer accepts a mask (a sequence's padded steps) and, unless
     # it overrides the two mask methods below, passes it on unchanged.
     supports_masking: ClassVar[bool] = False
+    # The output is maxima of the input's values (max pooling): a non-decreasing elementwise
+    # activation gives the same result applied before or after the layer.
+    takes_maxima: ClassVar[bool] = False
 
     def output_masked(self, masked: list[bool], n_outputs: int) -> list[bool]:
         """Which outputs carry a mask, given which inputs do; known when the graph compiles."""

@@ -121,6 +121,8 @@ class BasePooling(SimpleLayer):
 
 
 class MaxPooling(BasePooling):
+    takes_maxima: ClassVar[bool] = True
+
     def call(self, w, x, ctx):
         blocks = self._blocks(x)
         if blocks is not None:
@@ -190,6 +192,8 @@ class MaxPooling(BasePooling):
                 if kept.stop < xl.shape[axis]:
                     dxl[(slice(None),) * axis + (slice(kept.stop, None),)] = 0
             dxb = dxl[crop].reshape(xb.shape)
+            # A NaN window has no hit, which would let a tie elsewhere pass the count below.
+            has_nan = bool(np.isnan(y).any())
             for start in range(0, batch, step):
                 stop = min(start + step, batch)
                 hit = hits[: stop - start]
@@ -197,8 +201,11 @@ class MaxPooling(BasePooling):
                 np.equal(xb[start:stop], np.expand_dims(y[start:stop], expand), out=hit)
                 # The first offset holding the maximum takes the whole gradient (TensorFlow's
                 # tie rule; ties are common after a relu, windows of zeros): an offset keeps its
-                # hits only where no earlier offset hit. Bool passes over the output, cheap.
-                if len(offsets) > 1:
+                # hits only where no earlier offset hit. Bool passes over the output, skipped
+                # when no window has two hits (the usual case for pre-activations, see
+                # graph/plan.py).
+                tied = has_nan or np.count_nonzero(hit) != y[start:stop].size
+                if len(offsets) > 1 and tied:
                     earlier = hit[offsets[0]].copy()
                     for index, offset in enumerate(offsets[1:], start=2):
                         np.greater(hit[offset], earlier, out=hit[offset])
@@ -312,6 +319,8 @@ class GlobalPooling(SimpleLayer):
 
 
 class GlobalMaxPooling(GlobalPooling):
+    takes_maxima: ClassVar[bool] = True
+
     def call(self, w, x, ctx):
         flat, axis = self._flat(x)
         # The first maximum of each channel gets the whole gradient, as with MaxPooling.
