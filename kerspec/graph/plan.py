@@ -159,7 +159,7 @@ class Plan:
                 ctx.masks = [masks[s] for s in step.inputs]
             ys, backprop = step.layer.forward(params.get(step.owner, NO_WEIGHTS), xs, ctx)
             if step.after is not None:
-                ys, backprop = _then(step.after, ys[0], backprop)
+                ys, backprop = _then(step.after, ys[0], backprop, ctx)
             for slot, y in zip(step.outputs, ys):
                 values[slot] = y
             if step.makes_masks:
@@ -220,9 +220,10 @@ class Plan:
         return weight_grads
 
 
-def _then(activation: Activation, x: np.ndarray, backprop):
-    """A layer's single output x through `activation`, and the backprop of both."""
-    y = activation.forward(x)
+def _then(activation: Activation, x: np.ndarray, backprop, ctx: Context):
+    """A layer's single output x through `activation` (into a buffer reused batch after batch),
+    and the backprop of both."""
+    y = activation.forward(x, out=ctx.buffer("after", x.shape, x.dtype))
 
     def then_backprop(dys):
         return backprop([activation.backward(x, y, dys[0])])
