@@ -337,7 +337,9 @@ class BaseConv(KernelBiasLayer):
                 np.copyto(
                     cols[..., :depth].reshape(groups, batch, *out, *kernel_size, in_group), views
                 )
-            dkernel = np.matmul(cols.transpose(0, 2, 1), dzg)
+            # (dz^T cols)^T rather than cols^T dz: OpenBLAS runs this long-K product 10-15%
+            # faster with the columns as the right operand (W2's second conv: 5.0 -> 4.5 ms).
+            dkernel = np.matmul(dzg.transpose(0, 2, 1), cols).transpose(0, 2, 1)
             grads = {
                 "kernel": dkernel[:, :depth].transpose(1, 0, 2).reshape(w["kernel"].shape)
             }
