@@ -37,6 +37,8 @@ CONV1D = [
         {"type": "Conv1D", "filters": 2, "kernel_size": [3], "strides": [3], "use_bias": False},
         [(2, 8, 2)],
     ),
+    # One channel and long output rows: the columns are stored offset-major.
+    ({"type": "Conv1D", "filters": 2, "kernel_size": 3, "padding": "same"}, [(2, 9, 1)]),
 ]
 CONV2D = [
     ({"type": "Conv2D", "filters": 2, "kernel_size": 3}, [(2, 5, 6, 2)]),
@@ -89,6 +91,13 @@ CONV2D = [
             "activation": "tanh",
         },
         [(2, 2, 5, 4)],
+    ),
+    # One channel and long output rows: the columns are stored offset-major.
+    ({"type": "Conv2D", "filters": 3, "kernel_size": 3, "activation": "relu"}, [(2, 5, 10, 1)]),
+    (
+        {"type": "Conv2D", "filters": 2, "kernel_size": 2, "strides": [1, 2], "padding": "same",
+         "data_format": "channels_first"},
+        [(2, 1, 4, 17)],
     ),
 ]
 GRAD_CASES = {"Conv1D": CONV1D, "Conv2D": CONV2D}
@@ -268,6 +277,7 @@ def test_padding_is_case_insensitive_as_in_keras():
             (5, 4, 7, 6),
         ),
         ({"type": "Conv1D", "filters": 3, "kernel_size": 3, "dilation_rate": 2}, (5, 9, 2)),
+        ({"type": "Conv2D", "filters": 3, "kernel_size": 3}, (5, 6, 10, 1)),  # offset-major
     ],
     ids=lambda v: v["type"] if isinstance(v, dict) else str(v),
 )

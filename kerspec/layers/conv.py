@@ -169,6 +169,14 @@ def offset_region(offset, strides, dilation, out) -> tuple:
     )
 
 
+def column_buffer(ctx, groups: int, rows: int, width: int, dtype, offset_major: bool):
+    """A (groups, rows, width) column array: the context's buffer (a fresh array when ctx is
+    None), stored as (groups, width, rows) when `offset_major`."""
+    shape = (groups, width, rows) if offset_major else (groups, rows, width)
+    cols = np.empty(shape, dtype) if ctx is None else ctx.buffer("cols", shape, dtype)
+    return cols.transpose(0, 2, 1) if offset_major else cols
+
+
 def unfold_buffer(cols: np.ndarray, depth: int) -> np.ndarray:
     """cols (groups, rows, width) with its column `depth` (the bias's ones, when width > depth)
     set to 1; the columns before it receive the windows."""
@@ -274,14 +282,20 @@ class BaseConv(KernelBiasLayer):
         # of more than 32 MB (W2's first conv output at batch 1,024 is 88 MB) is new pages from
         # the kernel every time, and touching them cost more than the layer's GEMM.
         zg = ctx.buffer("z", (groups, rows, out_group), x.dtype)
+        # The columns are (groups, rows, width) to the GEMMs, stored row-major or, when a
+        # window row is shorter than half an output row (few input channels: the first layer
+        # on images), offset-major: then the unfolding copies whole output rows at a time
+        # instead of runs of kernel_w * channels values (W2's first conv, 1 channel: 1.3 ->
+        # 0.2 ms a batch of 128; row-major wins from about 8 channels on).
+        offset_major = 2 * kernel_size[-1] * in_group < out[-1]
         if training:
             # Training keeps the whole batch's columns for the kernel gradient.
-            cols = ctx.buffer("cols", (groups, rows, width), x.dtype)
+            cols = column_buffer(ctx, groups, rows, width, x.dtype, offset_major)
         else:
             # Inference (predict, evaluate) needs no columns afterwards: keep one block of them,
             # so a batch of 1,024 does not hold its whole column array (142 MB for W2's second
             # conv).
-            cols = ctx.buffer("cols", (groups, chunk * per_sample, width), x.dtype)
+            cols = column_buffer(ctx, groups, chunk * per_sample, width, x.dtype, offset_major)
         cols = unfold_buffer(cols, depth)
         activation = self.activation
         in_place = activation.elementwise and not activation.uses_input
@@ -333,13 +347,18 @@ class BaseConv(KernelBiasLayer):
             dzg = np.ascontiguousarray(dz.reshape(rows, groups, out_group).transpose(1, 0, 2))
             cols = kept_cols
             if cols is None:
-                cols = unfold_buffer(np.empty((groups, rows, width), x.dtype), depth)
+                cols = column_buffer(None, groups, rows, width, x.dtype, offset_major)
+                cols = unfold_buffer(cols, depth)
                 np.copyto(
                     cols[..., :depth].reshape(groups, batch, *out, *kernel_size, in_group), views
                 )
-            # (dz^T cols)^T rather than cols^T dz: OpenBLAS runs this long-K product 10-15%
-            # faster with the columns as the right operand (W2's second conv: 5.0 -> 4.5 ms).
-            dkernel = np.matmul(dzg.transpose(0, 2, 1), cols).transpose(0, 2, 1)
+            # The long-K product with the columns in their contiguous layout: OpenBLAS runs it
+            # 10-15% faster so (W2's second conv: 5.0 -> 4.5 ms, (dz^T cols)^T; first conv,
+            # offset-major: 1.6 -> 1.4 ms, cols^T dz).
+            if offset_major:
+                dkernel = np.matmul(cols.transpose(0, 2, 1), dzg)
+            else:
+                dkernel = np.matmul(dzg.transpose(0, 2, 1), cols).transpose(0, 2, 1)
             grads = {
                 "kernel": dkernel[:, :depth].transpose(1, 0, 2).reshape(w["kernel"].shape)
             }
