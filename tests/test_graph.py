@@ -11,6 +11,24 @@ from kerspec.layers import Context
 from tests.gradcheck import check_grads
 
 
+def check_model_grads(model, xs):
+    """Every weight's gradient through the whole plan (one output) against central differences."""
+    wrt = {f"{o}/{n}": w for o, ws in model.params.items() for n, w in ws.items()}
+
+    def forward():
+        ctx = Context(training=True, rng=np.random.default_rng(0))
+        run = model.plan.forward(model.params, xs, ctx, record=True)
+        (y,) = run.outputs
+
+        def backprop(dy):
+            grads = model.plan.backward(run.tape, [dy])
+            return {f"{o}/{n}": g for o, gs in grads.items() for n, g in gs.items()}
+
+        return y, backprop
+
+    check_grads(forward, wrt)
+
+
 def test_default_names_follow_keras_per_spec():
     model = kerspec.from_yaml(
         """
@@ -92,21 +110,7 @@ def test_shared_layer_has_one_set_of_weights():
 def test_whole_graph_gradients_with_sharing_and_fan_out(rng):
     """Gradients summed over a shared layer's two uses and over a node read by two layers."""
     model = kerspec.from_yaml(SHARED)
-    xs = [rng.standard_normal((5, 3)), rng.standard_normal((5, 3))]
-    wrt = {f"{o}/{n}": w for o, ws in model.params.items() for n, w in ws.items()}
-
-    def forward():
-        ctx = Context(training=True, rng=np.random.default_rng(0))
-        run = model.plan.forward(model.params, xs, ctx, record=True)
-        (y,) = run.outputs
-
-        def backprop(dy):
-            grads = model.plan.backward(run.tape, [dy])
-            return {f"{o}/{n}": g for o, gs in grads.items() for n, g in gs.items()}
-
-        return y, backprop
-
-    check_grads(forward, wrt)
+    check_model_grads(model, [rng.standard_normal((5, 3)), rng.standard_normal((5, 3))])
 
 
 def test_return_index_out_of_range_is_reported():
@@ -197,19 +201,4 @@ def test_relu_stays_where_moving_it_would_change_something(name, extra):
 
 
 def test_gradients_through_a_moved_relu(rng):
-    model = kerspec.from_yaml(RELU_POOL)
-    xs = [rng.standard_normal((3, 6, 6, 2))]
-    wrt = {f"{o}/{n}": w for o, ws in model.params.items() for n, w in ws.items()}
-
-    def forward():
-        ctx = Context(training=True, rng=np.random.default_rng(0))
-        run = model.plan.forward(model.params, xs, ctx, record=True)
-        (y,) = run.outputs
-
-        def backprop(dy):
-            grads = model.plan.backward(run.tape, [dy])
-            return {f"{o}/{n}": g for o, gs in grads.items() for n, g in gs.items()}
-
-        return y, backprop
-
-    check_grads(forward, wrt)
+    check_model_grads(kerspec.from_yaml(RELU_POOL), [rng.standard_normal((3, 6, 6, 2))])
