@@ -16,7 +16,7 @@ arrays (rows, batch): see `LSTM._forward_feature_major`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -98,6 +98,22 @@ def split_carry(d: np.ndarray, step: np.ndarray) -> np.ndarray:
     carried = d * (1 - step)
     d *= step
     return carried
+
+
+def backward_steps(
+    time: int, step_bytes: int, prepare: Callable[[int, int], None]
+) -> Iterator[int]:
+    """The steps of a backward pass through time, last first, calling `prepare(lo, hi)` for each
+    block of steps just before its first one. A block holds about 256 KiB of gates
+    (`step_bytes` a step): large enough that the calls are few, small enough that what prepare
+    writes is still in cache when the steps read it."""
+    block = max(1, (256 << 10) // step_bytes)
+    lo = time
+    for t in reversed(range(time)):
+        if t < lo:
+            lo = max(0, t + 1 - block)
+            prepare(lo, t + 1)
+        yield t
 
 
 def derivative(activation, z: np.ndarray, a: np.ndarray, out: np.ndarray) -> None:
@@ -643,14 +659,7 @@ class LSTM(Gated):
             recurrent_t = np.ascontiguousarray(stacked[:, :u].T)
             scratch = np.empty((u, batch), dtype)
             dz3 = dz[u:].reshape(3, u, time, batch)
-            # Blocks of about 256 KiB of gates: large enough that the calls are few, small
-            # enough that what prepare writes is still in cache when the steps read it.
-            block = max(1, (256 << 10) // (batch * width * dtype.itemsize))
-            lo = time
-            for t in reversed(range(time)):
-                if t < lo:
-                    lo = max(0, t + 1 - block)
-                    prepare(lo, t + 1)
+            for t in backward_steps(time, batch * width * dtype.itemsize, prepare):
                 if d_sequence is not None:
                     dh += d_sequence[t]
                 carried_h = carried_c = None
@@ -908,13 +917,7 @@ class GRU(Gated):
                 d_rh = np.empty((batch, u), dtype)
                 recurrent_zr_t = np.ascontiguousarray(recurrent[:, : 2 * u].T)
                 recurrent_h_t = np.ascontiguousarray(recurrent_h.T)
-            # Blocks of about 256 KiB of gates, as in LSTM: prepared just before they are read.
-            block = max(1, (256 << 10) // (batch * width * gates.itemsize))
-            lo = time
-            for t in reversed(range(time)):
-                if t < lo:
-                    lo = max(0, t + 1 - block)
-                    prepare(lo, t + 1)
+            for t in backward_steps(time, batch * width * gates.itemsize, prepare):
                 if d_sequence is not None:
                     dh += d_sequence[t]
                 carried = None if steps is None else split_carry(dh, steps[t])
