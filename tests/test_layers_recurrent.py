@@ -32,9 +32,9 @@ GRAD_CASES = {
         {"units": 2, "activation": "linear", "unit_forget_bias": False},
         {"units": 2, **DROPOUT, **STATE},
         {"units": 2, "recurrent_dropout": 0.5, "return_state": True},
-        # Other gate activations than tanh/sigmoid take the fast scan's general branches: a σ
-        # other than sigmoid, a g that needs its input, and softmax (not elementwise), which
-        # runs the scan in Keras's gate order.
+        # Other gate activations than tanh/sigmoid take the feature-major forward's general
+        # branches: a σ other than sigmoid, a g that needs its input, and softmax (not
+        # elementwise), which runs the scan in Keras's gate order.
         {"units": 2, "recurrent_activation": "tanh", "return_sequences": True},
         {"units": 2, "activation": "hard_silu", "return_state": True},
         {"units": 3, "activation": "softmax", "recurrent_activation": "softmax", **STATE},
@@ -50,8 +50,8 @@ GRAD_CASES = {
         {"units": 2, "activation": "softplus", "recurrent_activation": "hard_sigmoid", **STATE},
         {"units": 2, **DROPOUT, **STATE},
         {"units": 2, "reset_after": False, **DROPOUT, **STATE},
-        # The fast scan's general branches (σ other than sigmoid, g that needs its input) and
-        # the scan in Keras's order (softmax, not elementwise).
+        # The feature-major forward's general branches (σ other than sigmoid, g that needs its
+        # input) and the scan in Keras's order (softmax, not elementwise).
         {"units": 2, "recurrent_activation": "tanh", "return_sequences": True},
         {"units": 2, "reset_after": False, "activation": "hard_silu", "return_state": True},
         {"units": 3, "activation": "softmax", "recurrent_activation": "softmax", **STATE},
@@ -316,7 +316,7 @@ def test_dropout_only_in_training_and_seeded(kind):
 
 @pytest.mark.parametrize("name", ["sigmoid", "tanh", "relu", "elu", "hard_sigmoid", "softplus"])
 def test_derivative_is_the_backward_of_ones(name):
-    # The fast scans' σ' and g' factors: the shortcuts for sigmoid and tanh give exactly what
+    # The feature-major backward's σ' and g' factors: the shortcuts for sigmoid and tanh give what
     # backward of ones gives, into a strided block as the scans pass it.
     activation = ACTIVATIONS.create(name)
     z = np.random.default_rng(0).normal(size=(3, 4, 5))

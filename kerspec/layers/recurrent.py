@@ -1,17 +1,20 @@
 """Recurrent layers: SimpleRNN, LSTM and GRU, with Keras 3's arguments, weight layouts and math.
 
-SimpleRNN, GRU (and an LSTM whose activations are not elementwise) run batch-major. The input
-projection of all time steps is one matmul before the loop (`zx = x @ kernel + bias` over
-(time * batch, features)); the loop over time, the only Python loop, does one fused matmul per
-step (`h @ recurrent_kernel`, all gates at once) and the gate nonlinearities. Backpropagation
-through time runs the loop in reverse, storing the pre-activation gradients of every step; the
-kernel, recurrent kernel, bias and input gradients are then each one matmul or sum over all
-steps. Arrays inside are time-major: step t reads `zx[t]`, a contiguous (batch, gates * units)
-block, and the states live in (time + 1, batch, units) arrays whose row 0 is the zero initial
-state, so step t reads row t and writes row t + 1 and nothing else.
+LSTM and GRU with elementwise activations (every usual one) run feature-major: each step's
+arrays are (rows, batch), a step is one GEMM over the stacked [h_{t-1}; x_t; 1] (two for a GRU
+without reset_after) and passes over contiguous gate blocks, and the weight gradients are one
+GEMM over all steps (`StepInputs`).
 
-The LSTM with elementwise activations (every usual one) runs feature-major instead, each step's
-arrays (rows, batch): see `LSTM._forward_feature_major`.
+SimpleRNN, and LSTM and GRU with activations that are not elementwise (softmax), run
+batch-major. The input projection of all time steps is one matmul before the loop (`zx = x @
+kernel + bias` over (time * batch, features)); the loop over time, the only Python loop, does
+one fused matmul per step (`h @ recurrent_kernel`, all gates at once) and the gate
+nonlinearities. Backpropagation through time runs the loop in reverse, storing the
+pre-activation gradients of every step; the kernel, recurrent kernel, bias and input gradients
+are then each one matmul or sum over all steps. Arrays inside are time-major: step t reads
+`zx[t]`, a contiguous (batch, gates * units) block, and the states live in (time + 1, batch,
+units) arrays whose row 0 is the zero initial state, so step t reads row t and writes row t + 1
+and nothing else.
 """
 
 from __future__ import annotations
@@ -127,35 +130,6 @@ def derivative(activation, z: np.ndarray, a: np.ndarray, out: np.ndarray) -> Non
         np.subtract(1.0, out, out=out)
     else:
         out[...] = activation.backward(z, a, np.ones(a.shape, a.dtype))
-
-
-def gru_recurrent_grads(
-    dz: np.ndarray,
-    d_rec: np.ndarray | None,
-    seen: np.ndarray,
-    rh: np.ndarray | None,
-    with_bias: bool,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """The end of both GRU scans' backward: (dz, d recurrent_kernel, d recurrent bias or None)
-    from every step's gradients. With reset_after, `d_rec` is the gradient of every step's
-    recurrent projection; without, `rh` holds every step's r * h_{t-1}, which the candidate's
-    block of the recurrent kernel multiplies."""
-    width = dz.shape[-1]
-    u = width // 3
-    seen2 = seen.reshape(-1, u)
-    if d_rec is not None:
-        d_rec2 = d_rec.reshape(-1, width)
-        d_bias = column_sums(d_rec2) if with_bias else None
-        return dz, np.matmul(seen2.T, d_rec2), d_bias
-    dz2 = dz.reshape(-1, width)
-    d_recurrent = np.concatenate(
-        [
-            np.matmul(seen2.T, dz2[:, : 2 * u]),
-            np.matmul(rh.reshape(-1, u).T, dz2[:, 2 * u :]),
-        ],
-        axis=1,
-    )
-    return dz, d_recurrent, None
 
 
 class Recurrent(Layer):
@@ -452,9 +426,127 @@ class Gated(Recurrent):
         return value
 
     def fast(self) -> bool:
-        # The fast scan folds each activation's derivative into factors computed for all steps
-        # at once, which takes elementwise activations; softmax-like ones run the general scan.
+        # The feature-major forward folds each activation's derivative into factors computed
+        # for blocks of steps at once, which takes elementwise activations; softmax-like ones
+        # run the general, batch-major scan.
         return self.activation.elementwise and self.recurrent_activation.elementwise
+
+
+class StepInputs:
+    """The operands of a feature-major scan (LSTM, GRU), where every per-step array is (rows,
+    batch): column block t of `xh` (k, slots, batch) is [h_{t-1}, times the recurrent dropout
+    mask; x_t; 1 when there is a bias], so a step's input projection, recurrent product and bias
+    are one GEMM, and the blocks of all steps side by side give every weight gradient in one
+    more. `hs` (units, slots, batch) holds the real h of every step (the same memory as xh's h
+    rows unless recurrent dropout scales those). With `keep_all` every step has its own block;
+    otherwise two alternate and x_t is copied in at its step.
+
+    Batch-major, gates are column slices of (batch, gates * units) rows, and NumPy runs such
+    strided 2-D passes several times slower than contiguous ones; OpenBLAS also runs the
+    recurrent product faster in this orientation (W4: 45 against 62 µs a step)."""
+
+    def __init__(self, layer: Recurrent, x: np.ndarray, ctx: Context, keep_all: bool):
+        batch, time, features = x.shape
+        u = layer.units
+        self.u, self.time, self.features, self.keep_all = u, time, features, keep_all
+        self.ones = int(layer.use_bias)
+        self.k = u + features + self.ones
+        keep_x, keep_h, steps = layer.dropout_and_steps(x, ctx)
+        # (time, 1, batch): a row per step.
+        self.steps = None if steps is None else steps.transpose(0, 2, 1)
+        slots = time + 1 if keep_all else 2
+        self.xh = xh = ctx.buffer("xh", (self.k, slots, batch), x.dtype)
+        xh[:u, 0] = 0.0
+        if self.ones:
+            xh[u + features] = 1.0
+        self.ordered = x[:, ::-1] if layer.go_backwards else x
+        self.go_backwards = layer.go_backwards
+        self.keep_xt = None if keep_x is None else keep_x.T
+        if keep_all:
+            rows = xh[u : u + features, :time]
+            rows[...] = self.ordered.transpose(2, 1, 0)
+            if self.keep_xt is not None:
+                rows *= self.keep_xt[:, None, :]
+        self.keep_ht = None if keep_h is None else np.ascontiguousarray(keep_h.T)
+        if self.keep_ht is None:
+            self.hs = xh[:u]
+        else:
+            self.hs = ctx.buffer("h", (u, slots, batch), x.dtype)
+            self.hs[:, 0] = 0.0
+
+    def slots(self, t: int) -> tuple[int, int]:
+        """The blocks step t reads and writes."""
+        return (t, t + 1) if self.keep_all else (t % 2, 1 - t % 2)
+
+    def block(self, t: int, r0: int) -> np.ndarray:
+        """Step t's stacked operand (k, batch), with x_t copied in when blocks alternate."""
+        if not self.keep_all:
+            rows = self.xh[self.u : self.u + self.features, r0]
+            np.copyto(rows, self.ordered[:, t].T)
+            if self.keep_xt is not None:
+                rows *= self.keep_xt
+        return self.xh[:, r0]
+
+    def seen(self, r0: int) -> np.ndarray:
+        """h_{t-1} as the recurrent product sees it (times the recurrent dropout mask)."""
+        return self.xh[: self.u, r0]
+
+    def finish_step(self, t: int, r0: int, r1: int) -> None:
+        """After hs[:, r1] got h_t: carry h over a masked step, and give the next step's block
+        its h (times the recurrent dropout mask)."""
+        h_new = self.hs[:, r1]
+        if self.steps is not None:
+            hold(h_new, self.hs[:, r0], self.steps[t])
+        if self.keep_ht is not None:
+            np.multiply(h_new, self.keep_ht, out=self.xh[: self.u, r1])
+
+    def last_h(self) -> np.ndarray:
+        return np.ascontiguousarray(self.hs[:, self.time if self.keep_all else self.time % 2].T)
+
+    def sequence(self) -> np.ndarray:
+        """Every h_t as (batch, time, units), in the order the steps were read."""
+        return self.hs[:, 1:].transpose(2, 1, 0)
+
+    def weight_grad(self, d_pre: np.ndarray) -> np.ndarray:
+        """From the pre-activation gradients of every step (rows, time, batch): the gradient of
+        the stacked weight (rows, k), one GEMM over all steps."""
+        rows, time = d_pre.shape[0], self.time
+        stacked = self.xh[:, :time].reshape(self.k, -1)
+        return np.matmul(d_pre.reshape(rows, -1), stacked.T)
+
+    def input_grad(self, stacked: np.ndarray, d_pre: np.ndarray) -> np.ndarray:
+        """dx (batch, time, features) from the stacked weight (rows, k) and d_pre."""
+        u, features = self.u, self.features
+        rows, time, batch = d_pre.shape
+        dxt = np.matmul(stacked[:, u : u + features].T, d_pre.reshape(rows, -1))
+        dxt = dxt.reshape(features, time, batch)
+        if self.keep_xt is not None:
+            dxt *= self.keep_xt[:, None, :]
+        dx = dxt.transpose(2, 1, 0)
+        return dx[:, ::-1] if self.go_backwards else dx
+
+
+def state_grads(layer: Recurrent, dys: list, batch: int, dtype):
+    """A feature-major scan's incoming gradients: one (units, batch) array per state (h, and c
+    for the LSTM), owned and summed from the outputs that carry it, and the sequence's as
+    (time, units, batch) or None."""
+    u = layer.units
+    d_states = [np.zeros((u, batch), dtype) for _ in range(layer.n_states)]
+    if layer.return_state:
+        for d_state, dy in zip(d_states, dys[1:]):
+            if dy is not None:
+                d_state += dy.T
+    d_sequence = None
+    if layer.return_sequences:
+        if dys[0] is not None:
+            d_sequence = np.ascontiguousarray(dys[0].transpose(1, 2, 0))
+    elif dys[0] is not None:
+        d_states[0] += dys[0].T
+    return d_states, d_sequence
+
+
+def no_backprop(dys):
+    raise RuntimeError("the recurrent layer ran with ctx.record False: no backward pass")
 
 
 @LAYERS.register("LSTM")
@@ -502,64 +594,33 @@ class LSTM(Gated):
         return self._forward_feature_major(w, xs[0], ctx)
 
     def _forward_feature_major(self, w, x, ctx):
-        """The LSTM with elementwise activations, feature-major: every per-step array is
-        (rows, batch), so each step is one GEMM, `stacked (4 units, k) @ [h_{t-1}; x_t; 1] (k,
-        batch)`, and elementwise passes over contiguous gate blocks. Batch-major, the gates are
-        column slices of a (batch, 4 units) row, and NumPy runs such strided 2-D passes several
-        times slower than contiguous ones; OpenBLAS also runs the recurrent product faster in
-        this orientation (W4: 45 against 62 µs a step).
-
-        The input projection rides in the step's GEMM (x_t and a row of ones for the bias under
-        h_{t-1}), and the stacked operands of all steps stay side by side in one (k, time + 1,
-        batch) array, so the kernel, recurrent kernel and bias gradients are one GEMM over all
-        steps and the input gradient another."""
+        """The LSTM with elementwise activations, feature-major (see StepInputs): a step is one
+        GEMM, `stacked (4 units, k) @ [h_{t-1}; x_t; 1]`, and passes over contiguous gate
+        blocks."""
         batch, time, features = x.shape
         dtype = x.dtype
         u = self.units
         width = 4 * u
         g, sigma = self.activation, self.recurrent_activation
-        keep_x, keep_h, steps = self.dropout_and_steps(x, ctx)
-        if steps is not None:
-            steps = steps.transpose(0, 2, 1)  # (time, 1, batch): a row per step
+        # A backward pass will follow (training, gradient checks): keep every step. Otherwise two
+        # of each are enough, alternating, plus every h when the sequence is returned.
+        record = getattr(ctx, "record", True)
+        inputs = StepInputs(self, x, ctx, keep_all=record or self.return_sequences)
+        steps = inputs.steps
 
         order, scale = self.layout(dtype)
-        ones = int(self.use_bias)
-        k = u + features + ones
         # Rows in the internal gate order, columns [recurrent | kernel | bias]; unscaled for
         # the backward pass, which differentiates with respect to the true pre-activations.
-        stacked = np.empty((width, k), dtype)
+        stacked = np.empty((width, inputs.k), dtype)
         stacked[:, :u] = w["recurrent_kernel"][:, order].T
         stacked[:, u : u + features] = w["kernel"][:, order].T
-        if ones:
+        if inputs.ones:
             stacked[:, u + features] = w["bias"][order]
         forward_stacked = stacked if scale is None else stacked * scale[:, None]
         sigmoid_by_tanh = scale is not None
         one_tanh = sigmoid_by_tanh and isinstance(g, Tanh)
 
-        # A backward pass will follow (training, gradient checks): keep every step. Otherwise two
-        # of each are enough, alternating, plus every h when the sequence is returned.
-        record = getattr(ctx, "record", True)
-        keep_sequence = record or self.return_sequences
-        slots = time + 1 if keep_sequence else 2
-        # Column block t: [h_{t-1} (times the recurrent dropout mask); x_t; 1].
-        xh = ctx.buffer("xh", (k, slots, batch), dtype)
-        xh[:u, 0] = 0.0
-        if ones:
-            xh[u + features] = 1.0
-        ordered = x[:, ::-1] if self.go_backwards else x
-        keep_xt = None if keep_x is None else keep_x.T
-        if keep_sequence:
-            xs_rows = xh[u : u + features, :time]
-            xs_rows[...] = ordered.transpose(2, 1, 0)
-            if keep_xt is not None:
-                xs_rows *= keep_xt[:, None, :]
-        # The real h of every step; the same memory as xh's h rows unless dropout scales those.
-        keep_ht = None if keep_h is None else np.ascontiguousarray(keep_h.T)
-        if keep_ht is None:
-            hs = xh[:u]
-        else:
-            hs = ctx.buffer("h", (u, slots, batch), dtype)
-            hs[:, 0] = 0.0
+        hs = inputs.hs
         n_gates = time if record else 1
         z = ctx.buffer("z", (n_gates, width, batch), dtype)
         uses_z = sigma.uses_input or g.uses_input
@@ -569,15 +630,11 @@ class LSTM(Gated):
         g_cs = ctx.buffer("g_c", (n_gates, u, batch), dtype)
         ic = ctx.buffer("ic", (u, batch), dtype)
         for t in range(time):
-            r0, r1 = (t, t + 1) if keep_sequence else (t % 2, 1 - t % 2)
+            r0, r1 = inputs.slots(t)
             c0, c1 = (t, t + 1) if record else (t % 2, 1 - t % 2)
             n = t if record else 0
-            if not keep_sequence:
-                np.copyto(xh[u : u + features, r0], ordered[:, t].T)
-                if keep_xt is not None:
-                    xh[u : u + features, r0] *= keep_xt
             zt, a = z[n], gates[n]
-            np.matmul(forward_stacked, xh[:, r0], out=zt)
+            np.matmul(forward_stacked, inputs.block(t, r0), out=zt)
             if one_tanh:
                 np.tanh(zt, out=a)
             else:
@@ -599,22 +656,13 @@ class LSTM(Gated):
                 hold(c_new, cs[c0], steps[t])
             gc = g_cs[n]
             g.forward(c_new, out=gc)
-            h_new = hs[:, r1]
-            np.multiply(o, gc, out=h_new)
-            if steps is not None:
-                hold(h_new, hs[:, r0], steps[t])
-            if keep_ht is not None:
-                np.multiply(h_new, keep_ht, out=xh[:u, r1])
-        last = time if keep_sequence else time % 2
+            np.multiply(o, gc, out=hs[:, r1])
+            inputs.finish_step(t, r0, r1)
         c_last = cs[time if record else time % 2]
-        finals = [np.ascontiguousarray(hs[:, last].T), np.ascontiguousarray(c_last.T)]
-        output = hs[:, 1:].transpose(2, 1, 0) if self.return_sequences else finals[0]
+        finals = [inputs.last_h(), np.ascontiguousarray(c_last.T)]
+        output = inputs.sequence() if self.return_sequences else finals[0]
         ys = [output, *finals] if self.return_state else [output]
         if not record:
-
-            def no_backprop(dys):
-                raise RuntimeError(f"{self.type} ran with ctx.record False: no backward pass")
-
             return ys, no_backprop
 
         # The backward pass's large arrays, kept from batch to batch: fresh ones of a few MB
@@ -644,18 +692,7 @@ class LSTM(Gated):
             dgc *= o
 
         def backprop(dys):
-            dh = np.zeros((u, batch), dtype)
-            dc = np.zeros((u, batch), dtype)
-            if self.return_state:
-                for d_state, dy in zip((dh, dc), dys[1:]):
-                    if dy is not None:
-                        d_state += dy.T
-            d_sequence = None
-            if self.return_sequences:
-                if dys[0] is not None:
-                    d_sequence = np.ascontiguousarray(dys[0].transpose(1, 2, 0))
-            elif dys[0] is not None:
-                dh += dys[0].T
+            (dh, dc), d_sequence = state_grads(self, dys, batch, dtype)
             recurrent_t = np.ascontiguousarray(stacked[:, :u].T)
             scratch = np.empty((u, batch), dtype)
             dz3 = dz[u:].reshape(3, u, time, batch)
@@ -671,27 +708,20 @@ class LSTM(Gated):
                 np.multiply(dc, factors[t, u:].reshape(3, u, batch), out=dz3[:, :, t])
                 dc *= gates[t, 2 * u : 3 * u]
                 np.matmul(recurrent_t, dz[:, t], out=dh)
-                if keep_ht is not None:
-                    dh *= keep_ht
+                if inputs.keep_ht is not None:
+                    dh *= inputs.keep_ht
                 if carried_h is not None:
                     dh += carried_h
                     dc += carried_c
-            dz2 = dz.reshape(width, time * batch)
-            # Kernel, recurrent kernel and bias at once: [h_{t-1}; x_t; 1] of every step.
-            d_stacked = np.matmul(dz2, xh[:, :time].reshape(k, time * batch).T)
+            # Kernel, recurrent kernel and bias at once.
+            d_stacked = inputs.weight_grad(dz)
             grads = {
                 "kernel": keras_order(d_stacked[:, u : u + features].T, order),
                 "recurrent_kernel": keras_order(d_stacked[:, :u].T, order),
             }
-            if ones:
+            if inputs.ones:
                 grads["bias"] = keras_order(d_stacked[:, u + features], order)
-            if not need_dx:
-                return [None], grads
-            dxt = np.matmul(stacked[:, u : u + features].T, dz2).reshape(features, time, batch)
-            if keep_xt is not None:
-                dxt *= keep_xt[:, None, :]
-            dx = dxt.transpose(2, 1, 0)
-            return [dx[:, ::-1] if self.go_backwards else dx], grads
+            return [inputs.input_grad(stacked, dz) if need_dx else None], grads
 
         return ys, backprop
 
@@ -793,160 +823,171 @@ class GRU(Gated):
         scale[: 2 * self.units] = 0.5
         return None, scale
 
-    def scan(self, w, zx, keep_h, ctx, steps):
+    def forward(self, w, xs, ctx):
         if not self.fast():
-            return self.scan_keras_order(w, zx, keep_h, ctx, steps)
-        time, batch, width = zx.shape
+            return super().forward(w, xs, ctx)
+        return self._forward_feature_major(w, xs[0], ctx)
+
+    def _forward_feature_major(self, w, x, ctx):
+        """The GRU with elementwise activations, feature-major (see StepInputs). The step GEMM's
+        rows: [z, r] from [h_{t-1}; x_t; 1], the candidate's input part from [x_t; 1], and with
+        reset_after its recurrent part from [h_{t-1}; 1], which r scales; without, the
+        candidate's recurrent product of r * h_{t-1} is a second GEMM."""
+        batch, time, features = x.shape
+        dtype = x.dtype
         u = self.units
-        dtype = zx.dtype
         g, sigma = self.activation, self.recurrent_activation
         reset_after = self.reset_after
+        record = getattr(ctx, "record", True)
+        inputs = StepInputs(self, x, ctx, keep_all=record or self.return_sequences)
+        steps, hs = inputs.steps, inputs.hs
+
+        kernel, recurrent = w["kernel"], w["recurrent_kernel"]
+        rows = 4 * u if reset_after else 3 * u
+        # Unscaled for the backward pass; the zero blocks cost a quarter of the step GEMM and
+        # save a separate projection of the input and an add a step.
+        stacked = np.zeros((rows, inputs.k), dtype)
+        stacked[: 2 * u, :u] = recurrent[:, : 2 * u].T
+        stacked[: 3 * u, u : u + features] = kernel.T
+        if reset_after:
+            stacked[3 * u :, :u] = recurrent[:, 2 * u :].T
+        if inputs.ones:
+            bias = w["bias"]
+            if reset_after:
+                stacked[: 2 * u, -1] = bias[0, : 2 * u] + bias[1, : 2 * u]
+                stacked[2 * u : 3 * u, -1] = bias[0, 2 * u :]
+                stacked[3 * u :, -1] = bias[1, 2 * u :]
+            else:
+                stacked[:, -1] = bias
         _, scale = self.layout(dtype)
         sigmoid_by_tanh = scale is not None
-        recurrent = w["recurrent_kernel"]
-        forward_recurrent = recurrent if scale is None else recurrent * scale
-        recurrent_bias = w["bias"][1] if reset_after and self.use_bias else None
-        forward_bias = recurrent_bias
-        if recurrent_bias is not None and scale is not None:
-            forward_bias = recurrent_bias * scale
-        record = getattr(ctx, "record", True)
-        keep_sequence = record or self.return_sequences or keep_h is not None
-        hs, seen = self.states(ctx, time if keep_sequence else 1, batch, dtype, keep_h)
+        forward_stacked = stacked
+        if sigmoid_by_tanh:
+            forward_stacked = stacked.copy()
+            forward_stacked[: 2 * u] *= 0.5
+        recurrent_h_t = None if reset_after else np.ascontiguousarray(recurrent[:, 2 * u :].T)
+
+        n_steps = time if record else 1
+        # Every step's GEMM output; its candidate rows become the candidate's pre-activation.
+        pre = ctx.buffer("z", (n_steps, rows, batch), dtype)
         uses_z = sigma.uses_input or g.uses_input
-        gates = ctx.buffer("gates", zx.shape, dtype) if record and uses_z else zx
-        kept = time if record else 1
-        if reset_after:
-            # Every step's recurrent projection h_{t-1} @ recurrent_kernel + b_h: its h block is
-            # what r scales, which the backward pass needs.
-            recs = ctx.buffer("rec", (kept, batch, width), dtype)
-        else:
-            # Contiguous copies of the two blocks that reset_after=False multiplies separately;
-            # the candidate's block is never scaled.
-            recurrent_zr = np.ascontiguousarray(forward_recurrent[:, : 2 * u])
-            recurrent_h = np.ascontiguousarray(recurrent[:, 2 * u :])
-            rec = ctx.buffer("rec", (batch, width), dtype)
-            rh = ctx.buffer("rh", (kept, batch, u), dtype)  # r * h_{t-1}, every step's
-        scratch = ctx.buffer("scratch", (batch, u), dtype)
+        gates = ctx.buffer("gates", (n_steps, 3 * u, batch), dtype) if record and uses_z else pre
+        # Without reset_after: r * h_{t-1} of every step, for the recurrent kernel's gradient.
+        rh = None if reset_after else ctx.buffer("rh", (u, n_steps, batch), dtype)
+        scratch = ctx.buffer("scratch", (u, batch), dtype)
         for t in range(time):
-            r0, r1 = (t, t + 1) if keep_sequence else (t % 2, 1 - t % 2)
-            k = t if record else 0
-            if keep_h is not None:
-                np.multiply(hs[r0], keep_h, out=seen[t])
-                h_seen = seen[t]
-            else:
-                h_seen = hs[r0]
-            z, a = zx[t], gates[t]
-            if reset_after:
-                rc = recs[k]
-                np.matmul(h_seen, forward_recurrent, out=rc)
-                if forward_bias is not None:
-                    rc += forward_bias
-                z[:, : 2 * u] += rc[:, : 2 * u]
-            else:
-                np.matmul(h_seen, recurrent_zr, out=rec[:, : 2 * u])
-                z[:, : 2 * u] += rec[:, : 2 * u]
+            r0, r1 = inputs.slots(t)
+            n = t if record else 0
+            p, a = pre[n], gates[n]
+            np.matmul(forward_stacked, inputs.block(t, r0), out=p)
             if sigmoid_by_tanh:
-                np.tanh(z[:, : 2 * u], out=a[:, : 2 * u])
-                s = a[:, : 2 * u]
+                s = a[: 2 * u]
+                np.tanh(p[: 2 * u], out=s)
                 s *= 0.5
                 s += 0.5
             else:
-                sigma.forward(z[:, : 2 * u], out=a[:, : 2 * u])
-            update, reset, candidate = a[:, :u], a[:, u : 2 * u], a[:, 2 * u :]
+                sigma.forward(p[: 2 * u], out=a[: 2 * u])
+            update, reset, candidate = a[:u], a[u : 2 * u], a[2 * u : 3 * u]
             if reset_after:
-                np.multiply(reset, rc[:, 2 * u :], out=scratch)
-                z[:, 2 * u :] += scratch
+                np.multiply(reset, p[3 * u :], out=scratch)
             else:
-                np.multiply(reset, h_seen, out=rh[k])
-                np.matmul(rh[k], recurrent_h, out=rec[:, 2 * u :])
-                z[:, 2 * u :] += rec[:, 2 * u :]
-            g.forward(z[:, 2 * u :], out=candidate)
+                np.multiply(reset, inputs.seen(r0), out=rh[:, n])
+                np.matmul(recurrent_h_t, rh[:, n], out=scratch)
+            p[2 * u : 3 * u] += scratch
+            g.forward(p[2 * u : 3 * u], out=candidate)
             # h_t = h~ + z * (h_{t-1} - h~), the same mix with one product.
-            h_new = hs[r1]
-            np.subtract(hs[r0], candidate, out=h_new)
+            h_new = hs[:, r1]
+            np.subtract(hs[:, r0], candidate, out=h_new)
             h_new *= update
             h_new += candidate
-            if steps is not None:
-                hold(h_new, hs[r0], steps[t])
-        finals = [hs[time if keep_sequence else time % 2]]
-        if not keep_sequence:
-            hs = None
-        if record:
-            factors = ctx.buffer("factors", zx.shape, dtype)
-            dz = ctx.buffer("dz", zx.shape, dtype)
-            d_rec = ctx.buffer("d_rec", zx.shape, dtype) if reset_after else None
-            rec_factors = ctx.buffer("rec_factors", zx.shape, dtype) if reset_after else None
-            every = ctx.buffer("every", (time, batch, u), dtype)
+            inputs.finish_step(t, r0, r1)
+        finals = [inputs.last_h()]
+        output = inputs.sequence() if self.return_sequences else finals[0]
+        ys = [output, *finals] if self.return_state else [output]
+        if not record:
+            return ys, no_backprop
 
-        def scan_backprop(d_sequence, d_finals):
-            # The factors that do not depend on the incoming gradient dh, for a block of steps
-            # at once (a few calls a block instead of a dozen small ones per step):
-            #   dz_z = dh * (h_{t-1} - h~) σ'(z)      dz_h = dh * (1 - z) g'(h~)
-            #   reset_after:  dz_r = dz_h * rec_h σ'(r), and the recurrent projection's gradient
-            #                 is dz with its h block times r;
-            #   else:         dz_r = (dz_h @ recurrent_h.T) * h_{t-1} σ'(r).
-            gates3 = gates.reshape(time, batch, 3, u)
-            update, reset = gates3[:, :, 0], gates3[:, :, 1]
-            f3 = factors.reshape(time, batch, 3, u)
-            r3 = rec_factors.reshape(time, batch, 3, u) if reset_after else None
+        factors = ctx.buffer("factors", (time, rows, batch), dtype)
+        d_pre = ctx.buffer("d_pre", (rows, time, batch), dtype)
+        other = ctx.buffer("other", (time, u, batch), dtype)
+        need_dx = ctx.need_dx
 
-            def prepare(lo, hi):
-                a, fs, fs3 = gates[lo:hi], factors[lo:hi], f3[lo:hi]
-                candidate, other = gates3[lo:hi, :, 2], every[lo:hi]
-                derivative(sigma, zx[lo:hi, :, : 2 * u], a[..., : 2 * u], fs[..., : 2 * u])
-                derivative(g, zx[lo:hi, :, 2 * u :], candidate, fs3[:, :, 2])
-                np.subtract(1.0, update[lo:hi], out=other)
-                fs3[:, :, 2] *= other
-                np.subtract(hs[lo:hi], candidate, out=other)
-                fs3[:, :, 0] *= other
-                if reset_after:
-                    fs3[:, :, 1] *= recs[lo:hi, :, 2 * u :]
-                    fs3[:, :, 1] *= fs3[:, :, 2]
-                    np.copyto(rec_factors[lo:hi], fs)
-                    r3[lo:hi, :, 2] *= reset[lo:hi]
-                else:
-                    fs3[:, :, 1] *= seen[lo:hi]
-
-            dz3 = dz.reshape(time, batch, 3, u)
-            dh = d_finals[0]
-            d_seen = np.empty((batch, u), dtype)
+        def prepare(lo, hi):
+            """Every factor that does not depend on the incoming gradient dh, for steps lo..hi:
+                dz_z = dh * (h_{t-1} - h~) σ'(z)      dz_h = dh * (1 - z) g'(h~)
+                reset_after:  dz_r = dz_h * rec_h σ'(r), and the recurrent part's gradient
+                              is dz_h * r;
+                else:         dz_r = (recurrent_h @ dz_h) * h_{t-1} σ'(r)."""
+            a, p, fs, o = gates[lo:hi], pre[lo:hi], factors[lo:hi], other[lo:hi]
+            update, reset, candidate = a[:, :u], a[:, u : 2 * u], a[:, 2 * u : 3 * u]
+            derivative(sigma, p[:, : 2 * u], a[:, : 2 * u], fs[:, : 2 * u])
+            derivative(g, p[:, 2 * u : 3 * u], candidate, fs[:, 2 * u : 3 * u])
+            np.subtract(1.0, update, out=o)
+            fs[:, 2 * u : 3 * u] *= o
+            np.subtract(hs[:, lo:hi].transpose(1, 0, 2), candidate, out=o)
+            fs[:, :u] *= o
             if reset_after:
-                d_rec3 = d_rec.reshape(time, batch, 3, u)
-                recurrent_t = np.ascontiguousarray(recurrent.T)
+                fs[:, u : 2 * u] *= p[:, 3 * u :]
+                fs[:, u : 2 * u] *= fs[:, 2 * u : 3 * u]
+                np.multiply(fs[:, 2 * u : 3 * u], reset, out=fs[:, 3 * u :])
             else:
-                d_rh = np.empty((batch, u), dtype)
-                recurrent_zr_t = np.ascontiguousarray(recurrent[:, : 2 * u].T)
-                recurrent_h_t = np.ascontiguousarray(recurrent_h.T)
-            for t in backward_steps(time, batch * width * gates.itemsize, prepare):
+                fs[:, u : 2 * u] *= inputs.xh[:u, lo:hi].transpose(1, 0, 2)
+
+        def backprop(dys):
+            (dh,), d_sequence = state_grads(self, dys, batch, dtype)
+            recurrent_t = np.ascontiguousarray(stacked[:, :u].T)
+            d_seen = np.empty((u, batch), dtype)
+            d_rh = None if reset_after else np.empty((u, batch), dtype)
+            blocks = d_pre.reshape(rows // u, u, time, batch)
+            for t in backward_steps(time, batch * rows * dtype.itemsize, prepare):
                 if d_sequence is not None:
                     dh += d_sequence[t]
                 carried = None if steps is None else split_carry(dh, steps[t])
+                reset = gates[t, u : 2 * u]
                 if reset_after:
-                    np.multiply(dh[:, None, :], f3[t], out=dz3[t])
-                    np.multiply(dh[:, None, :], r3[t], out=d_rec3[t])
-                    np.matmul(d_rec[t], recurrent_t, out=d_seen)
+                    np.multiply(dh, factors[t].reshape(4, u, batch), out=blocks[:, :, t])
+                    np.matmul(recurrent_t, d_pre[:, t], out=d_seen)
                 else:
-                    # z and h blocks (0 and 2) in one strided multiply; r needs d_rh first.
-                    np.multiply(dh[:, None, :], f3[t, :, ::2], out=dz3[t, :, ::2])
-                    np.matmul(dz3[t, :, 2], recurrent_h_t, out=d_rh)
-                    np.multiply(d_rh, f3[t, :, 1], out=dz3[t, :, 1])
-                    np.matmul(dz[t, :, : 2 * u], recurrent_zr_t, out=d_seen)
-                    d_rh *= reset[t]
+                    np.multiply(dh, factors[t, :u], out=d_pre[:u, t])
+                    np.multiply(dh, factors[t, 2 * u :], out=d_pre[2 * u :, t])
+                    np.matmul(recurrent[:, 2 * u :], d_pre[2 * u :, t], out=d_rh)
+                    np.multiply(d_rh, factors[t, u : 2 * u], out=d_pre[u : 2 * u, t])
+                    np.matmul(recurrent_t, d_pre[:, t], out=d_seen)
+                    d_rh *= reset
                     d_seen += d_rh
-                if keep_h is not None:
-                    d_seen *= keep_h
-                dh *= update[t]
+                if inputs.keep_ht is not None:
+                    d_seen *= inputs.keep_ht
+                dh *= gates[t, :u]
                 dh += d_seen
                 if carried is not None:
                     dh += carried
-            return gru_recurrent_grads(
-                dz, d_rec, seen, None if reset_after else rh, recurrent_bias is not None
-            )
+            d_stacked = inputs.weight_grad(d_pre)
+            if reset_after:
+                d_recurrent_h = d_stacked[3 * u :, :u].T
+            else:
+                d_h = d_pre[2 * u :].reshape(u, -1)
+                d_recurrent_h = np.matmul(rh.reshape(u, -1), d_h.T)
+            grads = {
+                "kernel": np.ascontiguousarray(d_stacked[: 3 * u, u : u + features].T),
+                "recurrent_kernel": np.concatenate(
+                    [d_stacked[: 2 * u, :u].T, d_recurrent_h], axis=1
+                ),
+            }
+            if inputs.ones:
+                d_bias = d_stacked[:, -1]
+                if reset_after:
+                    grads["bias"] = np.stack(
+                        [d_bias[: 3 * u], np.concatenate([d_bias[: 2 * u], d_bias[3 * u :]])]
+                    )
+                else:
+                    grads["bias"] = d_bias.copy()
+            return [inputs.input_grad(stacked, d_pre) if need_dx else None], grads
 
-        return hs, finals, scan_backprop
+        return ys, backprop
 
-    def scan_keras_order(self, w, zx, keep_h, ctx, steps):
-        """The general scan, for activations that are not elementwise."""
+    def scan(self, w, zx, keep_h, ctx, steps):
+        """The general scan, batch-major, for activations that are not elementwise (the
+        feature-major forward above takes every other GRU)."""
         time, batch, width = zx.shape
         u = self.units
         dtype = zx.dtype
@@ -1027,6 +1068,22 @@ class GRU(Gated):
                 dh += d_seen
                 if carried is not None:
                     dh += carried
-            return gru_recurrent_grads(dz, d_rec, seen, rh, recurrent_bias is not None)
+            # With reset_after, d_rec is the gradient of every step's recurrent projection;
+            # without, rh holds every step's r * h_{t-1}, which the candidate's block of the
+            # recurrent kernel multiplies.
+            seen2 = seen.reshape(-1, u)
+            if reset_after:
+                d_rec2 = d_rec.reshape(-1, width)
+                d_bias = column_sums(d_rec2) if recurrent_bias is not None else None
+                return dz, np.matmul(seen2.T, d_rec2), d_bias
+            dz2 = dz.reshape(-1, width)
+            d_recurrent = np.concatenate(
+                [
+                    np.matmul(seen2.T, dz2[:, : 2 * u]),
+                    np.matmul(rh.reshape(-1, u).T, dz2[:, 2 * u :]),
+                ],
+                axis=1,
+            )
+            return dz, d_recurrent, None
 
         return hs, [hs[time]], scan_backprop
