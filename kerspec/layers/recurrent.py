@@ -209,13 +209,6 @@ class Recurrent(Layer):
     def bias_init(self) -> Initializer:
         return self.bias_initializer
 
-    def layout(self, dtype) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """How `scan` wants the gate columns: (order, scale) with internal column j = Keras
-        column order[j] times scale[j]. The scale applies to the forward projection only: the
-        gradients `scan` returns are for the unscaled columns, in internal order; forward puts
-        them back into Keras's order. (None, None): Keras's layout as it is."""
-        return None, None
-
     def weights(self, shapes):
         width = self.gates * self.units
         specs = [
@@ -280,20 +273,11 @@ class Recurrent(Layer):
         width = kernel.shape[1]
         keep_x, keep_h, steps = self.dropout_and_steps(x, ctx)
 
-        order, scale = self.layout(dtype)
-        if order is not None:
-            # A copy per forward call (not per step); `kernel` is what dx needs, unscaled.
-            kernel = kernel[:, order]
-        forward_kernel = kernel if scale is None else kernel * scale
         forward_bias = None
         if self.use_bias:
             forward_bias = w["bias"]
             # GRU with reset_after keeps the input and recurrent biases as the rows of one weight.
             forward_bias = forward_bias[0] if forward_bias.ndim == 2 else forward_bias
-            if order is not None:
-                forward_bias = forward_bias[order]
-            if scale is not None:
-                forward_bias = forward_bias * scale
         # A time-major copy, so that each step's projection is one contiguous block. With a bias,
         # a column of ones after the features and the bias as the kernel's last row: the bias
         # rides in the projection's GEMM instead of a pass over (time, batch, width) after it
@@ -308,12 +292,12 @@ class Recurrent(Layer):
         zx = ctx.buffer("zx", (time * batch, width), dtype)
         if forward_bias is not None:
             xt[..., features] = 1.0
-            np.matmul(x_ones, np.concatenate([forward_kernel, forward_bias[None]]), out=zx)
+            np.matmul(x_ones, np.concatenate([kernel, forward_bias[None]]), out=zx)
         elif features == 1:
             # An outer product: a broadcast multiply is several times faster than a K=1 GEMM.
-            np.multiply(x2, forward_kernel, out=zx)
+            np.multiply(x2, kernel, out=zx)
         else:
-            np.matmul(x2, forward_kernel, out=zx)
+            np.matmul(x2, kernel, out=zx)
         hs, finals, scan_backprop = self.scan(
             w, zx.reshape(time, batch, width), keep_h, ctx, steps
         )
@@ -340,11 +324,6 @@ class Recurrent(Layer):
             d_kernel = np.matmul(x2.T, dz2)
             # A sum over rows as a product with ones: BLAS's gemv, 3x faster than np.sum here.
             d_bias = column_sums(dz2) if self.use_bias else None
-            if order is not None:
-                d_kernel, d_recurrent = keras_order(d_kernel, order), keras_order(d_recurrent, order)
-                d_bias = None if d_bias is None else keras_order(d_bias, order)
-                if d_recurrent_bias is not None:
-                    d_recurrent_bias = keras_order(d_recurrent_bias, order)
             grads = {"kernel": d_kernel, "recurrent_kernel": d_recurrent}
             if self.use_bias:
                 grads["bias"] = (
@@ -572,12 +551,14 @@ class LSTM(Gated):
             return self.bias_initializer
         return UnitForgetBias(base=self.bias_initializer, units=self.units)
 
-    def layout(self, dtype):
-        if not self.fast():
-            return None, None
-        # Internally [o, i, f, c]: the three σ gates side by side (one activation call a step on
-        # a contiguous block), and i, f, c together, the blocks whose gradient is dc times a
-        # factor (one broadcast multiply a step in the backward pass).
+    def layout(self, dtype) -> tuple[np.ndarray, np.ndarray | None]:
+        """The feature-major forward's gate rows: (order, scale), internal row j = Keras column
+        order[j] times scale[j] (None: 1). The scale applies to the forward GEMM only; the
+        gradients are for the unscaled weights, put back into Keras's order.
+
+        Internally [o, i, f, c]: the three σ gates side by side (one activation call a step on
+        a contiguous block), and i, f, c together, the blocks whose gradient is dc times a
+        factor (one broadcast multiply a step in the backward pass)."""
         u = self.units
         order = np.concatenate([np.arange(3 * u, 4 * u), np.arange(3 * u)])
         if not isinstance(self.recurrent_activation, Sigmoid):
@@ -814,15 +795,6 @@ class GRU(Gated):
         width = 3 * self.units
         return (2, width) if self.reset_after else (width,)
 
-    def layout(self, dtype):
-        if not (self.fast() and isinstance(self.recurrent_activation, Sigmoid)):
-            return None, None
-        # Keras's order already puts the σ gates z, r side by side; their weights halved once
-        # per forward make σ one tanh and an affine a step (see LSTM.layout).
-        scale = np.ones(3 * self.units, dtype)
-        scale[: 2 * self.units] = 0.5
-        return None, scale
-
     def forward(self, w, xs, ctx):
         if not self.fast():
             return super().forward(w, xs, ctx)
@@ -859,8 +831,9 @@ class GRU(Gated):
                 stacked[3 * u :, -1] = bias[1, 2 * u :]
             else:
                 stacked[:, -1] = bias
-        _, scale = self.layout(dtype)
-        sigmoid_by_tanh = scale is not None
+        # Keras's order already puts the σ gates z, r side by side; their rows halved make σ
+        # one tanh and an affine a step (see LSTM.layout).
+        sigmoid_by_tanh = isinstance(sigma, Sigmoid)
         forward_stacked = stacked
         if sigmoid_by_tanh:
             forward_stacked = stacked.copy()
