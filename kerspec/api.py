@@ -336,13 +336,15 @@ class Model:
                 )
             data = self.dataset("test" if section.test is not None else "validation")
         self._require_targets(data)
+        # A context of its own, as predict: the buffers of another batch size (a convolution's
+        # output at 1,024 samples is tens of MB) are freed when evaluation ends.
         return loop.evaluate(
             self.trainer,
             data,
             inputs=self.input_names,
             outputs=self.output_names,
             batch_size=batch_size or self.spec.fit.batch_size,
-            ctx=self.ctx,
+            ctx=Context(training=False, rng=self.ctx.rng),
         )
 
     def _require_targets(self, data: Dataset) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 import kerspec
 from kerspec.errors import DataError, WeightsError
+from kerspec.training.data import Dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
@@ -183,6 +184,33 @@ def test_evaluate_with_a_dataset_and_batch_size(small):
     whole = model.evaluate(test, batch_size=20)
     assert model.evaluate(test, batch_size=3)["loss"] == pytest.approx(whole["loss"], rel=1e-6)
     assert model.evaluate() == model.evaluate(test)
+
+
+def test_evaluate_and_predict_keep_no_buffers_in_the_model():
+    """Their batches of another size get buffers of their own (a convolution's output, the
+    pooling's), freed when they return, not kept beside training's for the model's life."""
+    model = kerspec.from_yaml(
+        """
+seed: 0
+layers:
+  - {type: Input, shape: [8, 8, 1], name: x}
+  - {type: Conv2D, filters: 4, kernel_size: 3, activation: relu}
+  - {type: MaxPooling2D}
+  - {type: Flatten}
+  - {type: Dense, units: 3, activation: softmax, name: y}
+compile: {optimizer: adam, loss: categorical_crossentropy}
+fit: {epochs: 1, batch_size: 8}
+"""
+    )
+    rng = np.random.default_rng(0)
+    x = rng.random((20, 8, 8, 1), dtype=np.float32)
+    data = Dataset({"x": x}, {"y": np.eye(3, dtype=np.float32)[rng.integers(0, 3, 20)]}, "test")
+    model.fit(data)
+    kept = set(model.ctx.buffers)
+    assert kept
+    model.evaluate(data, batch_size=7)
+    model.predict(x, batch_size=7)
+    assert set(model.ctx.buffers) == kept
 
 
 def test_spec_validation_data_wins_over_validation_split(small, tmp_path):
