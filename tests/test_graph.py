@@ -202,3 +202,62 @@ def test_relu_stays_where_moving_it_would_change_something(name, extra):
 
 def test_gradients_through_a_moved_relu(rng):
     check_model_grads(kerspec.from_yaml(RELU_POOL), [rng.standard_normal((3, 6, 6, 2))])
+
+
+def test_convolution_writes_its_output_split_into_the_pooling_windows():
+    steps = _steps(kerspec.from_yaml(RELU_POOL))
+    assert steps["c1"].layer._pool_blocks == (2, 2)
+    assert steps["p1"].layer._split_input
+    # Global pooling has no windows to split into.
+    assert steps["c2"].layer._pool_blocks is None
+
+
+# A first convolution, then the one whose output is split (c) before the pooling (p), so that
+# c's input gradient reaches a's weights. Odd edges, strides, dilation, groups, padding, short
+# and long windows (bias in the GEMM or after it), offset-major columns.
+SPLIT_CASES = {
+    "odd edge": ([9, 9, 2], "kernel_size: 3", "pool_size: 2"),
+    "strided": ([11, 11, 2], "kernel_size: 3, strides: 2", "pool_size: 2"),
+    "dilated same grouped": ([8, 7, 2], "kernel_size: 2, dilation_rate: 2, padding: same, groups: 2", "pool_size: [3, 2]"),
+    "long window": ([6, 6, 8], "kernel_size: 3", "pool_size: 2"),
+    "offset-major": ([5, 24, 1], "kernel_size: [1, 3]", "pool_size: [1, 2]"),
+    "1D causal": ([13, 2], "kernel_size: 3, padding: causal", "pool_size: 3"),
+}
+
+
+def _split_spec(case: str, *, conv_is_output: bool = False) -> str:
+    shape, conv, pool = SPLIT_CASES[case]
+    rank = len(shape) - 1
+    return (
+        f"dtype: float64\nseed: 1\nlayers:\n  - {{type: Input, shape: {shape}}}\n"
+        f"  - {{type: Conv{rank}D, filters: {shape[-1]}, kernel_size: 1, activation: tanh, name: a}}\n"
+        f"  - {{type: Conv{rank}D, filters: 4, {conv}, activation: relu, name: c}}\n"
+        f"  - {{type: MaxPooling{rank}D, {pool}, name: p}}\n"
+        "  - {type: Flatten}\n  - {type: Dense, units: 2, name: d}\n"
+        + ("outputs: [d, c]\n" if conv_is_output else "")
+    )
+
+
+@pytest.mark.parametrize("case", SPLIT_CASES)
+def test_split_convolution_outputs_and_gradients(case, rng):
+    split = kerspec.from_yaml(_split_spec(case))
+    whole = kerspec.from_yaml(_split_spec(case, conv_is_output=True))
+    assert _steps(split)["c"].layer._pool_blocks is not None
+    assert _steps(whole)["c"].layer._pool_blocks is None
+    for owner, weights in split.params.items():
+        for name, w in weights.items():
+            whole.params[owner][name][...] = w
+    x = rng.standard_normal((3, *SPLIT_CASES[case][0]))
+    np.testing.assert_allclose(split.predict(x)["d"], whole.predict(x)["d"], rtol=1e-12, atol=1e-12)
+    check_model_grads(split, [x])
+
+
+@pytest.mark.parametrize(
+    "pool",
+    ["pool_size: 2, strides: 1", "pool_size: 2, padding: same", "pool_size: 2, data_format: channels_first"],
+)
+def test_no_split_when_the_windows_do_not_tile_the_input(pool):
+    spec = RELU_POOL.replace("{type: MaxPooling2D, name: p1}", f"{{type: MaxPooling2D, {pool}, name: p1}}")
+    steps = _steps(kerspec.from_yaml(spec))
+    assert steps["c1"].layer._pool_blocks is None
+    assert not steps["p1"].layer._split_input

@@ -84,6 +84,7 @@ class Plan:
                 )
             )
         self._relu_after_max()
+        self._split_into_windows()
         self.uses_masks = any(step.makes_masks for step in self.steps)
         self.free_after = self._last_reads()
 
@@ -96,29 +97,52 @@ class Plan:
         value the pooling picked. The ReLU then runs on the pooled output (4x smaller after a
         2x2 pool) and its backward on the pooled gradient, instead of full-size passes over the
         layer's output (W2: ~2.5 ms of a 37 ms training step)."""
+        for i, j in self._sole_readers():
+            step, pool = self.steps[i], self.steps[j]
+            activation = getattr(step.layer, "activation", None)
+            if not (isinstance(activation, Relu) and activation.negative_slope == 0.0):
+                continue
+            if not pool.layer.takes_maxima or pool.after is not None:
+                continue
+            linear = step.layer.model_copy(update={"activation": ACTIVATIONS.create("linear")})
+            self.steps[i] = replace(step, layer=linear)
+            self.steps[j] = replace(pool, after=activation)
+
+    def _split_into_windows(self) -> None:
+        """A layer whose output only a pooling over non-overlapping windows reads (a
+        convolution before MaxPooling) writes that output split into the windows, (batch,
+        *window, *(size // window), channels): every window offset is then one contiguous block,
+        and the pooling's passes run along whole blocks instead of one channel axis at a time
+        (W2's first pool: 5.6 -> ~1.3 ms forward and backward). Positions in no window (an
+        odd edge) are not computed at all. Values and gradients are unchanged."""
+        for i, j in self._sole_readers():
+            step, pool = self.steps[i], self.steps[j]
+            window = pool.layer.window_blocks()
+            writer = step.layer.writing_blocks(window) if window is not None else None
+            if writer is not None:
+                self.steps[i] = replace(step, layer=writer)
+                self.steps[j] = replace(pool, layer=pool.layer.reading_blocks())
+
+    def _sole_readers(self) -> list[tuple[int, int]]:
+        """(i, j) where step j, of one input, is all that reads step i's one output, and
+        nothing else sees that output: not the model's outputs, an activity penalty, masks."""
         readers: dict[int, list[int]] = {}
         for i, step in enumerate(self.steps):
             for slot in step.inputs:
                 readers.setdefault(slot, []).append(i)
+        pairs = []
         for i, step in enumerate(self.steps):
-            activation = getattr(step.layer, "activation", None)
-            if not (isinstance(activation, Relu) and activation.negative_slope == 0.0):
-                continue
             reader = readers.get(step.outputs[0], [])
             if (
-                len(step.outputs) != 1
-                or len(reader) != 1
-                or step.outputs[0] in self.output_slots
-                or step.activity is not None
-                or step.makes_masks
+                len(step.outputs) == 1
+                and len(reader) == 1
+                and len(self.steps[reader[0]].inputs) == 1
+                and step.outputs[0] not in self.output_slots
+                and step.activity is None
+                and not step.makes_masks
             ):
-                continue
-            pool = self.steps[reader[0]]
-            if not pool.layer.takes_maxima or pool.after is not None or len(pool.inputs) != 1:
-                continue
-            linear = step.layer.model_copy(update={"activation": ACTIVATIONS.create("linear")})
-            self.steps[i] = replace(step, layer=linear)
-            self.steps[reader[0]] = replace(pool, after=activation)
+                pairs.append((i, reader[0]))
+        return pairs
 
     def _last_reads(self) -> list[tuple[int, ...]]:
         """For inference: the slots no later step reads, to drop after each step."""

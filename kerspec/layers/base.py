@@ -121,6 +121,19 @@ class Layer(Item):
     def forward(self, w: dict[str, np.ndarray], xs: Arrays, ctx: Context) -> tuple[Arrays, Backprop]:
         raise NotImplementedError
 
+    # The execution plan may hand a layer's output to the one layer that reads it split into
+    # that reader's windows (graph/plan.py): the reader names its window size, the writer
+    # gives a copy of itself that writes (batch, *window, *(size // window), channels), and the
+    # reader a copy that reads it.
+    def window_blocks(self) -> tuple[int, ...] | None:
+        return None
+
+    def writing_blocks(self, window: tuple[int, ...]) -> Layer | None:
+        return None
+
+    def reading_blocks(self) -> Layer:
+        raise NotImplementedError
+
 
 class SimpleLayer(Layer):
     """A layer with one input and one output: implement `output_shape` and `call`."""

@@ -23,7 +23,7 @@ from typing import Annotated, ClassVar, Literal
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-from pydantic import BeforeValidator, PositiveInt, model_validator
+from pydantic import BeforeValidator, PositiveInt, PrivateAttr, model_validator
 
 from kerspec.layers.base import LAYERS, ShapeError, format_shape, require_known
 from kerspec.layers.core import DataFormat, KernelBiasLayer
@@ -169,6 +169,20 @@ def offset_region(offset, strides, dilation, out) -> tuple:
     )
 
 
+def to_blocks(a: np.ndarray, axis: int, pool) -> np.ndarray:
+    """A view of a, whose spatial axes start at `axis`, split into non-overlapping windows of
+    `pool` (an odd edge left out) with the window offsets first: (..., *n) -> (..., *pool,
+    *(n // pool), ...). Position (i * p + k) of an axis is [k, i] of the view."""
+    rank = len(pool)
+    sizes, strides = a.shape[axis : axis + rank], a.strides[axis : axis + rank]
+    return np.lib.stride_tricks.as_strided(
+        a,
+        (*a.shape[:axis], *pool, *(n // p for n, p in zip(sizes, pool)), *a.shape[axis + rank :]),
+        (*a.strides[:axis], *strides, *(s * p for s, p in zip(strides, pool)),
+         *a.strides[axis + rank :]),
+    )
+
+
 def column_buffer(ctx, groups: int, rows: int, width: int, dtype, offset_major: bool):
     """A (groups, rows, width) column array: the context's buffer (a fresh array when ctx is
     None), stored as (groups, width, rows) when `offset_major`."""
@@ -197,6 +211,20 @@ class BaseConv(KernelBiasLayer):
     data_format: DataFormat | None = None
     dilation_rate: Sizes = 1
     groups: PositiveInt = 1
+
+    # Set only on the plan's copy of a convolution whose output nothing but a max pooling over
+    # non-overlapping windows reads (graph/plan.py): the pooling window. The layer then
+    # computes only the positions inside whole windows and writes them as (batch, *pool,
+    # *(out // pool), filters), so that each window offset is one contiguous block for the
+    # pooling's passes.
+    _pool_blocks: tuple[int, ...] | None = PrivateAttr(None)
+
+    def writing_blocks(self, pool: tuple[int, ...]) -> BaseConv | None:
+        if self.data_format == "channels_first" or len(pool) != self.rank:
+            return None
+        copy = self.model_copy()
+        copy._pool_blocks = pool
+        return copy
 
     @model_validator(mode="after")
     def _check_sizes(self):
@@ -250,15 +278,30 @@ class BaseConv(KernelBiasLayer):
         batch, spatial, channels = xl.shape[0], xl.shape[1:-1], xl.shape[-1]
         pads = pad_amounts(self.padding, spatial, kernel_size, strides, dilation)
         out = out_sizes(self, spatial, pads, kernel_size, strides, dilation)
+        blocks = self._pool_blocks
+        # The output positions computed (`span`: all of them, or those in whole pooling
+        # windows), and the shape their rows take within a sample.
+        if blocks is None:
+            span = placed = out
+        else:
+            inner = tuple(o // p for o, p in zip(out, blocks))
+            span = tuple(i * p for i, p in zip(inner, blocks))
+            placed = (*blocks, *inner)
+
+        def at_positions(a: np.ndarray) -> np.ndarray:
+            """a, whose axes from 1 on are the positions `span`, in the rows' order."""
+            return a if blocks is None else to_blocks(a, 1, blocks)
+
         in_group, out_group = channels // groups, filters // groups
-        rows, depth = batch * math.prod(out), math.prod(kernel_size) * in_group
+        rows, depth = batch * math.prod(span), math.prod(kernel_size) * in_group
 
         xp = padded(xl, pads, 0.0, ctx, "padded")
         grouped = xp.reshape(*xp.shape[:-1], groups, in_group)
-        # (batch, *out, groups, in_group, *kernel) -> (groups, batch, *out, *kernel, in_group),
-        # the row-major order of the kernel's (*kernel, in_group) axes.
-        order = (rank + 1, 0, *range(1, rank + 1), *range(rank + 3, 2 * rank + 3), rank + 2)
-        views = windows(grouped, kernel_size, strides, dilation).transpose(order)
+        # (batch, *placed, groups, in_group, *kernel) -> (groups, batch, *placed, *kernel,
+        # in_group), the row-major order of the kernel's (*kernel, in_group) axes.
+        n = len(placed)
+        order = (n + 1, 0, *range(1, n + 1), *range(n + 3, n + rank + 3), n + 2)
+        views = at_positions(windows(grouped, kernel_size, strides, dilation)).transpose(order)
         # With short windows the bias rides in the GEMM: the columns get a last column of ones
         # and the kernel a last row holding the bias, so no pass over the output adds it, and the
         # kernel gradient's last row is the bias gradient (no column sums over the output
@@ -287,7 +330,7 @@ class BaseConv(KernelBiasLayer):
         # on images), offset-major: then the unfolding copies whole output rows at a time
         # instead of runs of kernel_w * channels values (W2's first conv, 1 channel: 1.3 ->
         # 0.2 ms a batch of 128; row-major wins from about 8 channels on).
-        offset_major = 2 * kernel_size[-1] * in_group < out[-1]
+        offset_major = 2 * kernel_size[-1] * in_group < placed[-1]
         if training:
             # Training keeps the whole batch's columns for the kernel gradient.
             cols = column_buffer(ctx, groups, rows, width, x.dtype, offset_major)
@@ -307,7 +350,7 @@ class BaseConv(KernelBiasLayer):
             rows_in = slice(start * per_sample, stop * per_sample)
             part = cols[:, rows_in] if training else cols[:, : (stop - start) * per_sample]
             np.copyto(
-                part[..., :depth].reshape(groups, stop - start, *out, *kernel_size, in_group),
+                part[..., :depth].reshape(groups, stop - start, *placed, *kernel_size, in_group),
                 views[:, start:stop],
             )
             np.matmul(part, kernel, out=zg[:, rows_in])
@@ -350,7 +393,8 @@ class BaseConv(KernelBiasLayer):
                 cols = column_buffer(None, groups, rows, width, x.dtype, offset_major)
                 cols = unfold_buffer(cols, depth)
                 np.copyto(
-                    cols[..., :depth].reshape(groups, batch, *out, *kernel_size, in_group), views
+                    cols[..., :depth].reshape(groups, batch, *placed, *kernel_size, in_group),
+                    views,
                 )
             # The long-K product with the columns in their contiguous layout: OpenBLAS runs it
             # 10-15% faster so (W2's second conv: 5.0 -> 4.5 ms, (dz^T cols)^T; first conv,
@@ -373,15 +417,16 @@ class BaseConv(KernelBiasLayer):
             dcols_all = dcols_buffer if dcols_buffer is not None else np.empty(
                 (groups, dx_step * per_sample, depth), x.dtype
             )
-            positions = (slice(None),) * (rank + 2)
+            positions = (slice(None),) * (n + 2)
             offsets = list(np.ndindex(*kernel_size))
             dxp = dxp_buffer if dxp_buffer is not None else np.empty(
                 (batch, *grouped.shape[1:]), x.dtype
             )
-            first = offset_region(offsets[0], strides, dilation, out)
-            # Offset 0 covers the box [0, out) of every axis when strides and dilation are 1:
+            regions = [offset_region(offset, strides, dilation, span) for offset in offsets]
+            # Offset 0 covers the box [0, span) of every axis when strides and dilation are 1:
             # copy it there and zero only the rest, instead of zeroing everything and adding it.
             boxed = max(strides) == 1 and max(dilation) == 1
+            moved = 1 if boxed else 0
             for start in range(0, batch, dx_step):
                 stop = min(start + dx_step, batch)
                 dcols = np.matmul(
@@ -389,25 +434,25 @@ class BaseConv(KernelBiasLayer):
                     kernel_t,
                     out=dcols_all[:, : (stop - start) * per_sample],
                 )
-                dcols = dcols.reshape(groups, stop - start, *out, *kernel_size, in_group)
+                dcols = dcols.reshape(groups, stop - start, *placed, *kernel_size, in_group)
                 block = dxp[start:stop]
                 if boxed:
-                    for axis, n in enumerate(out, start=1):
-                        box = tuple(slice(0, m) for m in out[: axis - 1])
-                        block[(slice(None), *box, slice(n, None))] = 0
-                    np.copyto(block[first], np.moveaxis(dcols[(*positions, *offsets[0])], 0, -2))
-                    rest = offsets[1:]
+                    for axis, size in enumerate(span, start=1):
+                        box = tuple(slice(0, m) for m in span[: axis - 1])
+                        block[(slice(None), *box, slice(size, None))] = 0
+                    np.copyto(
+                        at_positions(block[regions[0]]),
+                        np.moveaxis(dcols[(*positions, *offsets[0])], 0, -2),
+                    )
                 else:
                     block.fill(0)
-                    rest = offsets
-                for offset in rest:
-                    block[offset_region(offset, strides, dilation, out)] += np.moveaxis(
-                        dcols[(*positions, *offset)], 0, -2
-                    )
+                for offset, region in zip(offsets[moved:], regions[moved:]):
+                    target = at_positions(block[region])
+                    target += np.moveaxis(dcols[(*positions, *offset)], 0, -2)
             dx = dxp[interior(pads, spatial)].reshape(xl.shape)
             return from_last(self, dx), grads
 
-        return from_last(self, y.reshape(batch, *out, filters)), backprop
+        return from_last(self, y.reshape(batch, *placed, filters)), backprop
 
 
 @LAYERS.register("Conv1D", "Convolution1D")

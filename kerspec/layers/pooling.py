@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 import numpy as np
-from pydantic import model_validator
+from pydantic import PrivateAttr, model_validator
 
 from kerspec.layers.base import LAYERS, SimpleLayer
 from kerspec.layers.conv import (
@@ -91,7 +91,8 @@ class BasePooling(SimpleLayer):
         """For non-overlapping windows with no padding (pool_size == strides; `same` only when
         the sizes divide): the channels_last input, the crop to whole windows (an odd edge is in
         no window), the cropped input viewed as (batch, out_1, pool_1, out_2, pool_2, ...,
-        channels), and the index of each window offset into that view. None otherwise."""
+        channels), the index of each window offset into that view, and the view's pool axes.
+        None otherwise."""
         pool, strides, ones = self._sizes()
         if pool != strides:
             return None
@@ -109,7 +110,7 @@ class BasePooling(SimpleLayer):
             (slice(None), *(i for k in offset for i in (slice(None), k)), slice(None))
             for offset in np.ndindex(*pool)
         ]
-        return xl, crop, xb, offsets
+        return xl, crop, xb, offsets, tuple(range(2, 2 * self.rank + 1, 2))
 
     @staticmethod
     def _scatter(xl, pads, xp, regions, share) -> np.ndarray:
@@ -123,7 +124,28 @@ class BasePooling(SimpleLayer):
 class MaxPooling(BasePooling):
     takes_maxima: ClassVar[bool] = True
 
+    # Set only on the plan's copy of a max pooling whose input a convolution writes already
+    # split into this layer's windows, (batch, *pool, *out, channels) (graph/plan.py).
+    _split_input: bool = PrivateAttr(False)
+
+    def window_blocks(self) -> tuple[int, ...] | None:
+        """The pool size when the windows tile the input (pool_size == strides, valid padding,
+        channels_last), so that the layer before can write its output split into them."""
+        pool, strides, _ = self._sizes()
+        if pool != strides or self.padding != "valid" or self.data_format == "channels_first":
+            return None
+        return pool
+
+    def reading_blocks(self) -> MaxPooling:
+        copy = self.model_copy()
+        copy._split_input = True
+        return copy
+
     def call(self, w, x, ctx):
+        if self._split_input:
+            axes = tuple(range(1, self.rank + 1))
+            offsets = [(slice(None), *offset) for offset in np.ndindex(*x.shape[1 : 1 + self.rank])]
+            return self._call_blocks(x, (x, None, x, offsets, axes), ctx)
         blocks = self._blocks(x)
         if blocks is not None:
             return self._call_blocks(x, blocks, ctx)
@@ -156,7 +178,7 @@ class MaxPooling(BasePooling):
         """Non-overlapping windows (the common pool_size == strides, valid): each offset is one
         view of the block-split input, so forward is pool_h * pool_w - 1 maxima and backward
         writes each offset's share straight into its view of dx: no scatter-add into zeros."""
-        xl, crop, xb, offsets = blocks
+        xl, crop, xb, offsets, expand = blocks
         # The output (and, when a backward pass will follow, the gradient) live in buffers
         # reused batch after batch: a fresh large array costs its page faults on every call.
         # Taken now because backprop runs when ctx.node names another layer.
@@ -178,8 +200,6 @@ class MaxPooling(BasePooling):
         dx_buffer = ctx.buffer("dx", xl.shape, x.dtype) if keep else None
         hit_shape = (step, *xb.shape[1:])
         hit_buffer = ctx.buffer("hit", hit_shape, bool) if keep else None
-        # y and dy with a length-1 axis at each pool axis, to broadcast over every window offset.
-        expand = tuple(range(2, 2 * self.rank + 1, 2))
 
         def backprop(dy):
             if not need_dx:
@@ -187,11 +207,14 @@ class MaxPooling(BasePooling):
             dyl = to_last(self, dy)
             dxl = dx_buffer if dx_buffer is not None else np.empty(xl.shape, x.dtype)
             hits = hit_buffer if hit_buffer is not None else np.empty(hit_shape, bool)
-            # Rows and columns cut off by the crop (an odd edge) are in no window.
-            for axis, kept in enumerate(crop[1:-1], start=1):
-                if kept.stop < xl.shape[axis]:
-                    dxl[(slice(None),) * axis + (slice(kept.stop, None),)] = 0
-            dxb = dxl[crop].reshape(xb.shape)
+            if crop is None:
+                dxb = dxl
+            else:
+                # Rows and columns cut off by the crop (an odd edge) are in no window.
+                for axis, kept in enumerate(crop[1:-1], start=1):
+                    if kept.stop < xl.shape[axis]:
+                        dxl[(slice(None),) * axis + (slice(kept.stop, None),)] = 0
+                dxb = dxl[crop].reshape(xb.shape)
             # A NaN window has no hit, which would let a tie elsewhere pass the count below.
             has_nan = bool(np.isnan(y).any())
             for start in range(0, batch, step):
@@ -211,7 +234,11 @@ class MaxPooling(BasePooling):
                         np.greater(hit[offset], earlier, out=hit[offset])
                         if index < len(offsets):
                             np.logical_or(earlier, hit[offset], out=earlier)
-                np.multiply(np.expand_dims(dyl[start:stop], expand), hit, out=dxb[start:stop])
+                # The mask made float first: a float-by-bool multiply casts in small buffers and
+                # runs ~3x slower than the copy and the float multiply together.
+                part = dxb[start:stop]
+                np.copyto(part, hit)
+                np.multiply(part, np.expand_dims(dyl[start:stop], expand), out=part)
             return from_last(self, dxl), {}
 
         return from_last(self, y), backprop
