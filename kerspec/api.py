@@ -53,6 +53,11 @@ class Model:
         init_seq, shuffle_seq, noise_seq = np.random.SeedSequence(self.seed).spawn(3)
         self.shuffle_rng = np.random.default_rng(shuffle_seq)
         self.ctx = Context(training=False, rng=np.random.default_rng(noise_seq))
+        # predict and evaluate keep their buffers (a convolution's output at 1,024 samples is
+        # tens of MB) here between calls, apart from the training ones: memory handed back to
+        # the system and taken again is fresh pages to fault in on every call (W2's predict
+        # right after a training epoch: 0.71 s against 0.51 s for the next one).
+        self.inference_ctx = Context(training=False, rng=self.ctx.rng)
         init_rng = np.random.default_rng(init_seq)
         self.params: Params = {
             owner: {s.name: s.initializer(s.shape, init_rng, self.dtype) for s in specs}
@@ -336,15 +341,13 @@ class Model:
                 )
             data = self.dataset("test" if section.test is not None else "validation")
         self._require_targets(data)
-        # A context of its own, as predict: the buffers of another batch size (a convolution's
-        # output at 1,024 samples is tens of MB) are freed when evaluation ends.
         return loop.evaluate(
             self.trainer,
             data,
             inputs=self.input_names,
             outputs=self.output_names,
             batch_size=batch_size or self.spec.fit.batch_size,
-            ctx=Context(training=False, rng=self.ctx.rng),
+            ctx=self.inference_ctx,
         )
 
     def _require_targets(self, data: Dataset) -> None:
@@ -368,12 +371,9 @@ class Model:
         xs = [np.asarray(x[name], dtype=self.dtype) for name in self.input_names]
         n = len(xs[0])
         results: list[np.ndarray] | None = None
-        # A context of its own: its large-batch buffers are freed when prediction ends instead of
-        # staying beside the training buffers for the life of the model.
-        ctx = Context(training=False, rng=self.ctx.rng)
         for start in range(0, n, batch_size):
             batch = [a[start : start + batch_size] for a in xs]
-            outputs = self.plan.forward(self.params, batch, ctx, record=False).outputs
+            outputs = self.plan.forward(self.params, batch, self.inference_ctx, record=False).outputs
             if results is None:
                 results = [np.empty((n, *o.shape[1:]), o.dtype) for o in outputs]
             for result, output in zip(results, outputs):

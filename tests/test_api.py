@@ -186,9 +186,9 @@ def test_evaluate_with_a_dataset_and_batch_size(small):
     assert model.evaluate() == model.evaluate(test)
 
 
-def test_evaluate_and_predict_keep_no_buffers_in_the_model():
-    """Their batches of another size get buffers of their own (a convolution's output, the
-    pooling's), freed when they return, not kept beside training's for the model's life."""
+def test_evaluate_and_predict_reuse_buffers_of_their_own():
+    """Inference keeps its buffers (a convolution's output, the pooling's) apart from training's
+    and reuses them call after call; what a call returned is never one of them."""
     model = kerspec.from_yaml(
         """
 seed: 0
@@ -209,8 +209,15 @@ fit: {epochs: 1, batch_size: 8}
     kept = set(model.ctx.buffers)
     assert kept
     model.evaluate(data, batch_size=7)
-    model.predict(x, batch_size=7)
+    first = model.predict(x, batch_size=7)["y"]
     assert set(model.ctx.buffers) == kept
+    inference = {key: id(array) for key, array in model.inference_ctx.buffers.items()}
+    assert inference
+    again = first.copy()
+    model.predict(x[::-1].copy(), batch_size=7)
+    model.evaluate(data, batch_size=7)
+    assert {key: id(array) for key, array in model.inference_ctx.buffers.items()} == inference
+    np.testing.assert_array_equal(first, again)
 
 
 def test_spec_validation_data_wins_over_validation_split(small, tmp_path):
