@@ -225,23 +225,24 @@ SPLIT_CASES = {
 }
 
 
-def _split_spec(case: str, *, conv_is_output: bool = False) -> str:
+def _split_spec(case: str, pooling: str = "Max", *, conv_is_output: bool = False) -> str:
     shape, conv, pool = SPLIT_CASES[case]
     rank = len(shape) - 1
     return (
         f"dtype: float64\nseed: 1\nlayers:\n  - {{type: Input, shape: {shape}}}\n"
         f"  - {{type: Conv{rank}D, filters: {shape[-1]}, kernel_size: 1, activation: tanh, name: a}}\n"
         f"  - {{type: Conv{rank}D, filters: 4, {conv}, activation: relu, name: c}}\n"
-        f"  - {{type: MaxPooling{rank}D, {pool}, name: p}}\n"
+        f"  - {{type: {pooling}Pooling{rank}D, {pool}, name: p}}\n"
         "  - {type: Flatten}\n  - {type: Dense, units: 2, name: d}\n"
         + ("outputs: [d, c]\n" if conv_is_output else "")
     )
 
 
+@pytest.mark.parametrize("pooling", ["Max", "Average"])
 @pytest.mark.parametrize("case", SPLIT_CASES)
-def test_split_convolution_outputs_and_gradients(case, rng):
-    split = kerspec.from_yaml(_split_spec(case))
-    whole = kerspec.from_yaml(_split_spec(case, conv_is_output=True))
+def test_split_convolution_outputs_and_gradients(case, pooling, rng):
+    split = kerspec.from_yaml(_split_spec(case, pooling))
+    whole = kerspec.from_yaml(_split_spec(case, pooling, conv_is_output=True))
     assert _steps(split)["c"].layer._pool_blocks is not None
     assert _steps(whole)["c"].layer._pool_blocks is None
     for owner, weights in split.params.items():

@@ -212,7 +212,7 @@ class BaseConv(KernelBiasLayer):
     dilation_rate: Sizes = 1
     groups: PositiveInt = 1
 
-    # Set only on the plan's copy of a convolution whose output nothing but a max pooling over
+    # Set only on the plan's copy of a convolution whose output nothing but a pooling over
     # non-overlapping windows reads (graph/plan.py): the pooling window. The layer then
     # computes only the positions inside whole windows and writes them as (batch, *pool,
     # *(out // pool), filters), so that each window offset is one contiguous block for the

@@ -112,6 +112,27 @@ class BasePooling(SimpleLayer):
         ]
         return xl, crop, xb, offsets, tuple(range(2, 2 * self.rank + 1, 2))
 
+    # Set only on the plan's copy of a pooling whose input a convolution writes already split
+    # into this layer's windows, (batch, *pool, *out, channels) (graph/plan.py).
+    _split_input: bool = PrivateAttr(False)
+
+    def window_blocks(self) -> tuple[int, ...] | None:
+        """The pool size when the windows tile the input (pool_size == strides, valid padding,
+        channels_last), so that the layer before can write its output split into them."""
+        pool, strides, _ = self._sizes()
+        if pool != strides or self.padding != "valid" or self.data_format == "channels_first":
+            return None
+        return pool
+
+    def reading_blocks(self) -> BasePooling:
+        copy = self.model_copy()
+        copy._split_input = True
+        return copy
+
+    def _split_offsets(self, x) -> list[tuple]:
+        """The index of each window offset into a split input, in np.ndindex order."""
+        return [(slice(None), *offset) for offset in np.ndindex(*x.shape[1 : 1 + self.rank])]
+
     @staticmethod
     def _scatter(xl, pads, xp, regions, share) -> np.ndarray:
         """The input gradient: `share(index)` (batch, *out, channels) added at every offset."""
@@ -124,28 +145,10 @@ class BasePooling(SimpleLayer):
 class MaxPooling(BasePooling):
     takes_maxima: ClassVar[bool] = True
 
-    # Set only on the plan's copy of a max pooling whose input a convolution writes already
-    # split into this layer's windows, (batch, *pool, *out, channels) (graph/plan.py).
-    _split_input: bool = PrivateAttr(False)
-
-    def window_blocks(self) -> tuple[int, ...] | None:
-        """The pool size when the windows tile the input (pool_size == strides, valid padding,
-        channels_last), so that the layer before can write its output split into them."""
-        pool, strides, _ = self._sizes()
-        if pool != strides or self.padding != "valid" or self.data_format == "channels_first":
-            return None
-        return pool
-
-    def reading_blocks(self) -> MaxPooling:
-        copy = self.model_copy()
-        copy._split_input = True
-        return copy
-
     def call(self, w, x, ctx):
         if self._split_input:
             axes = tuple(range(1, self.rank + 1))
-            offsets = [(slice(None), *offset) for offset in np.ndindex(*x.shape[1 : 1 + self.rank])]
-            return self._call_blocks(x, (x, None, x, offsets, axes), ctx)
+            return self._call_blocks(x, (x, None, x, self._split_offsets(x), axes), ctx)
         blocks = self._blocks(x)
         if blocks is not None:
             return self._call_blocks(x, blocks, ctx)
@@ -246,6 +249,8 @@ class MaxPooling(BasePooling):
 
 class AveragePooling(BasePooling):
     def call(self, w, x, ctx):
+        if self._split_input:
+            return self._call_split(x, ctx)
         pool, strides, _ = self._sizes()
         xl, pads, xp, regions = self._windows(x, 0.0, ctx)
         y = xp[regions[0]].copy()
@@ -263,6 +268,25 @@ class AveragePooling(BasePooling):
             return from_last(self, self._scatter(xl, pads, xp, regions, lambda i: share)), {}
 
         return from_last(self, y), backprop
+
+    def _call_split(self, x, ctx):
+        """The input split into whole windows, (batch, *pool, *out, channels): the offsets added
+        in the same order as the unsplit path, then divided by the window's size."""
+        offsets = self._split_offsets(x)
+        y = x[offsets[0]].copy()
+        for offset in offsets[1:]:
+            y += x[offset]
+        y /= x.dtype.type(len(offsets))
+        need_dx = ctx.need_dx
+
+        def backprop(dy):
+            if not need_dx:
+                return None, {}
+            share = dy / x.dtype.type(len(offsets))
+            axes = tuple(range(1, self.rank + 1))
+            return np.broadcast_to(np.expand_dims(share, axes), x.shape).copy(), {}
+
+        return y, backprop
 
 
 @LAYERS.register("MaxPooling1D", "MaxPool1D")
