@@ -14,6 +14,8 @@ evaluate, no backward follows) keeps one block of columns and none afterwards, s
 predict batch does not hold a column array nine times the size of its input.
 
 Arrays are handled channels_last inside; a channels_first input is moved there as a view.
+When the plan hands the output to a pooling over non-overlapping windows, the GEMM rows are
+ordered by window offset first (`to_blocks`), so that the pooling reads contiguous blocks.
 """
 
 from __future__ import annotations
@@ -299,8 +301,14 @@ class BaseConv(KernelBiasLayer):
         grouped = xp.reshape(*xp.shape[:-1], groups, in_group)
         # (batch, *placed, groups, in_group, *kernel) -> (groups, batch, *placed, *kernel,
         # in_group), the row-major order of the kernel's (*kernel, in_group) axes.
-        n = len(placed)
-        order = (n + 1, 0, *range(1, n + 1), *range(n + 3, n + rank + 3), n + 2)
+        n_placed = len(placed)
+        order = (
+            n_placed + 1,
+            0,
+            *range(1, n_placed + 1),
+            *range(n_placed + 3, n_placed + rank + 3),
+            n_placed + 2,
+        )
         views = at_positions(windows(grouped, kernel_size, strides, dilation)).transpose(order)
         # With short windows the bias rides in the GEMM: the columns get a last column of ones
         # and the kernel a last row holding the bias, so no pass over the output adds it, and the
@@ -417,7 +425,7 @@ class BaseConv(KernelBiasLayer):
             dcols_all = dcols_buffer if dcols_buffer is not None else np.empty(
                 (groups, dx_step * per_sample, depth), x.dtype
             )
-            positions = (slice(None),) * (n + 2)
+            positions = (slice(None),) * (n_placed + 2)
             offsets = list(np.ndindex(*kernel_size))
             dxp = dxp_buffer if dxp_buffer is not None else np.empty(
                 (batch, *grouped.shape[1:]), x.dtype

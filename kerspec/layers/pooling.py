@@ -9,6 +9,8 @@ Max pooling with non-overlapping windows and no padding (pool_size == strides, t
 takes a faster path: the input, cropped to whole windows, is split into a (batch, out_h, pool_h,
 out_w, pool_w, channels) view, and backward writes the gradient through that view in one pass
 (a mask of the window maxima, first maximum wins), into a buffer reused batch after batch.
+When a convolution writes its output already split into the windows (graph/plan.py), the same
+path reads whole contiguous blocks, one per window offset.
 """
 
 from __future__ import annotations
@@ -180,7 +182,8 @@ class MaxPooling(BasePooling):
     def _call_blocks(self, x, blocks, ctx):
         """Non-overlapping windows (the common pool_size == strides, valid): each offset is one
         view of the block-split input, so forward is pool_h * pool_w - 1 maxima and backward
-        writes each offset's share straight into its view of dx: no scatter-add into zeros."""
+        writes each offset's share straight into its view of dx: no scatter-add into zeros.
+        `blocks` is what `_blocks` gives, with crop None when the input comes split."""
         xl, crop, xb, offsets, expand = blocks
         # The output (and, when a backward pass will follow, the gradient) live in buffers
         # reused batch after batch: a fresh large array costs its page faults on every call.
