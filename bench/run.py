@@ -241,6 +241,33 @@ def gemm_rate(shape: tuple[int, int, int], seconds: float = 1.0) -> float:
     return statistics.median(rates)
 
 
+def w1_gemm_seconds(batch: int, seconds: float = 0.2) -> float:
+    """The time numpy takes, a batch, for exactly W1's GEMMs at their own shapes: each Dense's
+    forward `x @ W` and kernel gradient `x^T @ dy`, and the input gradient `dy @ W^T` of all but
+    the first. No trainer can do W1 faster than this with these GEMMs: it is the ceiling of the
+    GEMM-rate fraction printed below."""
+    rng = np.random.default_rng(0)
+    products = []
+    for index, (n, k) in enumerate(W1_DENSE):
+        x = rng.standard_normal((batch, n), dtype=np.float32)
+        w = rng.standard_normal((n, k), dtype=np.float32)
+        dy = rng.standard_normal((batch, k), dtype=np.float32)
+        products += [(x, w), (x.T, dy)] + ([(dy, w.T)] if index else [])
+    total = 0.0
+    for a, b in products:
+        out = np.empty((a.shape[0], b.shape[1]), np.float32)
+        for _ in range(5):
+            np.matmul(a, b, out=out)
+        times = []
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline or len(times) < 5:
+            t = time.perf_counter()
+            np.matmul(a, b, out=out)
+            times.append(time.perf_counter() - t)
+        total += statistics.median(times)
+    return total
+
+
 def child_main(framework: str, workload: str, samples: int) -> None:
     """Serve commands from the parent, one JSON line back per command."""
     proto = os.fdopen(os.dup(1), "w", buffering=1)
@@ -254,6 +281,7 @@ def child_main(framework: str, workload: str, samples: int) -> None:
         reply(
             gemm=gemm_rate(GEMM_SHAPE),
             gemm_large=gemm_rate((1024, 1024, 1024)),
+            w1_gemm_seconds=w1_gemm_seconds(WORKLOADS["W1"].batch_size),
             blas=_blas_info(),
             numpy=np.__version__,
         )
@@ -464,15 +492,18 @@ def render(results: list[dict], gemm: dict, header: dict) -> str:
     ]
     w1 = next((r for r in results if r["workload"] == "W1"), None)
     if w1 is not None:
-        lines += w1_gemm_fraction(w1)
+        lines += w1_gemm_fraction(w1, gemm)
     return "\n".join(lines)
 
 
-def w1_gemm_fraction(w1: dict) -> list[str]:
+def w1_gemm_fraction(w1: dict, own: dict) -> list[str]:
     """W1's training FLOP rate against numpy's GEMM rate measured in the kerspec child right after
-    each round's epochs (same process, same moment): the median over rounds of the fraction."""
+    each round's epochs (same process, same moment): the median over rounds of the fraction. Also
+    the ceiling: W1's GEMMs alone, timed at their own shapes in the GEMM process."""
     flops = w1_train_flops_per_sample()
     gemm = w1["gemm_gflops"]
+    batch = WORKLOADS["W1"].batch_size
+    ceiling = flops * batch / own["w1_gemm_seconds"] / 1e9
     lines = [
         (
             f"numpy float32 GEMM {GEMM_SHAPE[0]}x{GEMM_SHAPE[1]} @ {GEMM_SHAPE[1]}x{GEMM_SHAPE[2]} in the"
@@ -489,6 +520,11 @@ def w1_gemm_fraction(w1: dict) -> list[str]:
             f" GEMM rate (median over rounds)"
             + ("; target >= 70%" if framework == "kerspec" else "")
         )
+    lines.append(
+        f"W1's GEMMs alone, at their own shapes (own process): {own['w1_gemm_seconds'] * 1e3:.2f} ms"
+        f" a batch of {batch}, {ceiling:.1f} GFLOP/s = {100 * ceiling / own['gemm']:.0f}% of that"
+        " process's rate: the most a trainer that did nothing else could reach"
+    )
     return lines
 
 
