@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import difflib
 import secrets
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +61,7 @@ class Model:
         # the system and taken again is fresh pages to fault in on every call (W2's predict
         # right after a training epoch: 0.71 s against 0.51 s for the next one).
         self.inference_ctx = Context(training=False, rng=self.ctx.rng)
+        self._inference_lock = threading.Lock()
         init_rng = np.random.default_rng(init_seq)
         self.params: Params = {
             owner: {s.name: s.initializer(s.shape, init_rng, self.dtype) for s in specs}
@@ -341,14 +345,27 @@ class Model:
                 )
             data = self.dataset("test" if section.test is not None else "validation")
         self._require_targets(data)
-        return loop.evaluate(
-            self.trainer,
-            data,
-            inputs=self.input_names,
-            outputs=self.output_names,
-            batch_size=batch_size or self.spec.fit.batch_size,
-            ctx=self.inference_ctx,
-        )
+        with self._inference() as ctx:
+            return loop.evaluate(
+                self.trainer,
+                data,
+                inputs=self.input_names,
+                outputs=self.output_names,
+                batch_size=batch_size or self.spec.fit.batch_size,
+                ctx=ctx,
+            )
+
+    @contextmanager
+    def _inference(self) -> Iterator[Context]:
+        """The kept inference context, or, while another thread is using it (predict from
+        several threads at once), a fresh one: buffers are never shared by two calls."""
+        if not self._inference_lock.acquire(blocking=False):
+            yield Context(training=False, rng=self.ctx.rng)
+            return
+        try:
+            yield self.inference_ctx
+        finally:
+            self._inference_lock.release()
 
     def _require_targets(self, data: Dataset) -> None:
         if data.y is None:
@@ -371,13 +388,14 @@ class Model:
         xs = [np.asarray(x[name], dtype=self.dtype) for name in self.input_names]
         n = len(xs[0])
         results: list[np.ndarray] | None = None
-        for start in range(0, n, batch_size):
-            batch = [a[start : start + batch_size] for a in xs]
-            outputs = self.plan.forward(self.params, batch, self.inference_ctx, record=False).outputs
-            if results is None:
-                results = [np.empty((n, *o.shape[1:]), o.dtype) for o in outputs]
-            for result, output in zip(results, outputs):
-                result[start : start + len(output)] = output
+        with self._inference() as ctx:
+            for start in range(0, n, batch_size):
+                batch = [a[start : start + batch_size] for a in xs]
+                outputs = self.plan.forward(self.params, batch, ctx, record=False).outputs
+                if results is None:
+                    results = [np.empty((n, *o.shape[1:]), o.dtype) for o in outputs]
+                for result, output in zip(results, outputs):
+                    result[start : start + len(output)] = output
         if results is None:
             raise RunError("no samples to predict")
         return dict(zip(self.output_names, results))

@@ -363,3 +363,32 @@ def test_bad_sample_weights_and_class_weight_conflicts(tmp_path):
     np.savez(tmp_path / "train.npz", **{**arrays, "sample_weight": arrays["sample_weight"][:5]})
     with pytest.raises(DataError, match=r"key 'sample_weight' has shape \(5,\)"):
         model.dataset("train")
+
+
+def test_predict_from_several_threads_at_once():
+    """Calls that overlap never share buffers: each thread gets its own inputs' outputs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = kerspec.from_yaml(
+        """
+seed: 0
+layers:
+  - {type: Input, shape: [16, 16, 2], name: x}
+  - {type: Conv2D, filters: 8, kernel_size: 3, activation: relu}
+  - {type: MaxPooling2D}
+  - {type: Flatten}
+  - {type: Dense, units: 3, name: y}
+"""
+    )
+    rng = np.random.default_rng(0)
+    inputs = [rng.random((64, 16, 16, 2), dtype=np.float32) for _ in range(4)]
+    expected = [model.predict(x, batch_size=16)["y"] for x in inputs]
+
+    def run(index):
+        return all(
+            np.array_equal(model.predict(inputs[index], batch_size=16)["y"], expected[index])
+            for _ in range(20)
+        )
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(run, range(4)))
