@@ -114,7 +114,9 @@ class Plan:
         (batch, *window, *(size // window), channels): every window offset is then one
         contiguous block, and the pooling's passes run along whole blocks instead of one channel
         axis at a time (W2's first pool: 5.5 -> 2.5-3.5 ms forward and backward). Positions in
-        no window (an odd edge) are not computed at all. Values and gradients are unchanged."""
+        no window (an odd edge) are not computed at all. The math is unchanged; the kernel
+        gradient sums its rows in another order, so float32 results can differ in the last
+        bits (float64 ones agree to 1e-12, tests/test_graph.py)."""
         for i, j in self._sole_readers():
             step, pool = self.steps[i], self.steps[j]
             window = pool.layer.window_blocks()
