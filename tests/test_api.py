@@ -186,11 +186,7 @@ def test_evaluate_with_a_dataset_and_batch_size(small):
     assert model.evaluate() == model.evaluate(test)
 
 
-def test_evaluate_and_predict_reuse_buffers_of_their_own():
-    """Inference keeps its buffers (a convolution's output, the pooling's) apart from training's
-    and reuses them call after call; what a call returned is never one of them."""
-    model = kerspec.from_yaml(
-        """
+SMALL_CNN = """
 seed: 0
 layers:
   - {type: Input, shape: [8, 8, 1], name: x}
@@ -201,7 +197,12 @@ layers:
 compile: {optimizer: adam, loss: categorical_crossentropy}
 fit: {epochs: 1, batch_size: 8}
 """
-    )
+
+
+def test_evaluate_and_predict_reuse_buffers_of_their_own():
+    """Inference keeps its buffers (a convolution's output, the pooling's) apart from training's
+    and reuses them call after call; what a call returned is never one of them."""
+    model = kerspec.from_yaml(SMALL_CNN)
     rng = np.random.default_rng(0)
     x = rng.random((20, 8, 8, 1), dtype=np.float32)
     data = Dataset({"x": x}, {"y": np.eye(3, dtype=np.float32)[rng.integers(0, 3, 20)]}, "test")
@@ -369,19 +370,9 @@ def test_predict_from_several_threads_at_once():
     """Calls that overlap never share buffers: each thread gets its own inputs' outputs."""
     from concurrent.futures import ThreadPoolExecutor
 
-    model = kerspec.from_yaml(
-        """
-seed: 0
-layers:
-  - {type: Input, shape: [16, 16, 2], name: x}
-  - {type: Conv2D, filters: 8, kernel_size: 3, activation: relu}
-  - {type: MaxPooling2D}
-  - {type: Flatten}
-  - {type: Dense, units: 3, name: y}
-"""
-    )
+    model = kerspec.from_yaml(SMALL_CNN)
     rng = np.random.default_rng(0)
-    inputs = [rng.random((64, 16, 16, 2), dtype=np.float32) for _ in range(4)]
+    inputs = [rng.random((64, 8, 8, 1), dtype=np.float32) for _ in range(4)]
     expected = [model.predict(x, batch_size=16)["y"] for x in inputs]
 
     def run(index):
