@@ -291,7 +291,8 @@ class BaseConv(KernelBiasLayer):
             placed = (*blocks, *inner)
 
         def at_positions(a: np.ndarray) -> np.ndarray:
-            """a, whose axes from 1 on are the positions `span`, in the rows' order."""
+            """a, whose axes from 1 on are the output positions (those past `span` left
+            out), in the rows' order."""
             return a if blocks is None else to_blocks(a, 1, blocks)
 
         in_group, out_group = channels // groups, filters // groups
