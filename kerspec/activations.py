@@ -46,6 +46,12 @@ class Activation(Item):
     ) -> np.ndarray:
         raise NotImplementedError
 
+    def derivative(self, x: np.ndarray, y: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """dy/dx at every point into `out` (elementwise activations only), from the input x and
+        the output y: by default the backward of ones; sigmoid and tanh from y alone."""
+        out[...] = self.backward(x, y, np.ones(y.shape, y.dtype))
+        return out
+
     def __init_subclass__(cls, **kwargs):
         # Most activations have no cheaper in-place form; rather than spell `out` in each of
         # them, a forward or backward defined without it gets it here: compute, then copy.
@@ -277,12 +283,14 @@ class Sigmoid(Activation):
     def forward(self, x):
         return sigmoid(x)
 
+    def derivative(self, x, y, out):
+        np.subtract(1.0, y, out=out)
+        out *= y
+        return out
+
     def backward(self, x, y, dy, out=None):
-        if out is None:
-            out = dy
-        d = np.subtract(1.0, y)
-        d *= y
-        return np.multiply(dy, d, out=out)
+        d = self.derivative(x, y, np.empty_like(y))
+        return np.multiply(dy, d, out=dy if out is None else out)
 
 
 @ACTIVATIONS.register("hard_sigmoid")
@@ -424,12 +432,14 @@ class Tanh(Activation):
     def forward(self, x, out=None):
         return np.tanh(x, out=out)
 
+    def derivative(self, x, y, out):
+        np.multiply(y, y, out=out)
+        np.subtract(1.0, out, out=out)
+        return out
+
     def backward(self, x, y, dy, out=None):
-        if out is None:
-            out = dy
-        d = np.multiply(y, y)
-        np.subtract(1.0, d, out=d)
-        return np.multiply(dy, d, out=out)
+        d = self.derivative(x, y, np.empty_like(y))
+        return np.multiply(dy, d, out=dy if out is None else out)
 
 
 @ACTIVATIONS.register("hard_tanh")

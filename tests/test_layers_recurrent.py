@@ -4,9 +4,8 @@ import numpy as np
 import pydantic
 import pytest
 
-from kerspec.activations import ACTIVATIONS
 from kerspec.layers import LAYERS, Context, ShapeError
-from kerspec.layers.recurrent import Recurrent, derivative
+from kerspec.layers.recurrent import Recurrent
 from tests.harness import build, check_layer_grads, compare_with_keras
 
 SHAPE = [(2, 4, 3)]
@@ -312,15 +311,3 @@ def test_dropout_only_in_training_and_seeded(kind):
     assert not np.allclose(run(layer, True), run(plain, True))
     seeded = build({"type": kind, "units": 3, "seed": 5, **DROPOUT})
     np.testing.assert_array_equal(run(seeded, True, seed=0), run(seeded, True, seed=1))
-
-
-@pytest.mark.parametrize("name", ["sigmoid", "tanh", "relu", "elu", "hard_sigmoid", "softplus"])
-def test_derivative_is_the_backward_of_ones(name):
-    # The feature-major backward's σ' and g' factors: the shortcuts for sigmoid and tanh give what
-    # backward of ones gives, into a strided block as the scans pass it.
-    activation = ACTIVATIONS.create(name)
-    z = np.random.default_rng(0).normal(size=(3, 4, 5))
-    a = activation.forward(z.copy())
-    out = np.full((3, 4, 8), np.nan)[..., 1:6]
-    derivative(activation, z, a, out)
-    np.testing.assert_array_equal(out, activation.backward(z, a, np.ones_like(z)))

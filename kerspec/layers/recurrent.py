@@ -119,19 +119,6 @@ def backward_steps(
         yield t
 
 
-def derivative(activation, z: np.ndarray, a: np.ndarray, out: np.ndarray) -> None:
-    """An elementwise activation's derivative at every point into `out`, from its output `a`
-    (and input `z`): a (1 - a) for sigmoid, 1 - a² for tanh, else its backward of ones."""
-    if isinstance(activation, Sigmoid):
-        np.subtract(1.0, a, out=out)
-        out *= a
-    elif isinstance(activation, Tanh):
-        np.multiply(a, a, out=out)
-        np.subtract(1.0, out, out=out)
-    else:
-        out[...] = activation.backward(z, a, np.ones(a.shape, a.dtype))
-
-
 class Recurrent(Layer):
     """What SimpleRNN, LSTM and GRU share: arguments, shapes, weights, dropout and the input side.
 
@@ -410,6 +397,15 @@ class Gated(Recurrent):
         # run the general, batch-major scan.
         return self.activation.elementwise and self.recurrent_activation.elementwise
 
+    def forward(self, w, xs, ctx):
+        if not self.fast():
+            return super().forward(w, xs, ctx)
+        return self._forward_feature_major(w, xs[0], ctx)
+
+    def _forward_feature_major(self, w, x, ctx):
+        """Forward (and its backprop) over (rows, batch) step arrays; see StepInputs."""
+        raise NotImplementedError
+
 
 class StepInputs:
     """The operands of a feature-major scan (LSTM, GRU), where every per-step array is (rows,
@@ -569,11 +565,6 @@ class LSTM(Gated):
         scale[: 3 * u] = 0.5
         return order, scale
 
-    def forward(self, w, xs, ctx):
-        if not self.fast():
-            return super().forward(w, xs, ctx)
-        return self._forward_feature_major(w, xs[0], ctx)
-
     def _forward_feature_major(self, w, x, ctx):
         """The LSTM with elementwise activations, feature-major (see StepInputs): a step is one
         GEMM, `stacked (4 units, k) @ [h_{t-1}; x_t; 1]`, and passes over contiguous gate
@@ -585,7 +576,7 @@ class LSTM(Gated):
         g, sigma = self.activation, self.recurrent_activation
         # A backward pass will follow (training, gradient checks): keep every step. Otherwise two
         # of each are enough, alternating, plus every h when the sequence is returned.
-        record = getattr(ctx, "record", True)
+        record = ctx.record
         inputs = StepInputs(self, x, ctx, keep_all=record or self.return_sequences)
         steps = inputs.steps
 
@@ -657,15 +648,15 @@ class LSTM(Gated):
             """Every factor that does not depend on the incoming gradient, for steps lo..hi:
                 dz_o = dh * g(c_t) σ'(o)          dc += dh * o g'(c_t)
                 dz_i, dz_f, dz_c = dc * (c~ σ'(i), c_{t-1} σ'(f), i g'(c~))
-            with σ' and g' from each activation's backward of ones (elementwise)."""
+            with σ' and g' from each activation's `derivative`."""
             a, fs, dgc, gc = gates[lo:hi], factors[lo:hi], dg_c[lo:hi], g_cs[lo:hi]
             o, i, candidate = a[:, :u], a[:, u : 2 * u], a[:, 3 * u :]
             # σ' over the three σ blocks; for sigmoid over all four, contiguous, then block c
             # overwritten.
             n = width if isinstance(sigma, Sigmoid) else 3 * u
-            derivative(sigma, z[lo:hi, :n], a[:, :n], fs[:, :n])
-            derivative(g, z[lo:hi, 3 * u :], candidate, fs[:, 3 * u :])
-            derivative(g, cs[lo + 1 : hi + 1], gc, dgc)
+            sigma.derivative(z[lo:hi, :n], a[:, :n], fs[:, :n])
+            g.derivative(z[lo:hi, 3 * u :], candidate, fs[:, 3 * u :])
+            g.derivative(cs[lo + 1 : hi + 1], gc, dgc)
             fs[:, :u] *= gc
             fs[:, u : 2 * u] *= candidate
             fs[:, 2 * u : 3 * u] *= cs[lo:hi]
@@ -795,11 +786,6 @@ class GRU(Gated):
         width = 3 * self.units
         return (2, width) if self.reset_after else (width,)
 
-    def forward(self, w, xs, ctx):
-        if not self.fast():
-            return super().forward(w, xs, ctx)
-        return self._forward_feature_major(w, xs[0], ctx)
-
     def _forward_feature_major(self, w, x, ctx):
         """The GRU with elementwise activations, feature-major (see StepInputs). The step GEMM's
         rows: [z, r] from [h_{t-1}; x_t; 1], the candidate's input part from [x_t; 1], and with
@@ -810,7 +796,7 @@ class GRU(Gated):
         u = self.units
         g, sigma = self.activation, self.recurrent_activation
         reset_after = self.reset_after
-        record = getattr(ctx, "record", True)
+        record = ctx.record
         inputs = StepInputs(self, x, ctx, keep_all=record or self.return_sequences)
         steps, hs = inputs.steps, inputs.hs
 
@@ -893,8 +879,8 @@ class GRU(Gated):
                 else:         dz_r = (recurrent_h @ dz_h) * h_{t-1} σ'(r)."""
             a, p, fs, o = gates[lo:hi], pre[lo:hi], factors[lo:hi], other[lo:hi]
             update, reset, candidate = a[:, :u], a[:, u : 2 * u], a[:, 2 * u : 3 * u]
-            derivative(sigma, p[:, : 2 * u], a[:, : 2 * u], fs[:, : 2 * u])
-            derivative(g, p[:, 2 * u : 3 * u], candidate, fs[:, 2 * u : 3 * u])
+            sigma.derivative(p[:, : 2 * u], a[:, : 2 * u], fs[:, : 2 * u])
+            g.derivative(p[:, 2 * u : 3 * u], candidate, fs[:, 2 * u : 3 * u])
             np.subtract(1.0, update, out=o)
             fs[:, 2 * u : 3 * u] *= o
             np.subtract(hs[:, lo:hi].transpose(1, 0, 2), candidate, out=o)
