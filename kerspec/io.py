@@ -57,14 +57,16 @@ def remove_leftovers(folder: Path) -> list[str]:
     names of the files they were writing."""
     removed = []
     try:
-        candidates = [p for p in Path(folder).iterdir() if TEMPORARY.match(p.name)]
+        matches = [(p, TEMPORARY.match(p.name)) for p in Path(folder).iterdir()]
     except OSError:
         return removed
-    for path in candidates:
+    for path, match in matches:
+        if match is None:
+            continue
         try:
             if path.is_file() and not path.is_symlink():
                 path.unlink()
-                removed.append(TEMPORARY.match(path.name)["name"])
+                removed.append(match["name"])
         except OSError:
             pass
     return removed
