@@ -29,6 +29,7 @@ current numpy (`--keep-openblas-env` keeps them). Nothing here changes the envir
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -37,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -216,6 +218,21 @@ class TorchRunner:
         }
 
 
+def group_seconds(call: Callable[[], object], seconds: float, per_group: int = 1) -> list[float]:
+    """After five warm-up calls, the durations of groups of `per_group` calls, for `seconds` and
+    at least five groups."""
+    for _ in range(5):
+        call()
+    times = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(times) < 5:
+        t = time.perf_counter()
+        for _ in range(per_group):
+            call()
+        times.append(time.perf_counter() - t)
+    return times
+
+
 def gemm_rate(shape: tuple[int, int, int], seconds: float = 1.0) -> float:
     """numpy's float32 GEMM rate in GFLOP/s: the median of repeated timed groups of calls."""
     m, k, n = shape
@@ -223,22 +240,14 @@ def gemm_rate(shape: tuple[int, int, int], seconds: float = 1.0) -> float:
     a = rng.standard_normal((m, k), dtype=np.float32)
     b = rng.standard_normal((k, n), dtype=np.float32)
     out = np.empty((m, n), np.float32)
-    for _ in range(5):
+
+    def product():
         np.matmul(a, b, out=out)
-    start = time.perf_counter()
-    calls = 0
-    while time.perf_counter() - start < 0.1:
-        np.matmul(a, b, out=out)
-        calls += 1
-    per_group = max(1, calls)
-    rates = []
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline or len(rates) < 5:
-        t = time.perf_counter()
-        for _ in range(per_group):
-            np.matmul(a, b, out=out)
-        rates.append(2 * m * n * k * per_group / (time.perf_counter() - t) / 1e9)
-    return statistics.median(rates)
+
+    # Groups of as many calls as take about 0.1 s.
+    calls = len(group_seconds(product, 0.1))
+    times = group_seconds(product, seconds, per_group=calls)
+    return statistics.median(2 * m * n * k * calls / t / 1e9 for t in times)
 
 
 def w1_gemm_seconds(batch: int, seconds: float = 0.2) -> float:
@@ -256,15 +265,8 @@ def w1_gemm_seconds(batch: int, seconds: float = 0.2) -> float:
     total = 0.0
     for a, b in products:
         out = np.empty((a.shape[0], b.shape[1]), np.float32)
-        for _ in range(5):
-            np.matmul(a, b, out=out)
-        times = []
-        deadline = time.perf_counter() + seconds
-        while time.perf_counter() < deadline or len(times) < 5:
-            t = time.perf_counter()
-            np.matmul(a, b, out=out)
-            times.append(time.perf_counter() - t)
-        total += statistics.median(times)
+        product = functools.partial(np.matmul, a, b, out=out)
+        total += statistics.median(group_seconds(product, seconds))
     return total
 
 
