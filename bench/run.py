@@ -19,7 +19,9 @@ Reported per workload: median train and predict samples/s, the median over round
 per-round ratio kerspec/PyTorch (min-max in brackets), and each process's peak RSS
 (`getrusage(RUSAGE_SELF).ru_maxrss` of the child, after everything it ran), with the RSS after
 setup (imports, model, data) beside it. It also measures numpy's float32 GEMM rate in its own
-child with the same settings and the fraction of it that W1 training reaches.
+child with the same settings and the fraction of it that W1 training reaches, beside the fraction
+a third child reaches in the same rounds: W1 written out by hand in plain NumPy (numpy_w1.py),
+the most a NumPy program does on this machine.
 
 Benchmark children run with OMP/OPENBLAS/MKL_NUM_THREADS=2 and without OPENBLAS_CORETYPE and
 OPENBLAS_L2_SIZE, which some machines set to work around old OpenBLAS builds and which slow a
@@ -148,6 +150,25 @@ class KerspecRunner:
 
     def info(self) -> dict:
         return {"kerspec": self.version, "numpy": np.__version__, "blas": _blas_info()}
+
+
+class NumpyRunner:
+    """W1 in plain NumPy, written out by hand (numpy_w1.py): the yardstick of the GEMM-rate target,
+    trained on the same data, in the same rounds. It only trains."""
+
+    def __init__(self, w: Workload, samples: int):
+        sys.path.insert(0, str(BENCH))
+        from numpy_w1 import NumpyW1
+
+        x, labels = make_data(w, samples)
+        self.model = NumpyW1(x, labels, W1_DENSE, w.batch_size)
+
+    def train_epoch(self) -> float:
+        seconds, self.loss = self.model.train_epoch()
+        return seconds
+
+    def info(self) -> dict:
+        return {"numpy": np.__version__}
 
 
 class TorchRunner:
@@ -289,7 +310,8 @@ def child_main(framework: str, workload: str, samples: int) -> None:
         )
         return
     w = WORKLOADS[workload]
-    runner = (KerspecRunner if framework == "kerspec" else TorchRunner)(w, samples)
+    runners = {"kerspec": KerspecRunner, "torch": TorchRunner, "numpy": NumpyRunner}
+    runner = runners[framework](w, samples)
     reply(ready=True, rss_setup_kib=_rss_now_kib())
     for line in sys.stdin:
         command = line.strip()
@@ -361,36 +383,45 @@ def run_gemm(env: dict[str, str]) -> dict:
 
 
 def run_workload(w: Workload, samples: int, rounds: int, env: dict[str, str]) -> dict:
+    # W1 also trains its plain-NumPy yardstick (numpy_w1.py) in the same rounds; it only trains.
+    frameworks = ["kerspec", "torch"] + (["numpy"] if w.name == "W1" else [])
+    predicting = ("kerspec", "torch")
     children = {}
     setup = {}
-    for framework in ("kerspec", "torch"):  # one at a time, so that neither setup is disturbed
+    for framework in frameworks:  # one at a time, so that no setup is disturbed
         children[framework] = Child(framework, w.name, samples, env)
         setup[framework] = children[framework].read()["rss_setup_kib"]
     try:
         for framework, child in children.items():
             log(f"{w.name} {framework}: warm-up")
             child.ask("train")
-            child.ask("predict")
+            if framework in predicting:
+                child.ask("predict")
         train = {f: [] for f in children}
-        predict = {f: [] for f in children}
+        predict = {f: [] for f in predicting}
         losses = {f: [] for f in children}
         gemm = []
         for r in range(rounds):
-            order = ("kerspec", "torch") if r % 2 == 0 else ("torch", "kerspec")
+            # Each framework goes first in turn, so that drift in the machine's speed hits all.
+            shift = r % len(frameworks)
+            order = frameworks[shift:] + frameworks[:shift]
             for framework in order:
                 answer = children[framework].ask("train")
                 train[framework].append(answer["seconds"])
                 losses[framework].append(answer["loss"])
             for framework in order:
-                predict[framework].append(children[framework].ask("predict")["seconds"])
+                if framework in predicting:
+                    predict[framework].append(children[framework].ask("predict")["seconds"])
             if w.name == "W1":
                 gemm.append(children["kerspec"].ask("gemm")["gflops"])
             log(
                 f"{w.name} round {r + 1}/{rounds}: train s kerspec {train['kerspec'][-1]:.3f}"
-                f" torch {train['torch'][-1]:.3f}; predict s kerspec {predict['kerspec'][-1]:.3f}"
+                f" torch {train['torch'][-1]:.3f}"
+                + (f" numpy {train['numpy'][-1]:.3f}" if "numpy" in train else "")
+                + f"; predict s kerspec {predict['kerspec'][-1]:.3f}"
                 f" torch {predict['torch'][-1]:.3f}"
             )
-        stats = {f: child.ask("stats") for f, child in children.items()}
+        stats = {f: children[f].ask("stats") for f in predicting}
     finally:
         for child in children.values():
             child.close()
@@ -402,7 +433,7 @@ def run_workload(w: Workload, samples: int, rounds: int, env: dict[str, str]) ->
         "predict_seconds": predict,
         "loss": losses,
         "gemm_gflops": gemm,
-        "rss_setup_kib": setup,
+        "rss_setup_kib": {f: setup[f] for f in predicting},
         "peak_rss_kib": {f: s["peak_rss_kib"] for f, s in stats.items()},
         "info": {f: s["info"] for f, s in stats.items()},
     }
@@ -513,11 +544,12 @@ def w1_gemm_fraction(w1: dict, own: dict) -> list[str]:
             f" [{min(gemm):.1f}-{max(gemm):.1f}]"
         )
     ]
-    for framework in ("kerspec", "torch"):
-        rates = [w1["samples"] / s * flops / 1e9 for s in w1["train_seconds"][framework]]
+    names = {"kerspec": "kerspec", "torch": "torch", "numpy": "plain NumPy (numpy_w1.py)"}
+    for framework, seconds in w1["train_seconds"].items():
+        rates = [w1["samples"] / s * flops / 1e9 for s in seconds]
         fractions = [r / g for r, g in zip(rates, gemm)]
         lines.append(
-            f"W1 training, {framework}: {statistics.median(rates):.1f} GFLOP/s"
+            f"W1 training, {names[framework]}: {statistics.median(rates):.1f} GFLOP/s"
             f" ({flops / 1e6:.2f} MFLOP a sample) = {100 * statistics.median(fractions):.0f}% of numpy's"
             f" GEMM rate (median over rounds)"
             + ("; target >= 70%" if framework == "kerspec" else "")
