@@ -268,21 +268,24 @@ def test_padding_is_case_insensitive_as_in_keras():
 
 
 @pytest.mark.parametrize(
-    "config,shape",
+    "config,shape,pool_blocks",
     [
-        ({"type": "Conv2D", "filters": 4, "kernel_size": 3, "activation": "relu"}, (5, 7, 6, 3)),
+        ({"type": "Conv2D", "filters": 4, "kernel_size": 3, "activation": "relu"}, (5, 7, 6, 3), None),
         (
             {"type": "Conv2D", "filters": 4, "kernel_size": 2, "strides": 2, "padding": "same",
              "groups": 2, "data_format": "channels_first"},
             (5, 4, 7, 6),
+            None,
         ),
-        ({"type": "Conv1D", "filters": 3, "kernel_size": 3, "dilation_rate": 2}, (5, 9, 2)),
-        ({"type": "Conv2D", "filters": 3, "kernel_size": 3}, (5, 6, 10, 1)),  # offset-major
+        ({"type": "Conv1D", "filters": 3, "kernel_size": 3, "dilation_rate": 2}, (5, 9, 2), None),
+        ({"type": "Conv2D", "filters": 3, "kernel_size": 3}, (5, 6, 10, 1), None),  # offset-major
+        # Output split into 2x2 pooling windows (an odd edge left out), as the plan makes it.
+        ({"type": "Conv2D", "filters": 4, "kernel_size": 3, "activation": "relu"}, (5, 9, 8, 3), (2, 2)),
     ],
     ids=lambda v: v["type"] if isinstance(v, dict) else str(v),
 )
 def test_inference_in_parts_and_reused_training_buffers_give_the_same_numbers(
-    config, shape, monkeypatch
+    config, shape, pool_blocks, monkeypatch
 ):
     """Inference unfolds the columns a few samples at a time; training reuses its buffers batch
     after batch. Neither may change a number, nor may one batch leak into the next."""
@@ -290,6 +293,8 @@ def test_inference_in_parts_and_reused_training_buffers_give_the_same_numbers(
 
     rng = np.random.default_rng(3)
     layer = build(config)
+    if pool_blocks is not None:
+        layer = layer.writing_blocks(pool_blocks)
     w = {
         s.name: rng.standard_normal(s.shape).astype(np.float32)
         for s in layer.weights([shape[1:]])
