@@ -5,9 +5,10 @@ program can reach on the machine, since a general engine can only add to it. Eve
 as lean as NumPy allows: buffers allocated once, `out=` everywhere, bias and ReLU in place, the
 softmax-crossentropy gradient as `p - y`, ReLU's gradient as one multiply by `y > 0`, no input
 gradient for the first layer, Adam in place with one scratch array, the batch gathered with
-`np.take(..., mode="clip")` into a fixed buffer (mode "raise" copies through a buffer: 3x slower). It does what kerspec's W1 epoch does (shuffle, batches of
-128, Keras's Glorot-uniform kernels and zero biases, Adam 1e-3 with epsilon 1e-7) and nothing
-more: no loss value kept per batch beyond a sum, no metrics, no callbacks.
+`np.take(..., mode="clip")` into a fixed buffer (mode "raise" copies through a buffer: 3x
+slower). It does what kerspec's W1 epoch does (shuffle, batches of 128, Keras's Glorot-uniform
+kernels and zero biases, Adam 1e-3 with epsilon 1e-7) and nothing more: no metrics, no
+callbacks, the loss only summed.
 """
 
 from __future__ import annotations

@@ -167,9 +167,6 @@ class NumpyRunner:
         seconds, self.loss = self.model.train_epoch()
         return seconds
 
-    def info(self) -> dict:
-        return {"numpy": np.__version__}
-
 
 class TorchRunner:
     def __init__(self, w: Workload, samples: int):
