@@ -438,11 +438,12 @@ class BaseConv(KernelBiasLayer):
             naturals = natural_buffer
             if blocks is not None and naturals is None:
                 naturals = np.empty(natural_shape, x.dtype)
-            offsets = list(np.ndindex(*kernel_size))
             dxp = dxp_buffer if dxp_buffer is not None else np.empty(
                 (batch, *grouped.shape[1:]), x.dtype
             )
-            regions = [offset_region(offset, strides, dilation, span) for offset in offsets]
+            regions = [
+                offset_region(offset, strides, dilation, span) for offset in np.ndindex(*kernel_size)
+            ]
             # Offset 0 covers the box [0, span) of every axis when strides and dilation are 1:
             # copy it there and zero only the rest, instead of zeroing everything and adding it.
             boxed = max(strides) == 1 and max(dilation) == 1
