@@ -113,6 +113,33 @@ def test_whole_graph_gradients_with_sharing_and_fan_out(rng):
     check_model_grads(model, [rng.standard_normal((5, 3)), rng.standard_normal((5, 3))])
 
 
+BRANCHES = """
+dtype: float64
+seed: 1
+layers:
+  - {type: Input, shape: [3], name: a}
+  - {type: Input, shape: [3], name: b}
+  - {type: Dense, units: 5, activation: ACT, name: da, from: a}
+  - {type: Dense, units: 5, activation: ACT, name: db, from: FROM}
+  - {type: MERGE, from: [da, db], name: merge}
+  - {type: Dense, units: 2, name: head}
+compile: {optimizer: sgd, loss: mse}
+"""
+
+
+@pytest.mark.parametrize("merge", ["Add", "Average", "Subtract", "Maximum", "Concatenate"])
+@pytest.mark.parametrize("activation", ["tanh", "relu", "sigmoid", "softmax"])
+@pytest.mark.parametrize("source", ["a", "b"])
+def test_gradients_where_one_gradient_reaches_two_branches(merge, activation, source, rng):
+    """Add hands one dy to both branches, and an activation's backward overwrites its dy: the
+    plan must give each branch its own array (the ownership rule in layers/base.py)."""
+    text = BRANCHES.replace("MERGE", merge).replace("ACT", activation).replace("FROM", source)
+    if source == "a":  # one input read by both branches
+        text = text.replace("  - {type: Input, shape: [3], name: b}\n", "")
+    model = kerspec.from_yaml(text)
+    check_model_grads(model, [rng.standard_normal((4, 3)) for _ in model.input_names])
+
+
 def test_return_index_out_of_range_is_reported():
     with pytest.raises(kerspec.KerspecError, match=r"dense\[1\] does not exist: 'dense' has 1 output"):
         kerspec.from_yaml(

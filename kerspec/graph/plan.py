@@ -13,7 +13,7 @@ import numpy as np
 
 from kerspec.activations import ACTIVATIONS, Activation, Relu
 from kerspec.graph.compile import Graph, Ref
-from kerspec.layers import Context, Layer
+from kerspec.layers import Context, Layer, hand_over
 from kerspec.regularizers import Regularizer
 
 Params = dict[str, dict[str, np.ndarray]]
@@ -207,22 +207,20 @@ class Plan:
         )
 
     def backward(self, tape: Tape, d_outputs: list[np.ndarray]) -> Params:
-        """Gradients of every trainable weight, summed over the places a layer is applied."""
+        """Gradients of every trainable weight, summed over the places a layer is applied.
+
+        `d_outputs` are handed over: the backprops may overwrite them. Every gradient array
+        reaches exactly one backprop as its `dy` (the ownership rule in layers/base.py)."""
         grads: list = [None] * self.n_slots
-        owned: set[int] = set()
 
         def add(slot: int, g: np.ndarray) -> None:
-            # A layer may hand the same array to several inputs (Add) or return a view of its
-            # own dy; sum into a fresh array the first time, in place after that.
+            # The slot owns its first gradient (handed over), so later ones sum into it.
             if grads[slot] is None:
                 grads[slot] = g
-            elif slot in owned:
-                grads[slot] += g
             else:
-                grads[slot] = grads[slot] + g
-                owned.add(slot)
+                grads[slot] += g
 
-        for slot, g in zip(self.output_slots, d_outputs):
+        for slot, g in zip(self.output_slots, hand_over(list(d_outputs))):
             add(slot, g)
         weight_grads: Params = {}
         for step, backprop in zip(reversed(self.steps), reversed(tape.backprops)):
@@ -236,6 +234,8 @@ class Plan:
                     dys[k] = extra if dys[k] is None else dys[k] + extra
             dxs, dws = backprop(dys)
             if step.need_dx:
+                if len(dxs) > 1:
+                    dxs = hand_over(dxs)
                 for slot, dx in zip(step.inputs, dxs):
                     if dx is not None:
                         add(slot, dx)

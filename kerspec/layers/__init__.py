@@ -13,9 +13,9 @@ from kerspec.layers import (  # noqa: F401
     reshaping,
     wrappers,
 )
-from kerspec.layers.base import LAYERS, Context, Layer, Shape, ShapeError, WeightSpec
+from kerspec.layers.base import LAYERS, Context, Layer, Shape, ShapeError, WeightSpec, hand_over
 
 # The wrapped layer of TimeDistributed may be any layer: complete its field now that all are known.
 wrappers.resolve_inner_layer()
 
-__all__ = ["LAYERS", "Context", "Layer", "Shape", "ShapeError", "WeightSpec"]
+__all__ = ["LAYERS", "Context", "Layer", "Shape", "ShapeError", "WeightSpec", "hand_over"]

@@ -4,6 +4,18 @@ A layer never holds weights or per-batch state. Weights are passed in (so a shar
 same object applied at several places) and `forward` returns the outputs with a `backprop`
 closure that holds what the backward pass needs, as in Thinc and micrograd. Gradients are
 returned, never accumulated here: the plan sums them, which makes fan-out and sharing correct.
+
+Who owns a gradient array. A backprop owns the arrays in the `dys` it is handed: it may
+overwrite them (activations' backward does, to save a pass) and may return them, or views of
+them, as its input gradients. It owns none of the forward values (its inputs, its outputs, the
+tape's), which other steps still read, and never writes into them. What it returns it hands
+over, and the plan gives each handed-over array to exactly one consumer: when one backprop
+returns the same memory for several inputs (Add gives its dy to every input, a Lambda `x0 + x1`
+too), `hand_over` copies it for every input after the first, so no array is ever the `dy` of two
+backprops. The loss gradients given to `Plan.backward` are handed over the same way. A layer
+that runs other layers' backprops (Bidirectional) is a small plan for them, under the same rule
+and with the same `hand_over`. Only arrays that really share memory are copied: one-input steps
+are never checked, and a Concatenate's disjoint slices of one dy are not shared.
 """
 
 from __future__ import annotations
@@ -162,6 +174,26 @@ class SimpleLayer(Layer):
             return [dx], dw
 
         return [y], backprop_list
+
+
+def hand_over(arrays: list[np.ndarray | None]) -> list[np.ndarray | None]:
+    """`arrays`, with every one that shares memory with an earlier one replaced by a copy: each
+    array can then go to its own consumer, which may overwrite it (see the module docstring)."""
+    handed: list[np.ndarray | None] = []
+    for array in arrays:
+        if array is not None and any(h is not None and _overlap(h, array) for h in handed):
+            array = array.copy()
+        handed.append(array)
+    return handed
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> bool:
+    if a is b:
+        return True
+    try:
+        return np.shares_memory(a, b, max_work=10_000)
+    except np.exceptions.TooHardError:
+        return True
 
 
 def require_known(shape: Shape, what: str) -> None:
