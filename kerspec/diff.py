@@ -62,7 +62,7 @@ def read_revision(text: str, rev: str, path: str) -> str:
     if not path:
         raise _git_error(text, "REV:path names no file after the colon")
     if any(ord(c) < 32 or c == "\x7f" for c in text):
-        raise _git_error(text, "REV:path holds a control character")
+        raise _git_error(repr(text), "REV:path holds a control character")
     queries = ([f"{rev}^{{tree}}"] if rev else []) + [text]
     answers = _git(text, ["cat-file", "--batch-check"], "".join(q + "\n" for q in queries)).decode(
         "utf-8", "replace"
@@ -514,17 +514,17 @@ def _params_line(diff: SpecDiff) -> str:
     return f"{parts[0]} ({', '.join(parts[1:])})"
 
 
-def _weights_lines(weights: Weights) -> list[str]:
+def _weights_lines(weights: Weights, name=str) -> list[str]:
     if weights.loads:
         return ["NEW can load OLD's weights files"]
     lines = ["NEW cannot load OLD's weights files"]
     if weights.needed:
-        lines.append("need new weights: " + "; ".join(f"{w['layer']} ({w['why']})" for w in weights.needed))
+        lines.append("need new weights: " + "; ".join(f"{name(w['layer'])} ({w['why']})" for w in weights.needed))
     if weights.renamed:
         lines.append("fit, but stored under the old name: " + ", ".join(
-            f"{w['layer']} (was {w['old']})" for w in weights.renamed))
+            f"{name(w['layer'])} (was {name(w['old'])})" for w in weights.renamed))
     if weights.unused:
-        lines.append("OLD's weights NEW has no layer for: " + ", ".join(weights.unused))
+        lines.append("OLD's weights NEW has no layer for: " + ", ".join(map(name, weights.unused)))
     return lines
 
 
@@ -608,7 +608,7 @@ def render_markdown(diff: SpecDiff) -> str:
     lines += [f"| trainable | {old['trainable']:,} | {new['trainable']:,} |"]
     for o in diff.output_shapes:
         lines.append(f"| output {_cell(o['output'])} | {_cell(o['old'] or 'absent')} | {_cell(o['new'] or 'absent')} |")
-    weights = _weights_lines(diff.weights)
+    weights = _weights_lines(diff.weights, name=_code)
     lines += ["", f"**Weights**: {weights[0]}."]
     lines += [f"- {line}" for line in weights[1:]]
     return "\n".join(lines) + "\n"
