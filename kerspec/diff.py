@@ -58,15 +58,19 @@ def read_revision(text: str, rev: str, path: str) -> str:
     taken for an option; the blob is then read by the object id git answered with.
     """
     if rev.startswith("-"):
-        raise _git_error(text, f"{rev!r} is not a revision (REV:path, e.g. HEAD~1:specs/model.yaml)")
+        raise _git_error(
+            text, f"{rev!r} is not a revision (REV:path, e.g. HEAD~1:specs/model.yaml)"
+        )
     if not path:
         raise _git_error(text, "REV:path names no file after the colon")
     if any(ord(c) < 32 or c == "\x7f" for c in text):
         raise _git_error(repr(text), "REV:path holds a control character")
     queries = ([f"{rev}^{{tree}}"] if rev else []) + [text]
-    answers = _git(text, ["cat-file", "--batch-check"], "".join(q + "\n" for q in queries)).decode(
-        "utf-8", "replace"
-    ).splitlines()
+    answers = (
+        _git(text, ["cat-file", "--batch-check"], "".join(q + "\n" for q in queries))
+        .decode("utf-8", "replace")
+        .splitlines()
+    )
     if len(answers) != len(queries):
         raise _git_error(text, "git gave an unexpected answer")
     if rev and answers[0].endswith(" missing"):
@@ -74,7 +78,10 @@ def read_revision(text: str, rev: str, path: str) -> str:
     parts = answers[-1].split()
     if answers[-1].endswith((" missing", " ambiguous")) or len(parts) != 3:
         where = f"revision {rev!r}" if rev else "the git index"
-        raise _git_error(text, f"{path!r} is not in {where} (paths are from the top of the repository; ./ for this folder)")
+        raise _git_error(
+            text,
+            f"{path!r} is not in {where} (paths are from the top of the repository; ./ for this folder)",
+        )
     object_id, kind, size = parts
     if kind != "blob":
         raise _git_error(text, f"is a {'folder' if kind == 'tree' else kind}, not a spec file")
@@ -176,8 +183,18 @@ class SpecDiff:
     def same(self) -> bool:
         """The same model: only formatting, comments or spellings of the same values differ."""
         return not any(
-            (self.spec, self.added, self.removed, self.renamed, self.links, self.inputs,
-             self.outputs, self.compile, self.fit, self.data)
+            (
+                self.spec,
+                self.added,
+                self.removed,
+                self.renamed,
+                self.links,
+                self.inputs,
+                self.outputs,
+                self.compile,
+                self.fit,
+                self.data,
+            )
         ) and not any(c.changes for c in self.changed)
 
     def to_json(self) -> dict:
@@ -217,10 +234,16 @@ def compare(old_name: str, new_name: str, old: api.Model, new: api.Model) -> Spe
     return SpecDiff(
         old=old_name,
         new=new_name,
-        spec=_changes({k: getattr(old.spec, k) for k in spec_fields},
-                      {k: getattr(new.spec, k) for k in spec_fields}),
+        spec=_changes(
+            {k: getattr(old.spec, k) for k in spec_fields},
+            {k: getattr(new.spec, k) for k in spec_fields},
+        ),
         added=[_added(node) for name, node in after.items() if name not in matched],
-        removed=[{"name": n["name"], "type": n["type"]} for name, n in before.items() if name not in to_new],
+        removed=[
+            {"name": n["name"], "type": n["type"]}
+            for name, n in before.items()
+            if name not in to_new
+        ],
         renamed=renames,
         changed=changed,
         links=links,
@@ -265,7 +288,9 @@ def _renames(before: dict, after: dict) -> list[Rename]:
     found = []
     for was in gone:
         candidates = [n for n in new if n["type"] == was["type"] and _same_layer(was, n, to_new)]
-        fed_alike = [n for n in candidates if [_rename_ref(r, to_new) for r in was["from"]] == n["from"]]
+        fed_alike = [
+            n for n in candidates if [_rename_ref(r, to_new) for r in was["from"]] == n["from"]
+        ]
         placed = fed_alike or [n for n in candidates if n["position"] == was["position"]]
         if placed:
             now = placed[0]
@@ -324,7 +349,9 @@ def _params(model: api.Model) -> dict[str, int]:
 
 def _output_shapes(old: api.Model, new: api.Model) -> list[dict]:
     def shapes(model: api.Model) -> dict[str, str]:
-        return {str(ref): format_shape(model.graph.output_shape(ref)) for ref in model.graph.outputs}
+        return {
+            str(ref): format_shape(model.graph.output_shape(ref)) for ref in model.graph.outputs
+        }
 
     was, now = shapes(old), shapes(new)
     names = [*now, *(name for name in was if name not in now)]
@@ -333,8 +360,11 @@ def _output_shapes(old: api.Model, new: api.Model) -> list[dict]:
 
 def _weights(before: dict, after: dict, to_new: dict[str, str]) -> Weights:
     """Per weight-owning layer, as `load_weights` checks a file: every LAYER/WEIGHT name and shape."""
+
     def owners(nodes: dict) -> dict[str, dict]:
-        return {n["name"]: n["weights"] for n in nodes.values() if n["share"] is None and n["weights"]}
+        return {
+            n["name"]: n["weights"] for n in nodes.values() if n["share"] is None and n["weights"]
+        }
 
     was, now = owners(before), owners(after)
     to_old = {new: old for old, new in to_new.items()}
@@ -363,7 +393,11 @@ def _weight_reason(old: dict | None, new: dict) -> str:
 
 
 def _shape(shape: list[int] | None) -> str:
-    return "absent" if shape is None else "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+    return (
+        "absent"
+        if shape is None
+        else "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+    )
 
 
 # -- values, as the spec says them -------------------------------------------------------------
@@ -381,7 +415,11 @@ def _changes(old: Any, new: Any, path: str = "", skip: tuple[str, ...] = ()) -> 
             found.extend(_changes(_field(old, key), _field(new, key), inner))
         return found
     if isinstance(old, dict) and isinstance(new, dict) and old.keys() == new.keys():
-        return [c for key in old for c in _changes(old[key], new[key], f"{path}.{key}" if path else str(key))]
+        return [
+            c
+            for key in old
+            for c in _changes(old[key], new[key], f"{path}.{key}" if path else str(key))
+        ]
     if _equal(to_jsonable_python(old, by_alias=True), to_jsonable_python(new, by_alias=True)):
         return []
     return [Change(path, _short(old), _short(new))]
@@ -460,7 +498,11 @@ def _defaults(model: BaseModel) -> dict:
             for name, f in cls.model_fields.items()
             if not f.is_required() and f.default_factory is None
         }
-    return {key: to_jsonable_python(_field(base, key), by_alias=True) for key in _fields(base) if key not in required}
+    return {
+        key: to_jsonable_python(_field(base, key), by_alias=True)
+        for key in _fields(base)
+        if key not in required
+    }
 
 
 # -- rendering ---------------------------------------------------------------------------------
@@ -489,7 +531,9 @@ def _shapes(shapes: list[str] | None) -> str:
 
 
 def _change_value(change: Change, value: Any) -> str:
-    return _shapes(value) if change.path == "output shapes" else _fmt(value)
+    if change.path == "output shapes":
+        return _shapes(value)
+    return f"{value:,}" if change.path == "params" else _fmt(value)
 
 
 def _arguments(entry: dict) -> str:
@@ -519,10 +563,15 @@ def _weights_lines(weights: Weights, name=str) -> list[str]:
         return ["NEW can load OLD's weights files"]
     lines = ["NEW cannot load OLD's weights files"]
     if weights.needed:
-        lines.append("need new weights: " + "; ".join(f"{name(w['layer'])} ({w['why']})" for w in weights.needed))
+        lines.append(
+            "need new weights: "
+            + "; ".join(f"{name(w['layer'])} ({w['why']})" for w in weights.needed)
+        )
     if weights.renamed:
-        lines.append("fit, but stored under the old name: " + ", ".join(
-            f"{name(w['layer'])} (was {name(w['old'])})" for w in weights.renamed))
+        lines.append(
+            "fit, but stored under the old name: "
+            + ", ".join(f"{name(w['layer'])} (was {name(w['old'])})" for w in weights.renamed)
+        )
     if weights.unused:
         lines.append("OLD's weights NEW has no layer for: " + ", ".join(map(name, weights.unused)))
     return lines
@@ -542,12 +591,16 @@ def render_text(diff: SpecDiff) -> str:
     for layer in diff.changed:
         layers.append(f"  ~ {layer.name} ({layer.type})")
         layers += [
-            f"      {c.path}: {_change_value(c, c.old)} -> {_change_value(c, c.new)}" for c in layer.changes
+            f"      {c.path}: {_change_value(c, c.old)} -> {_change_value(c, c.new)}"
+            for c in layer.changes
         ]
     if layers:
         lines += ["layers", *layers]
     if diff.links:
-        lines += ["links", *(f"  {k.layer}: from {_refs(k.old)} -> from {_refs(k.new)}" for k in diff.links)]
+        lines += [
+            "links",
+            *(f"  {k.layer}: from {_refs(k.old)} -> from {_refs(k.new)}" for k in diff.links),
+        ]
     for change in (diff.inputs, diff.outputs):
         if change:
             lines.append(f"{change.path}: {_fmt(change.old)} -> {_fmt(change.new)}")
@@ -556,7 +609,10 @@ def render_text(diff: SpecDiff) -> str:
             lines += [title, *(f"  {c.path}: {_fmt(c.old)} -> {_fmt(c.new)}" for c in changes)]
     lines.append(f"params: {_params_line(diff)}")
     lines.append("output shapes")
-    lines += [f"  {o['output']}: {o['old'] or 'absent'} -> {o['new'] or 'absent'}" for o in diff.output_shapes]
+    lines += [
+        f"  {o['output']}: {o['old'] or 'absent'} -> {o['new'] or 'absent'}"
+        for o in diff.output_shapes
+    ]
     weights = _weights_lines(diff.weights)
     lines += [f"weights: {weights[0]}", *(f"  {line}" for line in weights[1:])]
     return "\n".join(lines) + "\n"
@@ -583,21 +639,30 @@ def render_markdown(diff: SpecDiff) -> str:
         lines.append(f"The same model ({total:,} parameters): only formatting or comments differ.")
         return "\n".join(lines) + "\n"
     layers = [
-        f"- added {_code(a['name'])} ({a['type']})" + (f": {_code(_arguments(a))}" if _arguments(a) else "")
+        f"- added {_code(a['name'])} ({a['type']})"
+        + (f": {_code(_arguments(a))}" if _arguments(a) else "")
         for a in diff.added
     ]
     layers += [f"- removed {_code(r['name'])} ({r['type']})" for r in diff.removed]
     layers += [f"- renamed {_code(r.old)} → {_code(r.new)} ({r.type})" for r in diff.renamed]
     for layer in diff.changed:
         changes = ", ".join(
-            f"{c.path} {_code(_change_value(c, c.old))} → {_code(_change_value(c, c.new))}" for c in layer.changes
+            f"{c.path} {_code(_change_value(c, c.old))} → {_code(_change_value(c, c.new))}"
+            for c in layer.changes
         )
         layers.append(f"- changed {_code(layer.name)} ({layer.type}): {changes}")
-    layers += [f"- {_code(k.layer)} now from {_code(_refs(k.new))} (was {_code(_refs(k.old))})" for k in diff.links]
+    layers += [
+        f"- {_code(k.layer)} now from {_code(_refs(k.new))} (was {_code(_refs(k.old))})"
+        for k in diff.links
+    ]
     if layers:
         lines += ["**Layers**", "", *layers, ""]
     settings = [*diff.spec, *(c for c in (diff.inputs, diff.outputs) if c)]
-    settings += [Change(f"{title}.{c.path}", c.old, c.new) for title, changes in _sections(diff) for c in changes]
+    settings += [
+        Change(f"{title}.{c.path}", c.old, c.new)
+        for title, changes in _sections(diff)
+        for c in changes
+    ]
     if settings:
         lines += ["**Settings**", ""]
         lines += [f"- {c.path}: {_code(_fmt(c.old))} → {_code(_fmt(c.new))}" for c in settings]
@@ -607,7 +672,9 @@ def render_markdown(diff: SpecDiff) -> str:
     lines += [f"| parameters | {old['total']:,} | {new['total']:,} |"]
     lines += [f"| trainable | {old['trainable']:,} | {new['trainable']:,} |"]
     for o in diff.output_shapes:
-        lines.append(f"| output {_cell(o['output'])} | {_cell(o['old'] or 'absent')} | {_cell(o['new'] or 'absent')} |")
+        lines.append(
+            f"| output {_cell(o['output'])} | {_cell(o['old'] or 'absent')} | {_cell(o['new'] or 'absent')} |"
+        )
     weights = _weights_lines(diff.weights, name=_code)
     lines += ["", f"**Weights**: {weights[0]}."]
     lines += [f"- {line}" for line in weights[1:]]

@@ -19,27 +19,12 @@ from typer.testing import CliRunner
 
 from kerspec.cli import app
 from kerspec.spec.source import MAX_SPEC_BYTES
+from tests.test_cli import SMALL
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((ROOT / "specs").rglob("*.yaml"))
 
 runner = CliRunner()
-
-SMALL = """\
-name: small
-seed: 3
-layers:
-  - {type: Input, shape: [4], name: features}
-  - {type: Dense, units: 5, activation: relu, name: hidden}
-  - {type: Dense, units: 3, activation: softmax, name: label}
-compile:
-  optimizer: adam
-  loss: sparse_categorical_crossentropy
-  metrics: [accuracy]
-data:
-  train: train.npz
-fit: {epochs: 2, batch_size: 8}
-"""
 
 # SMALL written differently: block style, comments, defaults spelled out, other spellings of the
 # same names. The model is the same one.
@@ -63,11 +48,12 @@ layers:
     activation: softmax
     from: hidden
 compile:
-  optimizer: {type: adam, learning_rate: 0.001}
+  optimizer: {type: Adam, learning_rate: 0.01, beta_1: 0.9}
   loss: sparse_categorical_crossentropy
   metrics: [accuracy]
 data:
   train: {path: train.npz}
+  test: test.npz
 fit:
   epochs: 2
   batch_size: 8
@@ -87,7 +73,9 @@ def run(*args, cwd: Path | None = None):
             os.chdir(old)
     output = result.stdout + result.stderr
     assert "Traceback" not in output, output
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
+        result.exception
+    )
     assert result.exit_code in (0, 1, 2), (result.exit_code, output)
     return result
 
@@ -140,7 +128,9 @@ def test_formatting_comments_and_spelled_out_defaults_are_the_same_model(small, 
 def test_an_argument_change_with_its_shapes_params_and_weights(small, tmp_path):
     new = edited(tmp_path, "units: 5", "units: 7")
     found = diff_json(small, new, 1)
-    changed = {c["name"]: {x["path"]: (x["old"], x["new"]) for x in c["changes"]} for c in found["changed"]}
+    changed = {
+        c["name"]: {x["path"]: (x["old"], x["new"]) for x in c["changes"]} for c in found["changed"]
+    }
     assert changed["hidden"] == {
         "units": (5, 7),
         "output shapes": (["(None, 5)"], ["(None, 7)"]),
@@ -180,8 +170,14 @@ def test_an_added_layer_and_the_link_it_changes(small, tmp_path):
     )
     found = diff_json(small, new, 1)
     assert found["added"] == [
-        {"name": "drop", "type": "Dropout", "arguments": {"rate": 0.25}, "from": ["hidden"],
-         "output_shapes": ["(None, 5)"], "params": 0}
+        {
+            "name": "drop",
+            "type": "Dropout",
+            "arguments": {"rate": 0.25},
+            "from": ["hidden"],
+            "output_shapes": ["(None, 5)"],
+            "params": 0,
+        }
     ]
     assert found["links"] == [{"layer": "label", "old": ["hidden"], "new": ["drop"]}]
     assert found["removed"] == [] and found["changed"] == []
@@ -210,7 +206,11 @@ def test_a_renamed_layer_is_one_rename_not_an_add_and_a_remove(small, tmp_path):
 
 
 def test_a_renamed_and_changed_layer_is_removed_and_added(small, tmp_path):
-    new = edited(tmp_path, "units: 5, activation: relu, name: hidden}", "units: 6, activation: relu, name: trunk}")
+    new = edited(
+        tmp_path,
+        "units: 5, activation: relu, name: hidden}",
+        "units: 6, activation: relu, name: trunk}",
+    )
     found = diff_json(small, new, 1)
     assert found["renamed"] == []
     assert [a["name"] for a in found["added"]] == ["trunk"]
@@ -219,9 +219,7 @@ def test_a_renamed_and_changed_layer_is_removed_and_added(small, tmp_path):
     assert found["weights"]["unused"] == ["hidden"]
 
 
-def test_renames_follow_the_graph_place(tmp_path):
-    """Two identical branches renamed: each is matched with the branch fed by the same input."""
-    spec = """\
+BRANCHES = """\
 name: two
 layers:
   - {type: Input, shape: [4], name: a}
@@ -230,12 +228,19 @@ layers:
   - {type: Dense, units: 2, name: right, from: b}
   - {type: Concatenate, from: [left, right], name: both}
 """
-    old = write(tmp_path, "old.yaml", spec)
+
+
+def test_renames_follow_the_graph_place(tmp_path):
+    """Two identical branches renamed: each is matched with the branch fed by the same input."""
+    old = write(tmp_path, "old.yaml", BRANCHES)
     # the NEW spec lists the branches the other way round, under new names
-    new = write(tmp_path, "new.yaml", spec.replace(
-        "  - {type: Dense, units: 2, name: left, from: a}\n  - {type: Dense, units: 2, name: right, from: b}\n",
-        "  - {type: Dense, units: 2, name: from_b, from: b}\n  - {type: Dense, units: 2, name: from_a, from: a}\n",
-    ).replace("[left, right]", "[from_a, from_b]"))
+    swapped = BRANCHES.replace(
+        "  - {type: Dense, units: 2, name: left, from: a}\n"
+        "  - {type: Dense, units: 2, name: right, from: b}\n",
+        "  - {type: Dense, units: 2, name: from_b, from: b}\n"
+        "  - {type: Dense, units: 2, name: from_a, from: a}\n",
+    )
+    new = write(tmp_path, "new.yaml", swapped.replace("[left, right]", "[from_a, from_b]"))
     found = diff_json(old, new, 1)
     assert found["renamed"] == [
         {"old": "left", "new": "from_a", "type": "Dense"},
@@ -245,21 +250,24 @@ layers:
 
 
 def test_settings_inputs_and_outputs(small, tmp_path):
-    text = SMALL.replace("optimizer: adam", "optimizer: {type: adam, learning_rate: 0.01}")
+    text = SMALL.replace("learning_rate: 0.01", "learning_rate: 0.001")
     text = text.replace("epochs: 2", "epochs: 5").replace("train: train.npz", "train: other.npz")
     text = text.replace("seed: 3", "seed: 4")
     new = write(tmp_path, "new.yaml", text)
     found = diff_json(small, new, 1)
     assert found["spec"] == [{"path": "seed", "old": 3, "new": 4}]
-    assert found["compile"] == [{"path": "optimizer.learning_rate", "old": 0.001, "new": 0.01}]
+    assert found["compile"] == [{"path": "optimizer.learning_rate", "old": 0.01, "new": 0.001}]
     assert found["fit"] == [{"path": "epochs", "old": 2, "new": 5}]
     assert found["data"] == [{"path": "train.path", "old": "train.npz", "new": "other.npz"}]
     assert found["weights"]["loads"] is True and not found["changed"]
     shown = run(small, new, "--markdown").stdout
-    assert "- compile.optimizer.learning_rate: `0.001` → `0.01`" in shown
+    assert "- compile.optimizer.learning_rate: `0.01` → `0.001`" in shown
 
     two_outputs = SMALL.replace("fit:", "outputs: [label, hidden]\nfit:")
-    two_outputs = two_outputs.replace("loss: sparse_categorical_crossentropy", "loss: {label: sparse_categorical_crossentropy, hidden: mse}")
+    two_outputs = two_outputs.replace(
+        "loss: sparse_categorical_crossentropy",
+        "loss: {label: sparse_categorical_crossentropy, hidden: mse}",
+    )
     new = write(tmp_path, "new.yaml", two_outputs)
     found = diff_json(small, new, 1)
     assert found["outputs"] == {"path": "outputs", "old": ["label"], "new": ["label", "hidden"]}
@@ -271,24 +279,17 @@ def test_settings_inputs_and_outputs(small, tmp_path):
 
 
 def test_a_shared_layer(tmp_path):
-    spec = """\
-name: shared
-layers:
-  - {type: Input, shape: [4], name: a}
-  - {type: Input, shape: [4], name: b}
-  - {type: Dense, units: 2, name: enc, from: a}
-  - {share: enc, from: b, name: enc_b}
-  - {type: Add, from: [enc, enc_b]}
-"""
-    old = write(tmp_path, "old.yaml", spec)
+    shared = BRANCHES.replace(
+        "{type: Dense, units: 2, name: right, from: b}", "{share: left, from: b, name: right}"
+    )
+    old = write(tmp_path, "old.yaml", shared)
     assert run(old, old).exit_code == 0
-    new = write(tmp_path, "new.yaml", spec.replace("  - {share: enc, from: b, name: enc_b}",
-                                                   "  - {type: Dense, units: 2, from: b, name: enc_b}"))
+    new = write(tmp_path, "new.yaml", BRANCHES)
     found = diff_json(old, new, 1)
     (layer,) = found["changed"]
-    assert layer["name"] == "enc_b"
-    assert {"path": "share", "old": "enc", "new": None} in layer["changes"]
-    assert found["weights"]["needed"] == [{"layer": "enc_b", "why": "not in OLD"}]
+    assert layer["name"] == "right"
+    assert {"path": "share", "old": "left", "new": None} in layer["changes"]
+    assert found["weights"]["needed"] == [{"layer": "right", "why": "not in OLD"}]
 
 
 def test_markdown_cannot_be_broken_by_names(tmp_path):
@@ -307,8 +308,19 @@ def test_markdown_cannot_be_broken_by_names(tmp_path):
 
 def git(repo: Path, *args: str) -> None:
     subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "commit.gpgsign=false", *args],
-        cwd=repo, check=True, capture_output=True,
+        [
+            "git",
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.com",
+            "-c",
+            "commit.gpgsign=false",
+            *args,
+        ],
+        cwd=repo,
+        check=True,
+        capture_output=True,
     )
 
 
@@ -391,14 +403,20 @@ def test_outside_a_repository_and_without_git(tmp_path, monkeypatch):
 
 def test_missing_files_and_bad_specs_exit_2_with_every_problem(small, tmp_path):
     result = run(tmp_path / "nope.yaml", small)
-    assert result.exit_code == 2 and result.stderr.startswith(f"{tmp_path / 'nope.yaml'}: no such spec file")
+    assert result.exit_code == 2 and result.stderr.startswith(
+        f"{tmp_path / 'nope.yaml'}: no such spec file"
+    )
     bad = edited(tmp_path, "units: 5", "units: many")
-    worse = write(tmp_path, "worse.yaml", SMALL.replace("type: Dense, units: 3", "type: Dense, unit: 3"))
+    worse = write(
+        tmp_path, "worse.yaml", SMALL.replace("type: Dense, units: 3", "type: Dense, unit: 3")
+    )
     result = run(bad, worse)
     assert result.exit_code == 2
     lines = result.stderr.splitlines()
     assert lines[0].startswith(f"{bad}:5:") and "units" in lines[0]
-    assert any(line.startswith(f"{worse}:6:") and "did you mean 'units'" in line for line in lines), lines
+    assert any(
+        line.startswith(f"{worse}:6:") and "did you mean 'units'" in line for line in lines
+    ), lines
     assert result.stdout == ""
 
 
@@ -408,17 +426,30 @@ def test_json_and_markdown_together_is_a_usage_error(small):
 
 
 def test_a_nan_in_the_spec_is_the_same_as_itself(tmp_path):
-    spec = write(tmp_path, "nan.yaml", SMALL.replace(
-        "loss: sparse_categorical_crossentropy", "loss: sparse_categorical_crossentropy\n  loss_weights: {label: .nan}"))
+    spec = write(
+        tmp_path,
+        "nan.yaml",
+        SMALL.replace(
+            "loss: sparse_categorical_crossentropy",
+            "loss: sparse_categorical_crossentropy\n  loss_weights: {label: .nan}",
+        ),
+    )
     assert run(spec, spec).exit_code == 0
 
 
 def test_a_real_process_exits_1_for_a_difference(small, tmp_path):
     new = edited(tmp_path, "units: 5", "units: 6")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
     done = subprocess.run(
         [sys.executable, "-m", "kerspec", "diff", str(small), str(new), "--markdown"],
-        capture_output=True, text=True, timeout=120, check=False, env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
     )
     assert done.returncode == 1, done.stderr
     assert "- changed `hidden` (Dense): units `5` → `6`" in done.stdout
