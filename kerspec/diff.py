@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import subprocess
 from dataclasses import asdict, dataclass, field
@@ -40,7 +41,7 @@ GIT_TIMEOUT_SECONDS = 60
 def load_side(text: str) -> api.Model:
     """A spec path, or `REV:path` when no file has that name and the text has a colon."""
     path = Path(text)
-    if ":" in text and not path.exists():
+    if ":" in text and not os.path.lexists(text):  # False, not an error, for a name too long
         rev, _, inside = text.partition(":")
         spec_text = read_revision(text, rev, inside)
         return api.Model(parse_spec(spec_text, text, path=Path(inside)), seed=0)

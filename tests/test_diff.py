@@ -369,7 +369,9 @@ def test_a_bad_spec_at_a_revision_gives_its_place(repo):
         ("HEAD:specs", "is a folder, not a spec file"),
         ("HEAD:specs/m.yaml\nHEAD:x", "control character"),
         ("HEAD~1000:specs/m.yaml", "no revision 'HEAD~1000'"),
+        ("HEAD:" + "a" * 5000, "is not in revision 'HEAD'"),
     ],
+    ids=lambda v: v[:40],
 )
 def test_hostile_rev_path(repo, old, message):
     result = run("--", old, "specs/m.yaml", cwd=repo)
