@@ -319,7 +319,7 @@ def _layer_changes(was: dict, now: dict, to_new: dict) -> list[Change]:
         changes.append(Change("arguments", _args(was["layer"]), _args(now["layer"])))
     elif was["share"] is None and now["share"] is None:
         changes.extend(_changes(was["layer"], now["layer"], skip=PLACE_ARGS))
-    if was["share"] != now["share"] and to_new.get(was["share"], was["share"]) != now["share"]:
+    if to_new.get(was["share"], was["share"]) != now["share"]:
         changes.append(Change("share", was["share"], now["share"]))
     for key in ("output_shapes", "params"):
         if was[key] != now[key]:
@@ -394,11 +394,7 @@ def _weight_reason(old: dict | None, new: dict) -> str:
 
 
 def _shape(shape: list[int] | None) -> str:
-    return (
-        "absent"
-        if shape is None
-        else "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
-    )
+    return "absent" if shape is None else str(tuple(shape))
 
 
 # -- values, as the spec says them -------------------------------------------------------------

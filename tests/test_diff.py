@@ -291,6 +291,12 @@ def test_a_shared_layer(tmp_path):
     assert {"path": "share", "old": "left", "new": None} in layer["changes"]
     assert found["weights"]["needed"] == [{"layer": "right", "why": "not in OLD"}]
 
+    # the shared layer renamed: the layer sharing it follows, nothing else changed
+    renamed = shared.replace("name: left", "name: trunk").replace("left", "trunk")
+    found = diff_json(old, write(tmp_path, "renamed.yaml", renamed), 1)
+    assert found["renamed"] == [{"old": "left", "new": "trunk", "type": "Dense"}]
+    assert found["changed"] == [] and found["links"] == []
+
 
 def test_markdown_cannot_be_broken_by_names(tmp_path):
     """A name holding backticks and a pipe stays inside its code span and table cell."""
