@@ -267,6 +267,32 @@ def plot(
 
 
 @app.command()
+def diff(
+    old: Annotated[str, typer.Argument(metavar="OLD", help="The spec before: a path, or REV:path from git (HEAD~1:specs/m.yaml).", show_default=False)],
+    new: Annotated[str, typer.Argument(metavar="NEW", help="The spec after: a path, or REV:path.", show_default=False)],
+    json_out: JsonOpt = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print Markdown, for a pull-request comment.")] = False,
+) -> None:
+    """What changed in the model from OLD to NEW. Exit 0: the same model; 1: they differ; 2: trouble."""
+    from kerspec.diff import diff_specs, render_markdown, render_text
+
+    if json_out and markdown:
+        console.err.print("--json and --markdown cannot be combined", markup=False)
+        raise typer.Exit(2)
+    try:
+        found = diff_specs(old, new)
+    except Problems as err:  # as GNU diff does, exit 2 for trouble: 1 means "they differ"
+        for problem in err.problems:
+            console.err.print(str(problem), markup=False, emoji=False)
+        raise typer.Exit(2) from None
+    if json_out:
+        console.emit_json(found.to_json())
+    else:
+        sys.stdout.write(render_markdown(found) if markdown else render_text(found))
+    raise typer.Exit(0 if found.same else 1)
+
+
+@app.command()
 def schema(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to a file instead of stdout.", show_default=False)] = None,
 ) -> None:
