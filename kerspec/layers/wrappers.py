@@ -21,7 +21,16 @@ import numpy as np
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from kerspec.layers.base import LAYERS, Context, Layer, Shape, ShapeError, WeightSpec, format_shape
+from kerspec.layers.base import (
+    LAYERS,
+    Context,
+    Layer,
+    Shape,
+    ShapeError,
+    WeightSpec,
+    format_shape,
+    hand_over,
+)
 from kerspec.layers.recurrent import GRU, LSTM, Recurrent, SimpleRNN
 
 
@@ -332,6 +341,7 @@ class Bidirectional(Layer):
             if keep is not None:
                 d_f = None if d_f is None else d_f * keep
                 d_b = None if d_b is None else d_b * keep
+            d_f, d_b = hand_over([d_f, d_b])
             if sequences and d_b is not None:
                 d_b = d_b[:, ::-1]
             (dx_f,), grads_f = backprop_f([d_f, *d_states[:n_f]])

@@ -119,11 +119,23 @@ class Trainer:
             self._train_step(xs, ys, ctx, sample_weights)
 
     def _train_step(self, xs, ys, ctx, sample_weights) -> None:
+        total, grad_list, losses, run = self.gradients(xs, ys, ctx, sample_weights)
+        if not np.isfinite(total):
+            raise NonFiniteLoss(total)
+        self.optimizer.apply(self.opt_state, self.weights, grad_list)
+        for weight, constraint in self.constrained:
+            weight[...] = constraint(weight)
+        self._track(total, losses, ys, run.outputs, run.masks)
+
+    def gradients(self, xs, ys, ctx: Context, sample_weights=None):
+        """`(loss, gradients, per-output losses, forward run)` of one batch, as a training step
+        computes them: the gradients follow `self.trainable`, regularization included. None
+        are computed when the loss is not finite."""
         run = self.plan.forward(self.params, xs, ctx, record=True)
         weights = _loss_weights(run.masks, sample_weights)
         total, d_outputs, losses = self._losses(ys, run.outputs, weights, run.penalty, with_grads=True)
         if not np.isfinite(total):
-            raise NonFiniteLoss(total)
+            return total, [], losses, run
         grads = self.plan.backward(run.tape, d_outputs)
         grad_list = []
         for owner, name in self.trainable:
@@ -131,10 +143,7 @@ class Trainer:
             grad_list.append(np.zeros_like(self.params[owner][name]) if g is None else g)
         for index, weight, regularizer in self.regularized:
             grad_list[index] = grad_list[index] + regularizer.gradient(weight)
-        self.optimizer.apply(self.opt_state, self.weights, grad_list)
-        for weight, constraint in self.constrained:
-            weight[...] = constraint(weight)
-        self._track(total, losses, ys, run.outputs, run.masks)
+        return total, grad_list, losses, run
 
     def test_step(self, xs: list[np.ndarray], ys: list[np.ndarray], ctx: Context, sample_weights=None) -> None:
         with np.errstate(**_QUIET):
