@@ -61,6 +61,8 @@ def keras_archive(model: Model) -> tuple[dict, dict[str, dict[str, np.ndarray]]]
     calls: dict[str, int] = {}  # node name -> its call index on its owner layer
     problems = []
     for node in graph.nodes:
+        if any(ref.node not in calls for ref in node.inputs):
+            continue  # after a layer already refused
         if node.owner in layers:  # a shared layer: one more call
             entry = layers[node.owner]
         elif node.type == "Input":

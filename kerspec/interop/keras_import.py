@@ -287,8 +287,13 @@ class SpecBuilder:
                 self.problem(path, f"a nested model with {len(input_keys)} inputs is called with {len(inputs)}")
                 return []
             tensors.update({(key[0], 0, 0): ref for key, ref in zip(input_keys, inputs)})
+        skipped = _mask_ops(layers, body)
+        pending = [p for p in pending if _layer_name(p[0]) not in skipped]
+        done: set[tuple[str, int]] = set()
         while pending:
-            ready = [p for p in pending if all(key in tensors for key in _node_keys(p[3]))]
+            # A layer's calls in their order: its first call is the one that owns the weights.
+            ready = [p for p in pending if all(key in tensors for key in _node_keys(p[3]))
+                     and (p[2] == 0 or (_layer_name(p[0]), p[2] - 1) in done)]
             if not ready:
                 for layer, at, k, node in pending:
                     missing = [key[0] for key in _node_keys(node) if key not in tensors and key[0] not in by_name]
@@ -298,8 +303,9 @@ class SpecBuilder:
             for item in ready:
                 pending.remove(item)
                 layer, at, k, node = item
-                refs = self._call(layer, at, k, node, tensors)
-                name = layer.get("name") or layer["config"].get("name")
+                refs = self._call(layer, at, k, node, tensors, skipped)
+                name = _layer_name(layer)
+                done.add((name, k))
                 for t, ref in enumerate(refs):
                     tensors[(name, k, t)] = ref
         outputs = []
@@ -310,9 +316,11 @@ class SpecBuilder:
                 outputs.append(tensors[key])
         return outputs
 
-    def _call(self, layer: dict, at: str, k: int, node: Any, tensors: dict) -> list[str]:
+    def _call(self, layer: dict, at: str, k: int, node: Any, tensors: dict, skipped: set[str]) -> list[str]:
         args, kwargs = _node_parts(node)
         for key, value in kwargs.items():
+            if key == "mask" and value is not None and {t[0] for t in _tensor_refs(value)} <= skipped:
+                continue  # the mask Keras computed from Masking or mask_zero; kerspec makes it too
             if not (key in CALL_DEFAULTS and value in CALL_DEFAULTS[key]):
                 self.problem(f"{at}.inbound_nodes[{k}].kwargs.{key}",
                              f"kerspec cannot express the call argument {key}={_short(value)}")
@@ -376,8 +384,9 @@ class SpecBuilder:
         self.entries.append(entry)
         return entry["name"]
 
-    def layer(self, layer: dict, at: str) -> dict | None:
-        """One Keras layer config as a kerspec entry (without name and `from`), or None."""
+    def layer(self, layer: dict, at: str, inner: bool = False) -> dict | None:
+        """One Keras layer config as a kerspec entry (without name and `from`), or None;
+        `inner` for the layer a wrapper holds (Bidirectional zeroes its masked outputs)."""
         kind, config = layer["class_name"], layer["config"]
         label = f"{kind} {config.get('name')!r}"
         if kind == "Lambda":
@@ -403,13 +412,13 @@ class SpecBuilder:
                     entry["trainable"] = False
             elif key == "dtype":
                 self._dtype(value, place)
-            elif key == "name" or key == "batch_input_shape":
-                continue
+            elif key in ("name", "batch_input_shape") or (key == "data_format" and value == "channels_last"):
+                continue  # channels_last is what kerspec's data_format None means
             elif key in fields:
                 converted = self._argument(key, value, place)
                 if converted is not None or value is None:
                     entry[key] = converted
-            elif not harmless(key, value) and not (key == "zero_output_for_mask" and value is False):
+            elif not harmless(key, value) and not (key == "zero_output_for_mask" and (value is False or inner)):
                 self.problem(place, f"{label}: kerspec's {kind} has no argument {key!r}"
                                     f" (Keras gives it {_short(value)})")
         if kind == "Bidirectional":
@@ -424,7 +433,7 @@ class SpecBuilder:
                 return None
             if not isinstance(value, dict) or not self._layer_dict(value, place):
                 return None
-            return self.layer(value, place)
+            return self.layer(value, place, inner=True)
         if key.endswith("initializer"):
             return self.items.read(INITIALIZERS, value, place)
         if key.endswith("regularizer"):
@@ -462,8 +471,10 @@ class SpecBuilder:
         if isinstance(weights, dict):
             section["loss_weights"] = {self._output(k, outputs, keras_outputs, f"{at}.loss_weights"): v
                                        for k, v in weights.items()}
-        elif isinstance(weights, list):
-            section["loss_weights"] = weights
+        elif isinstance(weights, list) and len(weights) == len(outputs):
+            section["loss_weights"] = dict(zip(outputs, weights))
+        elif weights is not None:
+            self.problem(f"{at}.loss_weights", f"expected one weight per output ({len(outputs)})")
         metrics = compile_.get("metrics")
         if metrics:
             section["metrics"] = self._metrics(metrics, f"{at}.metrics", outputs, keras_outputs)
@@ -563,6 +574,35 @@ def _node_parts(node: Any) -> tuple[list, dict]:
                 kwargs.update(item[3])
         return node, kwargs
     return [], {}
+
+
+def _layer_name(layer: dict) -> str:
+    return layer.get("name") or layer["config"].get("name")
+
+
+def _mask_ops(layers: list, body: dict) -> set[str]:
+    """Keras 3 records the mask a Masking layer or an Embedding with mask_zero makes as graph
+    operations (NotEqual, Any) feeding later calls' `mask` arguments. Operations whose results
+    only ever become masks are left out: kerspec propagates those masks itself."""
+    ops = {_layer_name(layer) for layer in layers if isinstance(layer, dict) and isinstance(layer.get("config"), dict)
+           and str(layer.get("module", "")).startswith("keras.src.ops")}
+    skipped = set(ops)
+    while True:
+        used = {key[0] for key in _tensor_keys(body.get("output_layers"))}
+        for layer in layers:
+            if not isinstance(layer, dict) or not isinstance(layer.get("config"), dict) or _layer_name(layer) in skipped:
+                continue
+            for node in layer.get("inbound_nodes") or []:
+                args, _ = _node_parts(node)
+                used |= {t[0] for t in _tensor_refs(args)}
+        kept = skipped & used
+        if not kept:
+            return skipped
+        skipped -= kept
+
+
+def _tensor_refs(value: Any) -> list[tuple]:
+    return _node_keys({"args": [value]})
 
 
 def _node_keys(node: Any) -> list[tuple]:
