@@ -186,3 +186,36 @@ def test_lambda_is_refused_for_keras(tmp_path):
     assert result.exit_code == 1
     assert "Lambda 'distance'" in result.output and "bytecode" in result.output
     assert not (tmp_path / "m.keras").exists()
+
+
+@pytest.mark.parametrize("name", ["sequential", "functional", "recurrent"])
+def test_legacy_h5_and_json_import(name, tmp_path, rng):
+    """Keras's legacy HDF5 model and model.to_json() (architecture only)."""
+    theirs = KERAS_MODELS[name]()
+    for v in theirs.weights:
+        v.assign(rng.normal(0, 0.5, v.shape))
+    theirs.save(tmp_path / "m.h5")
+    (tmp_path / "m.json").write_text(theirs.to_json())
+    result = cli("import", tmp_path / "m.h5", "-o", tmp_path / "h5.yaml")
+    assert result.exit_code == 0, result.output
+    ours = kerspec.load(tmp_path / "h5.yaml", seed=0)
+    ours.load_weights(tmp_path / "h5.npz")
+    xs = keras_inputs(theirs, rng)
+    expected = theirs.predict(xs if len(xs) > 1 else xs[0], verbose=0)
+    expected = expected if isinstance(expected, list) else [expected]
+    for (key, value), want in zip(ours.predict(dict(zip(ours.input_names, xs))).items(), expected):
+        np.testing.assert_allclose(value, want, rtol=1e-5, atol=1e-6, err_msg=key)
+    result = cli("import", tmp_path / "m.json", "-o", tmp_path / "json.yaml")
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "json.npz").exists()  # architecture only
+    h5_layers = (tmp_path / "h5.yaml").read_text().split("layers:")[1].split("compile:")[0]
+    assert h5_layers in (tmp_path / "json.yaml").read_text()
+
+
+def test_import_never_replaces_a_file(saved, tmp_path):
+    (tmp_path / "spec.npz").write_text("mine")
+    result = cli("import", saved["sequential"], "-o", tmp_path / "spec.yaml")
+    assert result.exit_code == 1 and "exists" in result.output and "--overwrite" in result.output
+    assert (tmp_path / "spec.npz").read_text() == "mine" and not (tmp_path / "spec.yaml").exists()
+    assert cli("import", saved["sequential"], "-o", tmp_path / "spec.yaml", "--overwrite").exit_code == 0
+    assert kerspec.load(tmp_path / "spec.yaml").name == "seq"

@@ -189,7 +189,7 @@ class H5Reader:
         try:
             if name not in obj.attrs:
                 return None
-            size = obj.attrs.get_id(name).get_storage_size()
+            size = self._attribute_size(obj, name)
             if size > MAX_CONFIG_BYTES:
                 self.fail(f"attribute {name} is {format_bytes(size)}, more than kerspec reads")
             value = obj.attrs[name]
@@ -203,11 +203,18 @@ class H5Reader:
             return value
         self.fail(f"attribute {name} is not text")
 
+    def _attribute_size(self, obj, name: str) -> int:
+        """Bytes an attribute holds, known before reading it (an empty one has no storage)."""
+        attribute = obj.attrs.get_id(name)
+        if attribute.shape is not None and 0 in attribute.shape:
+            return 0
+        return attribute.get_storage_size()
+
     def string_list(self, obj, name: str) -> list[str] | None:
         try:
             if name not in obj.attrs:
                 return None
-            if obj.attrs.get_id(name).get_storage_size() > MAX_CONFIG_BYTES:
+            if self._attribute_size(obj, name) > MAX_CONFIG_BYTES:
                 self.fail(f"attribute {name} is larger than kerspec reads")
             values = obj.attrs[name]
         except ModelFileError:

@@ -42,6 +42,8 @@ KERAS_ARCHIVE = {"config.json": MAX_CONFIG_BYTES, "metadata.json": MAX_CONFIG_BY
 NOT_ARGUMENTS = {"name", "trainable", "dtype"}
 # A layer's call arguments Keras records that change nothing at inference when left as they are.
 CALL_DEFAULTS = {"training": (None, False), "mask": (None,)}
+# The operations Keras 3 records to make masks (legacy .h5 configs do not say their module).
+MASK_OPS = {"NotEqual", "Equal", "Any", "All", "LogicalAnd", "LogicalOr", "Cast", "ExpandDims", "Squeeze"}
 # How a sub-object of a Keras layer names the weights kerspec keys under it.
 WEIGHT_SCOPES = {"cell": "", "layer": "", "forward_layer": "forward/", "backward_layer": "backward/"}
 
@@ -585,7 +587,8 @@ def _mask_ops(layers: list, body: dict) -> set[str]:
     operations (NotEqual, Any) feeding later calls' `mask` arguments. Operations whose results
     only ever become masks are left out: kerspec propagates those masks itself."""
     ops = {_layer_name(layer) for layer in layers if isinstance(layer, dict) and isinstance(layer.get("config"), dict)
-           and str(layer.get("module", "")).startswith("keras.src.ops")}
+           and (str(layer.get("module", "")).startswith("keras.src.ops")
+                or ("module" not in layer and layer.get("class_name") in MASK_OPS))}
     skipped = set(ops)
     while True:
         used = {key[0] for key in _tensor_keys(body.get("output_layers"))}
