@@ -220,7 +220,7 @@ class SpecBuilder:
         self.flattened: list[str] = []
 
     def problem(self, path: str, message: str) -> None:
-        self.problems.append(KerspecError(f"{path}: {message}", self.where))
+        self.problems.append(KerspecError(f"{path.lstrip('.')}: {message}", self.where))
 
     def unique(self, name: str) -> str:
         candidate, n = name, 1
@@ -426,8 +426,9 @@ class SpecBuilder:
         if kind == "Bidirectional":
             _drop_mirrored_backward(entry)
         entry = without_defaults(model, entry)
-        order = [f.alias or k for k, f in model.model_fields.items()]
-        return dict(sorted(entry.items(), key=lambda item: -1 if item[0] == "type" else order.index(item[0])))
+        required = [f.alias or k for k, f in model.model_fields.items() if f.is_required()]
+        first = [k for k in ("type", *required) if k in entry]
+        return {**{k: entry[k] for k in first}, **{k: v for k, v in entry.items() if k not in first}}
 
     def _argument(self, key: str, value: Any, place: str) -> Any:
         if key in ("layer", "backward_layer"):
@@ -647,7 +648,7 @@ def import_keras(path: Path) -> Imported:
 
 def _translate(keras: KerasModel, path: Path) -> Imported:
     builder = SpecBuilder(keras.where)
-    outputs = builder.model(keras.config, "config", None)
+    outputs = builder.model(keras.config, "", None)  # places are JSON paths: config.layers[2]
     problems = builder.problems
     if len(builder.dtypes) > 1:
         builder.problem("config.layers", "the layers mix float32 and float64; kerspec uses one dtype")
@@ -758,7 +759,10 @@ def spec_yaml(spec: dict) -> str:
     if "outputs" in spec:
         text += "\n" + yaml.dump({"outputs": _Flow(spec["outputs"])}, Dumper=_Dumper, sort_keys=False)
     if "compile" in spec:
-        text += "\n" + yaml.dump({"compile": spec["compile"]}, Dumper=_Dumper, sort_keys=False, width=100)
+        text += "\ncompile:\n"
+        for key, value in spec["compile"].items():
+            line = yaml.dump(value, Dumper=_Dumper, default_flow_style=True, sort_keys=False, width=10**6)
+            text += f"  {key}: {line.removesuffix(chr(10)).removesuffix('...').strip()}\n"
     return text
 
 
