@@ -100,6 +100,10 @@ layers:
 }
 
 
+def spec_text(name: str) -> str:
+    return SPECS[name] if name in SPECS else Path(name).read_text()
+
+
 def model(name: str) -> kerspec.Model:
     """A kerspec model with random (not initializer) weights: zero biases would hide mistakes."""
     ours = kerspec.from_yaml(SPECS[name], seed=0) if name in SPECS else kerspec.load(name, seed=0)

@@ -102,6 +102,7 @@ def base_args(name: str, root: Path) -> dict[str, list[str]]:
         "runs": {"folder": [str(root / "runs")]},
         "curves": {"runs_": [str(root / "runs")], "output": ["-o", str(root / "curves.svg")]},
         "schema": {},
+        "export": {"spec": [spec], "weights": ["--weights", weights], "output": ["-o", str(root / "model.onnx")]},
     }
     return known.get(name, {})
 

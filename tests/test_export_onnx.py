@@ -5,7 +5,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kerspec.cli import app
-from tests.interop_models import SHIPPED, SPECS, inputs, model
+from tests.interop_models import SHIPPED, SPECS, inputs, model, spec_text
 
 pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -22,7 +22,7 @@ def test_onnx_predicts_as_kerspec(name, tmp_path):
     ours = model(name)
     weights, spec = tmp_path / "w.npz", tmp_path / "spec.yaml"
     ours.save_weights(weights)
-    spec.write_text(SPECS[name] if name in SPECS else open(name).read())
+    spec.write_text(spec_text(name))
     result = CliRunner().invoke(app, ["export", str(spec), "--weights", str(weights), "-o", str(tmp_path / "m.onnx")])
     assert result.exit_code == 0, result.output
     xs = inputs(ours)

@@ -41,11 +41,10 @@ def test_every_unsupported_item_is_listed_on_its_own_line(tmp_path):
 def test_zip_bomb_declared_size_is_refused_before_reading(tmp_path):
     bomb = tmp_path / "in" / "bomb.keras"
     bomb.parent.mkdir()
-    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
-        with archive.open("config.json", "w", force_zip64=True) as member:
-            chunk = b" " * 2**20
-            for _ in range(80):  # 80 MB of spaces, 80 kB compressed
-                member.write(chunk)
+    with (zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive,
+          archive.open("config.json", "w", force_zip64=True) as member):
+        for _ in range(80):  # 80 MB of spaces, 80 kB compressed
+            member.write(b" " * 2**20)
     out = tmp_path / "out"
     out.mkdir()
     refused(bomb, out, "member config.json declares 83.9 MB, more than the")

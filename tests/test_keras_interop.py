@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 import kerspec
 from kerspec.cli import app
-from tests.interop_models import SHIPPED, SPECS, inputs, model
+from tests.interop_models import SHIPPED, SPECS, inputs, model, spec_text
 
 keras = pytest.importorskip("keras")
 pytest.importorskip("h5py")
@@ -34,7 +34,7 @@ def test_exported_keras_archive_predicts_as_kerspec(name, tmp_path):
     ours = model(name)
     weights, spec = tmp_path / "w.npz", tmp_path / "spec.yaml"
     ours.save_weights(weights)
-    spec.write_text(SPECS[name] if name in SPECS else open(name).read())
+    spec.write_text(spec_text(name))
     result = cli("export", spec, "--weights", weights, "-o", tmp_path / "m.keras")
     assert result.exit_code == 0, result.output
     theirs = keras.saving.load_model(tmp_path / "m.keras")
@@ -166,7 +166,7 @@ def test_kerspec_keras_kerspec_round_trip(name, tmp_path):
     """Every shipped spec: export to .keras, import back: the same predictions."""
     ours = model(name)
     spec, weights = tmp_path / "spec.yaml", tmp_path / "w.npz"
-    spec.write_text(SPECS[name] if name in SPECS else open(name).read())
+    spec.write_text(spec_text(name))
     ours.save_weights(weights)
     assert cli("export", spec, "--weights", weights, "-o", tmp_path / "m.keras").exit_code == 0
     result = cli("import", tmp_path / "m.keras", "-o", tmp_path / "back.yaml")

@@ -51,14 +51,7 @@ def read_zip(path: Path, expected: dict[str, int], required: set[str]) -> dict[s
     Any other member, an unsafe member name, a missing required member, a member larger than
     its cap or than it declared is refused, naming the file and the member."""
     where = str(path)
-    try:
-        archive = zipfile.ZipFile(path)
-    except FileNotFoundError:
-        raise ModelFileError("no such file", where) from None
-    except IsADirectoryError:
-        raise ModelFileError("is a folder, not a file", where) from None
-    except READ_ERRORS as err:
-        raise ModelFileError(f"not a readable zip archive ({_first_line(err)})", where) from None
+    archive = _opened(lambda: zipfile.ZipFile(path), "zip archive", where)
     members: dict[str, bytes] = {}
     with archive:
         infos = archive.infolist()
@@ -83,6 +76,17 @@ def read_zip(path: Path, expected: dict[str, int], required: set[str]) -> dict[s
     if missing:
         raise ModelFileError(f"not a Keras model archive: no {', '.join(missing)}", where)
     return members
+
+
+def _opened(open_, kind: str, where: str):
+    try:
+        return open_()
+    except FileNotFoundError:
+        raise ModelFileError("no such file", where) from None
+    except IsADirectoryError:
+        raise ModelFileError("is a folder, not a file", where) from None
+    except READ_ERRORS as err:
+        raise ModelFileError(f"not a readable {kind} ({_first_line(err)})", where) from None
 
 
 def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> bytes:
@@ -121,14 +125,8 @@ class H5Reader:
         h5py = need_h5py()
         self.h5py = h5py
         self.where = where
-        try:
-            self.file = h5py.File(io.BytesIO(source) if isinstance(source, bytes) else source, "r")
-        except FileNotFoundError:
-            raise ModelFileError("no such file", where) from None
-        except IsADirectoryError:
-            raise ModelFileError("is a folder, not a file", where) from None
-        except READ_ERRORS as err:
-            raise ModelFileError(f"not a readable HDF5 file ({_first_line(err)})", where) from None
+        self.file = _opened(lambda: h5py.File(io.BytesIO(source) if isinstance(source, bytes) else source, "r"),
+                            "HDF5 file", where)
 
     def close(self) -> None:
         self.file.close()
@@ -184,43 +182,35 @@ class H5Reader:
             self.fail(f"{name} holds NaN or infinite values")
         return array
 
-    def text_attribute(self, obj, name: str) -> str | None:
-        """A string attribute (a JSON config), its size checked before it is read."""
+    def attribute(self, obj, name: str):
+        """An attribute (a JSON config, a list of names), its size checked before it is read;
+        None when there is none."""
         try:
             if name not in obj.attrs:
                 return None
-            size = self._attribute_size(obj, name)
+            attribute = obj.attrs.get_id(name)
+            empty = attribute.shape is not None and 0 in attribute.shape  # has no storage
+            size = 0 if empty else attribute.get_storage_size()
             if size > MAX_CONFIG_BYTES:
                 self.fail(f"attribute {name} is {format_bytes(size)}, more than kerspec reads")
-            value = obj.attrs[name]
+            return obj.attrs[name]
         except ModelFileError:
             raise
         except READ_ERRORS as err:
             self.fail(f"attribute {name} cannot be read ({_first_line(err)})")
+
+    def text_attribute(self, obj, name: str) -> str | None:
+        value = self.attribute(obj, name)
+        if value is None or isinstance(value, str):
+            return value
         if isinstance(value, bytes):
             return value.decode("utf-8", "replace")
-        if isinstance(value, str):
-            return value
         self.fail(f"attribute {name} is not text")
 
-    def _attribute_size(self, obj, name: str) -> int:
-        """Bytes an attribute holds, known before reading it (an empty one has no storage)."""
-        attribute = obj.attrs.get_id(name)
-        if attribute.shape is not None and 0 in attribute.shape:
-            return 0
-        return attribute.get_storage_size()
-
     def string_list(self, obj, name: str) -> list[str] | None:
-        try:
-            if name not in obj.attrs:
-                return None
-            if self._attribute_size(obj, name) > MAX_CONFIG_BYTES:
-                self.fail(f"attribute {name} is larger than kerspec reads")
-            values = obj.attrs[name]
-        except ModelFileError:
-            raise
-        except READ_ERRORS as err:
-            self.fail(f"attribute {name} cannot be read ({_first_line(err)})")
+        values = self.attribute(obj, name)
+        if values is None:
+            return None
         values = np.atleast_1d(values)
         if values.dtype.kind not in "OSU" and values.size:
             self.fail(f"attribute {name} is not a list of names")

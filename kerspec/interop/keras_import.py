@@ -544,7 +544,7 @@ def _drop_mirrored_backward(entry: dict) -> None:
     forward, backward = entry.get("layer"), entry.get("backward_layer")
     if not isinstance(forward, dict) or not isinstance(backward, dict):
         return
-    strip = lambda e: {k: v for k, v in e.items() if k not in ("name", "go_backwards")}  # noqa: E731
+    strip = lambda e: {k: v for k, v in e.items() if k not in ("name", "go_backwards")}
     if strip(forward) == strip(backward) and backward.get("go_backwards") != forward.get("go_backwards", False):
         del entry["backward_layer"]
 
@@ -720,10 +720,11 @@ def _weights(spec: dict, keras: KerasModel) -> dict[str, dict[str, np.ndarray]]:
                 continue
             array = keras.reader.array(queue.pop(0), weight.shape)
             params[owner][weight.name] = array.astype(model.dtype)
-        left = [f"{owner}: {len(q)} more array(s)" for q in scopes.values() if q]
-        problems += [f"layer {owner!r} holds arrays kerspec's layer does not have ({', '.join(left)})"] if left else []
-    for name in keras.weights:
-        if name not in model.graph.weights and any(True for _ in keras.weights[name]):
+        extra = sum(len(queue) for queue in scopes.values())
+        if extra:
+            problems.append(f"layer {owner!r} holds {extra} array(s) more than kerspec's layer has")
+    for name, arrays in keras.weights.items():
+        if name not in model.graph.weights and arrays:
             problems.append(f"weights for {name!r}, which is not a layer of the model")
     if problems:
         raise ImportProblems([KerspecError(p, where) for p in problems])

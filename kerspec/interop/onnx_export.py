@@ -191,7 +191,7 @@ def emit(b: Builder, node: Node, layer, xs: list[str], w: dict, shapes: list) ->
         index = b.op("Cast", [xs[0]], hint, to=b.onnx.TensorProto.INT64)
         return [b.op("Gather", [b.const(w["embeddings"], f"{hint}/embeddings"), index], hint, axis=0)]
     if kind == "Concatenate":
-        return [b.op("Concat", xs, hint, axis=layer.axis if layer.axis < 0 else layer.axis)]
+        return [b.op("Concat", xs, hint, axis=layer.axis)]
     if kind in ("Add", "Multiply", "Average", "Maximum", "Minimum", "Subtract"):
         op = {"Add": "Sum", "Multiply": "Mul", "Average": "Mean", "Maximum": "Max", "Minimum": "Min",
               "Subtract": "Sub"}[kind]
