@@ -308,5 +308,44 @@ def schema(
             write_text(output, text)
 
 
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace output files that exist.")]
+
+
+@app.command(name="import")
+def import_(
+    model: Annotated[Path, typer.Argument(help="A Keras model: .keras, .h5 or model.to_json() .json.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The spec to write (.yaml).", show_default=False)],
+    weights_out: Annotated[Path | None, typer.Option("--weights-out", help="The weights (.npz); default: the spec's name with .npz.", show_default=False)] = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Translate a Keras model into a spec, and its weights into a kerspec .npz."""
+    from kerspec.interop.keras_import import import_keras, write_import
+
+    with user_errors():
+        imported = import_keras(model)
+        written = write_import(imported, output, weights_out, overwrite=overwrite)
+    for note in imported.notes:
+        console.err.print(f"{model}: {note}", markup=False)
+    console.out.print(f"Wrote {', '.join(map(str, written))}", markup=False)
+
+
+@app.command()
+def export(
+    spec: SpecArg,
+    weights: WeightsOpt,
+    output: Annotated[Path, typer.Option("--output", "-o", help="MODEL.onnx, or a Keras 3 archive MODEL.keras.", show_default=False)],
+    set_: SetOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Write the trained model as ONNX (.onnx) or as a Keras 3 archive (.keras)."""
+    from kerspec.interop import export_model
+
+    with user_errors():
+        model = _load(spec, set_, seed=0)
+        model.load_weights(weights)
+        export_model(model, output, overwrite=overwrite)
+    console.out.print(f"Wrote {output}", markup=False)
+
+
 def main() -> None:
     app()

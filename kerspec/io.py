@@ -27,8 +27,9 @@ from kerspec.guards import READ_ERRORS, check_npy_file, describe_read_error, rea
 TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write `path` through `write(file)` all or nothing."""
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None], *, replace: bool = True) -> None:
+    """Write `path` through `write(file)` all or nothing; with `replace=False`, never over a
+    file that exists (even one made while writing)."""
     path = Path(path)
     folder = path.parent
     try:
@@ -43,10 +44,17 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
             write(file)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # fails, unlike a rename, where a file exists
+            os.unlink(tmp)
         _sync_folder(folder)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, FileExistsError):
+            raise KerspecError("exists; kerspec does not replace it (choose another name, or"
+                               " pass --overwrite)", str(path)) from None
         if isinstance(err, OSError):
             raise KerspecError(f"cannot write: {err.strerror}", str(path)) from None
         raise
@@ -105,13 +113,14 @@ def write_json(path: Path, data) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    atomic_write(path, lambda f: np.savez(f, **arrays))
+def write_npz(path: Path, arrays: dict[str, np.ndarray], *, replace: bool = True) -> None:
+    atomic_write(path, lambda f: np.savez(f, **arrays), replace=replace)
 
 
-def save_weights(path: Path, params: dict[str, dict[str, np.ndarray]]) -> None:
+def save_weights(path: Path, params: dict[str, dict[str, np.ndarray]], *, replace: bool = True) -> None:
     """One array per weight, keyed `LAYER/WEIGHT` with Keras's names and layouts."""
-    write_npz(path, {f"{layer}/{name}": w for layer, ws in params.items() for name, w in ws.items()})
+    write_npz(path, {f"{layer}/{name}": w for layer, ws in params.items() for name, w in ws.items()},
+              replace=replace)
 
 
 def read_npz(path: Path, error: type[KerspecError]) -> dict[str, np.ndarray]:

@@ -103,6 +103,7 @@ def base_args(name: str, root: Path) -> dict[str, list[str]]:
         "curves": {"runs_": [str(root / "runs")], "output": ["-o", str(root / "curves.svg")]},
         "schema": {},
         "diff": {"old": [spec], "new": [spec]},
+        "export": {"spec": [spec], "weights": ["--weights", weights], "output": ["-o", str(root / "model.onnx")]},
     }
     return known.get(name, {})
 

@@ -68,7 +68,7 @@ if os.environ.get("KERSPEC_TEST_SLOW_WRITES"):
     _atomic_write = kerspec.io.atomic_write
     _pause = float(os.environ["KERSPEC_TEST_SLOW_WRITES"])
 
-    def atomic_write(path, write):
+    def atomic_write(path, write, **options):
         def slowly(file):
             buffer = io.BytesIO()
             write(buffer)
@@ -79,7 +79,7 @@ if os.environ.get("KERSPEC_TEST_SLOW_WRITES"):
                 file.flush()
                 time.sleep(_pause)
 
-        _atomic_write(path, slowly)
+        _atomic_write(path, slowly, **options)
 
     kerspec.io.atomic_write = atomic_write
 """
