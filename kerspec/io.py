@@ -11,7 +11,6 @@ import csv
 import io
 import json
 import os
-import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -22,23 +21,23 @@ import numpy as np
 from kerspec.errors import DataError, KerspecError, WeightsError
 from kerspec.guards import READ_ERRORS, check_npy_file, describe_read_error, read_npz_array
 
-# The temporary file of `atomic_write`: mkstemp's `.NAME.XXXXXXXX.tmp`, left behind only by a
-# process killed (SIGKILL, a crash) while writing NAME.
-TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
-
-
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write `path` through `write(file)` all or nothing."""
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None], *, temporary: Path | None = None) -> None:
+    """Write `path` through `write(file)` all or nothing. `temporary` names the temporary file
+    (a folder's manifest lists it beforehand, see kerspec.folders); else mkstemp picks one."""
     path = Path(path)
     folder = path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        if temporary is None:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        else:
+            tmp = str(temporary)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as err:
         raise KerspecError(f"cannot write: {err.strerror}", str(path)) from None
     try:
         with os.fdopen(fd, "wb") as file:
-            # mkstemp makes the file private (0600); give it the mode a plain open() would.
+            # The temporary file is private (0600); give it the mode a plain open() would.
             os.chmod(tmp, _mode_for(path))
             write(file)
             file.flush()
@@ -50,26 +49,6 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         if isinstance(err, OSError):
             raise KerspecError(f"cannot write: {err.strerror}", str(path)) from None
         raise
-
-
-def remove_leftovers(folder: Path) -> list[str]:
-    """Delete the temporary files killed writers left in `folder` (not in its subfolders); the
-    names of the files they were writing."""
-    removed = []
-    try:
-        matches = [(p, TEMPORARY.match(p.name)) for p in Path(folder).iterdir()]
-    except OSError:
-        return removed
-    for path, match in matches:
-        if match is None:
-            continue
-        try:
-            if path.is_file() and not path.is_symlink():
-                path.unlink()
-                removed.append(match["name"])
-        except OSError:
-            pass
-    return removed
 
 
 def _sync_folder(folder: Path) -> None:
@@ -111,7 +90,11 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 def save_weights(path: Path, params: dict[str, dict[str, np.ndarray]]) -> None:
     """One array per weight, keyed `LAYER/WEIGHT` with Keras's names and layouts."""
-    write_npz(path, {f"{layer}/{name}": w for layer, ws in params.items() for name, w in ws.items()})
+    atomic_write(path, lambda f: save_weights_to(f, params))
+
+
+def save_weights_to(file: IO[bytes], params: dict[str, dict[str, np.ndarray]]) -> None:
+    np.savez(file, **{f"{layer}/{name}": w for layer, ws in params.items() for name, w in ws.items()})
 
 
 def read_npz(path: Path, error: type[KerspecError]) -> dict[str, np.ndarray]:
@@ -131,7 +114,7 @@ def read_npz(path: Path, error: type[KerspecError]) -> dict[str, np.ndarray]:
         raise error(f"not a readable .npz file ({describe_read_error(err)})", str(path)) from None
 
 
-def _some(keys: list[str], limit: int = 12) -> str:
+def some_names(keys: list[str], limit: int = 12) -> str:
     # Keys come from the file: show odd ones quoted, so a newline cannot forge a message line.
     shown = ", ".join(k if k.isprintable() and k.strip() == k and k else repr(k) for k in keys[:limit])
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
@@ -146,9 +129,9 @@ def load_weights(path: Path, params: dict[str, dict[str, np.ndarray]]) -> None:
     missing = [k for k in expected if k not in arrays]
     extra = [k for k in arrays if k not in expected]
     if missing:
-        problems.append(f"missing {_some(missing)}")
+        problems.append(f"missing {some_names(missing)}")
     if extra:
-        problems.append(f"unexpected {_some(extra)}")
+        problems.append(f"unexpected {some_names(extra)}")
     for key, target in expected.items():
         array = arrays.get(key)
         if array is None:

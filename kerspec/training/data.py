@@ -69,7 +69,8 @@ class PathData(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    path: str = Field(min_length=1)
+    # Read, never written: may be anywhere the user can read (docs/security.md).
+    path: str = Field(min_length=1, json_schema_extra={"x-kerspec-path": "read"})
     x: str | Annotated[list[str], Field(min_length=1)] | None = None
     y: str | Annotated[list[str], Field(min_length=1)] | None = None
     target: str | None = None
@@ -118,7 +119,7 @@ def _entry_tag(value: Any) -> str:
 
 
 DataEntry = Annotated[
-    Annotated[Annotated[str, Field(min_length=1), AfterValidator(_path_only)], Tag("file")]
+    Annotated[Annotated[str, Field(min_length=1, json_schema_extra={"x-kerspec-path": "read"}), AfterValidator(_path_only)], Tag("file")]
     | Annotated[PathData, Tag("path")]
     | Annotated[RandomData, Tag("random")],
     Discriminator(_entry_tag),
