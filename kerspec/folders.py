@@ -4,8 +4,11 @@ A run folder may be one the user already had (`--out proj`), so kerspec keeps a 
 `.kerspec-manifest.json`: every file it wrote and every temporary file it may have left. It
 replaces only files the manifest lists (or new ones) and deletes only temporaries it lists; a
 file it did not write is never touched. A name enters the manifest before its first temporary is
-created, so a kill at any moment leaves nothing unlisted but, at worst, the manifest's own first
-temporary.
+created, so a kill at any moment leaves nothing kerspec cannot recognise as its own.
+
+The manifest's own first temporary is listed nowhere (there is no manifest before it), so
+`.kerspec-manifest.json.XXXXXXXX.tmp`, like `.kerspec-manifest.json` and `.kerspec-lock`, is a
+name kerspec keeps for itself in any folder it trains into.
 
 `.kerspec-lock` holds the pid and start time of the process training in the folder, under an
 advisory `flock`: the kernel releases it when the process dies, so a lock file left by a killed
@@ -104,7 +107,7 @@ class Manifest:
     def remove_temporaries(self) -> list[str]:
         """Delete the temporaries killed writers left; the names of the files they were for."""
         removed = []
-        for name in self.temporaries:
+        for name in [*self.temporaries, *manifest_temporaries(self.folder)]:
             if _remove(self.folder, name):
                 removed.append(name)
         self.temporaries = []
@@ -115,6 +118,16 @@ class Manifest:
         for name in [*self.files, *self.temporaries]:
             _remove(self.folder, name)
         self.files, self.temporaries = [], []
+
+
+def manifest_temporaries(folder: Path) -> list[str]:
+    """The manifest's own temporaries: its first is listed nowhere, as no manifest exists
+    before it; the names are kerspec's (see the module's docstring)."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    return [n for n in names if n.startswith(f"{MANIFEST}.") and TEMPORARY.fullmatch(n)]
 
 
 def _remove(folder: Path, name: str) -> bool:

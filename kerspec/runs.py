@@ -52,7 +52,13 @@ from pydantic import (
 
 from kerspec import io
 from kerspec.errors import KerspecError, RunError, first_error
-from kerspec.folders import BOOKKEEPING, TEMPORARY, Lock, OutputFolder, read_manifest
+from kerspec.folders import (
+    BOOKKEEPING,
+    Lock,
+    OutputFolder,
+    manifest_temporaries,
+    read_manifest,
+)
 from kerspec.paths import MAX_NAME, inside, safe_folder_name
 from kerspec.spec.source import MAX_SPEC_BYTES, parse_yaml
 from kerspec.training.callbacks import Callback
@@ -323,6 +329,8 @@ class RunFolder(Callback):
             killed = set(read_manifest(self.path).temporaries)
         except RunError:
             killed = set()
+        # The manifest's first temporary is listed nowhere (there is no manifest before it).
+        killed |= set(manifest_temporaries(self.path))
         if names <= {"spec.yaml", "run.json"} | killed:
             raise RunError(
                 f"nothing to resume: the run was stopped before its first checkpoint; {afresh}",

@@ -20,12 +20,12 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationErr
 
 from kerspec import io
 from kerspec.errors import RunError, first_error
+from kerspec.folders import OutputFolder
 from kerspec.paths import FilePath, FilePattern, check_relative_path
 from kerspec.registry import Item, Registry
 from kerspec.training.schedules import SCHEDULES
 
 if TYPE_CHECKING:
-    from kerspec.folders import OutputFolder
     from kerspec.training.loop import Session
 
 CALLBACKS = Registry("callback")
@@ -131,8 +131,9 @@ class CallbackConfig(Item):
         """Whether it sets the learning rate (then the optimizer's must be a number)."""
         return False
 
-    def build(self, folder: OutputFolder) -> Callback:
-        """The callback; files it writes go to `folder` (the run folder, else the current one)."""
+    def build(self, folder: OutputFolder | None = None) -> Callback:
+        """The callback; files it writes go to `folder` (the run folder; by default the current
+        folder)."""
         raise NotImplementedError
 
     def files(self) -> list[str]:
@@ -156,7 +157,7 @@ class EarlyStoppingConfig(MonitorConfig):
     restore_best_weights: bool = False
     start_from_epoch: Annotated[int, Field(ge=0)] = 0
 
-    def build(self, folder):
+    def build(self, folder=None):
         return EarlyStopping(self)
 
 
@@ -180,7 +181,7 @@ class ModelCheckpointConfig(MonitorConfig):
             raise ValueError(f"kerspec saves weights as .npz. Received: filepath={value!r}")
         return value
 
-    def build(self, folder):
+    def build(self, folder=None):
         return ModelCheckpoint(self, folder)
 
 
@@ -199,7 +200,7 @@ class ReduceLROnPlateauConfig(MonitorConfig):
     def uses_learning_rate(self):
         return True
 
-    def build(self, folder):
+    def build(self, folder=None):
         return ReduceLROnPlateau(self)
 
 
@@ -214,7 +215,7 @@ class LearningRateSchedulerConfig(CallbackConfig):
     def uses_learning_rate(self):
         return True
 
-    def build(self, folder):
+    def build(self, folder=None):
         return LearningRateScheduler(self)
 
 
@@ -229,7 +230,7 @@ class CSVLoggerConfig(CallbackConfig):
     separator: Annotated[Literal[",", ";", "\t", "|", " "], Field(json_schema_extra={"x-kerspec-path": "content"})] = ","
     append: bool = False
 
-    def build(self, folder):
+    def build(self, folder=None):
         return CSVLogger(self, folder)
 
     def files(self):
@@ -245,7 +246,7 @@ class TerminateOnNaNConfig(CallbackConfig):
     type: Literal["TerminateOnNaN"] = "TerminateOnNaN"
     raise_error: bool = False
 
-    def build(self, folder):
+    def build(self, folder=None):
         return TerminateOnNaN(self)
 
 
@@ -380,10 +381,10 @@ class ModelCheckpoint(MonitorCallback):
     class State(_State):
         best: Best
 
-    def __init__(self, config: ModelCheckpointConfig, folder: OutputFolder):
+    def __init__(self, config: ModelCheckpointConfig, folder: OutputFolder | None):
         super().__init__(config)
         self.best = config.initial_value_threshold
-        self.folder = folder
+        self.folder = folder or OutputFolder(Path.cwd())
 
     def name(self, epoch: int, logs: dict) -> str:
         try:
@@ -477,9 +478,9 @@ class CSVLogger(Callback):
         keys: list[str] | None
         text: str = Field(max_length=MAX_LOG_BYTES)
 
-    def __init__(self, config: CSVLoggerConfig, folder: OutputFolder):
+    def __init__(self, config: CSVLoggerConfig, folder: OutputFolder | None):
         self.config = config
-        self.folder = folder
+        self.folder = folder or OutputFolder(Path.cwd())
         self.text = ""
         self.keys: list[str] | None = None
 
