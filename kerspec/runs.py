@@ -223,6 +223,8 @@ class RunFolder(Callback):
             if self.lock.note:
                 self.notes.append(self.lock.note)
             self.output = OutputFolder(self.path, manifest=True)
+            for name in self.file_names():
+                self.output.file(name)  # none leads out of the folder through a symlink there
             if resume:
                 self._open_for_resume()
                 self.output.manifest.adopt(self.file_names())
