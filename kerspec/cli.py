@@ -18,6 +18,7 @@ from kerspec import api, console
 from kerspec.errors import KerspecError, Problems
 from kerspec.io import write_predictions
 from kerspec.runs import RunFolder, list_runs, new_run_dir, run_seed
+from kerspec.training.callbacks import Callback
 from kerspec.training.loop import Interrupted
 
 app = typer.Typer(
@@ -59,6 +60,17 @@ def user_errors():
         what = str(err) or "an allocation"
         console.err.print(f"not enough memory: {what}", markup=False)
         raise typer.Exit(1) from None
+
+
+class _Notes(Callback):
+    """The run folder's notes (resuming, a lock taken over), once its checkpoint is accepted."""
+
+    def __init__(self, folder: RunFolder):
+        self.folder = folder
+
+    def on_train_begin(self, logs=None):
+        for note in self.folder.notes:
+            console.err.print(f"{self.folder.path}: {note}", markup=False)
 
 
 def _load(spec: Path, sets: list[str] | None, seed: int | None = None) -> api.Model:
@@ -146,15 +158,13 @@ def train(
             final_metrics=True,
         )
         stack.callback(folder.release)
-        for note in folder.notes:
-            console.err.print(f"{run_dir}: {note}", markup=False)
         try:
             history = model.fit(
                 train_data,
                 validation=validation_data,
                 epochs=epochs,
                 batch_size=batch_size,
-                callbacks=[progress],
+                callbacks=[_Notes(folder), progress],
                 run=folder,
             )
         except Interrupted as err:

@@ -115,5 +115,7 @@ def _marked(kind: str):
 
 
 Name = Annotated[str, AfterValidator(check_name), _marked("name")]
+# "" for "the default name".
+NameOrEmpty = Annotated[str, AfterValidator(lambda v: check_name(v) if v else v), _marked("name")]
 FilePath = Annotated[str, AfterValidator(check_relative_path), _marked("file")]
 FilePattern = Annotated[str, AfterValidator(check_pattern), _marked("pattern")]
