@@ -26,10 +26,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from kerspec import io
-from kerspec.errors import KerspecError, RunError, first_error
+from kerspec.errors import KerspecError, RunError
 from kerspec.paths import FilePath, inside
 
 try:
@@ -143,20 +143,12 @@ def _remove(folder: Path, name: str) -> bool:
 
 def read_manifest(folder: Path) -> ManifestData:
     path = Path(folder) / MANIFEST
-    try:
-        if not path.is_file():
-            return ManifestData()
-        if path.stat().st_size > MAX_MANIFEST_BYTES:
-            raise RunError(f"is larger than {MAX_MANIFEST_BYTES:,} bytes; not a kerspec manifest", str(path))
-        return ManifestData.model_validate_json(path.read_bytes())
-    except OSError as err:
-        raise RunError(f"cannot read kerspec's manifest: {err.strerror}", str(path)) from None
-    except ValidationError as err:
-        raise RunError(
-            f"not a valid kerspec manifest ({first_error(err)}); it lists the files kerspec"
-            " may replace here, so kerspec will not guess",
-            str(path),
-        ) from None
+    if not path.is_file():
+        return ManifestData()
+    return io.read_json_as(path, _MANIFEST, MAX_MANIFEST_BYTES, "a valid kerspec manifest")
+
+
+_MANIFEST = TypeAdapter(ManifestData)
 
 
 # -- the lock ----------------------------------------------------------------------------------

@@ -18,7 +18,9 @@ from typing import IO
 
 import numpy as np
 
-from kerspec.errors import DataError, KerspecError, WeightsError
+from pydantic import TypeAdapter, ValidationError
+
+from kerspec.errors import DataError, KerspecError, RunError, WeightsError, first_error
 from kerspec.guards import READ_ERRORS, check_npy_file, describe_read_error, read_npz_array
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None], *, temporary: Path | None = None) -> None:
@@ -74,6 +76,19 @@ def _mode_for(path: Path) -> int:
         umask = os.umask(0)
         os.umask(umask)
         return 0o666 & ~umask
+
+
+def read_json_as(path: Path, adapter: TypeAdapter, limit: int, what: str):
+    """A JSON file kerspec wrote and reads back (run.json, the manifest, ...), held to
+    `adapter`'s schema: its size first, then its content; RunError naming the file otherwise."""
+    try:
+        if path.stat().st_size > limit:
+            raise RunError(f"is larger than {limit:,} bytes; not {what}", str(path))
+        return adapter.validate_json(path.read_bytes())
+    except OSError as err:
+        raise RunError(f"cannot be read: {err.strerror}", str(path)) from None
+    except ValidationError as err:
+        raise RunError(f"not {what}: {first_error(err)}", str(path)) from None
 
 
 def write_text(path: Path, text: str) -> None:

@@ -47,11 +47,10 @@ from pydantic import (
     NonNegativeInt,
     PositiveInt,
     TypeAdapter,
-    ValidationError,
 )
 
 from kerspec import io
-from kerspec.errors import KerspecError, RunError, first_error
+from kerspec.errors import KerspecError, RunError
 from kerspec.folders import (
     BOOKKEEPING,
     Lock,
@@ -97,14 +96,10 @@ def read_run_info(path: Path) -> RunInfo | None:
     file = Path(path) / "run.json"
     if not file.is_file():
         return None
-    try:
-        if file.stat().st_size > MAX_RUN_JSON_BYTES:
-            raise RunError(f"is larger than {MAX_RUN_JSON_BYTES:,} bytes; not a kerspec run.json", str(file))
-        return RunInfo.model_validate_json(file.read_bytes())
-    except OSError as err:
-        raise RunError(f"cannot be read: {err.strerror}", str(file)) from None
-    except ValidationError as err:
-        raise RunError(f"not a kerspec run.json: {first_error(err)}", str(file)) from None
+    return io.read_json_as(file, _RUN_INFO, MAX_RUN_JSON_BYTES, "a kerspec run.json")
+
+
+_RUN_INFO = TypeAdapter(RunInfo)
 
 
 def new_run_dir(root: Path, name: str) -> Path:
@@ -561,14 +556,7 @@ def read_metrics(path: Path) -> Metrics | None:
     file = Path(path) / "metrics.json"
     if not file.is_file():
         return None
-    try:
-        if file.stat().st_size > MAX_RUN_JSON_BYTES:
-            raise RunError(f"is larger than {MAX_RUN_JSON_BYTES:,} bytes", str(file))
-        return _METRICS.validate_json(file.read_bytes())
-    except OSError as err:
-        raise RunError(f"cannot be read: {err.strerror}", str(file)) from None
-    except ValidationError as err:
-        raise RunError(f"not a kerspec metrics.json: {first_error(err)}", str(file)) from None
+    return io.read_json_as(file, _METRICS, MAX_RUN_JSON_BYTES, "a kerspec metrics.json")
 
 
 _METRICS = TypeAdapter(Metrics)
