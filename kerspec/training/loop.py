@@ -25,7 +25,7 @@ from kerspec.layers import Context
 from kerspec.training.callbacks import Arrays, Callback, History
 from kerspec.training.checkpoint import CHECKPOINT_FORMAT, check_checkpoint
 from kerspec.training.data import Dataset
-from kerspec.training.trainer import NonFiniteLoss, Trainer
+from kerspec.training.trainer import NonFiniteLoss, NonFiniteWeights, Trainer
 
 
 class Interrupted(RunError):
@@ -215,10 +215,11 @@ def fit(
             good = session.checkpoint()
             try:
                 logs = _epoch(session, train, inputs, outputs, batch_size, shuffle, validation, every, steps)
+                _check_finite(trainer)
             except NonFiniteLoss as err:
                 session.restore(good)
                 message = (
-                    f"epoch {epoch + 1}, batch {err.batch + 1}: the loss became {err.value}; "
+                    f"epoch {epoch + 1}, {err.what.format(batch=err.batch + 1)}; "
                     + (f"kept the weights of epoch {epoch}, the last good one" if epoch else
                        "kept the initial weights")
                 )
@@ -248,6 +249,13 @@ def fit(
     for callback in every:
         callback.on_train_end(history.last())
     return history
+
+
+def _check_finite(trainer: Trainer) -> None:
+    for owner, weights in trainer.params.items():
+        for name, weight in weights.items():
+            if not np.isfinite(weight).all():
+                raise NonFiniteWeights(f"{owner}/{name}")
 
 
 def _epoch(session, train, inputs, outputs, batch_size, shuffle, validation, every, steps):

@@ -335,6 +335,20 @@ class TestReadBackIsHostile:
         assert result.stderr.startswith(f"{out / 'checkpoint.npz'}: ")
         assert snapshot(out) == before
 
+    def test_finite_but_huge_optimizer_state_never_writes_non_finite_weights(self, project):
+        """Found by test_tamper.py: an Adam slot of 1e38 drives a kernel to -inf while a ReLU
+        keeps the loss finite."""
+        out = finished_run(project)
+        rewrite_checkpoint(out, lambda a: a.update({
+            "optimizer/momentum/0": np.full((4, 5), 1e38, np.float32),
+            "optimizer/velocity/0": np.full((4, 5), 1e-38, np.float32)}))
+        result = run("train", project / "small.yaml", "--resume", out, "--epochs", 3)
+        assert result.exit_code == 1, result.output
+        assert result.stderr.count("epoch 3, the weight hidden/kernel became non-finite; kept the"
+                                   " weights of epoch 2, the last good one") == 1, result.stderr
+        with np.load(out / "weights.npz") as saved:
+            assert all(np.isfinite(saved[k]).all() for k in saved.files)
+
     @pytest.mark.parametrize("content,message", [
         ('{"status": "exploded", "seed": 3}', "not a kerspec run.json: status:"),
         ('{"seed": -3}', "not a kerspec run.json: seed:"),
