@@ -20,6 +20,8 @@ import numpy as np
 
 from kerspec import io
 from kerspec.errors import DataError, GraphError, KerspecError, RunError, SpecError
+from kerspec.folders import OutputFolder
+from kerspec.paths import pattern_fields
 from kerspec.graph import Graph, Params, Plan, compile_spec
 from kerspec.guards import check_model
 from kerspec.layers import Context
@@ -218,12 +220,14 @@ class Model:
         run: RunFolder | None = None,
         run_dir: str | Path | None = None,
         resume: bool = False,
+        overwrite: bool = False,
     ) -> History:
         """Train with the spec's fit settings (arguments override them); returns the history.
 
         `run` (a RunFolder) or `run_dir` writes a run folder as training goes; with `resume`,
         `run_dir` must hold an earlier run of this spec, which carries on from its last
-        finished epoch. Ctrl-C stops after the current batch and raises `Interrupted`.
+        finished epoch. A non-empty `run_dir` is refused unless `overwrite`, which replaces
+        only files kerspec wrote there (kerspec.folders). Ctrl-C stops after the current batch and raises `Interrupted`.
         """
         fit = self.spec.fit
         batch_size = batch_size or fit.batch_size
@@ -240,13 +244,16 @@ class Model:
             train, validation = loop.split_validation(train, fit.validation_split)
         if validation is not None:
             self._require_targets(validation)
-        if run is None and run_dir is not None:
-            run = RunFolder(Path(run_dir), self, resume=resume)
+        own_run = run is None and run_dir is not None
         directions = self.logged_names(validation=validation is not None)
         train = self._with_class_weight(train)
-        spec_callbacks = self._spec_callbacks(directions, run.path if run else None)
-        self.ctx.training = True
+        self._check_callbacks(directions)
+        if own_run:
+            run = RunFolder(Path(run_dir), self, resume=resume, overwrite=overwrite)
         try:
+            folder = run.output if run else OutputFolder(Path.cwd())
+            spec_callbacks = [config.build(folder) for config in self.spec.fit.callbacks]
+            self.ctx.training = True
             return loop.fit(
                 trainer,
                 train,
@@ -263,9 +270,12 @@ class Model:
                 initial_epoch=fit.initial_epoch if initial_epoch is None else initial_epoch,
                 directions=directions,
                 resume=run.checkpoint if run else None,
+                resume_file=str(run.checkpoint_file) if run else "checkpoint",
             )
         finally:
             self.ctx.training = False
+            if own_run:
+                run.release()
 
     def logged_names(self, *, validation: bool) -> dict[str, str]:
         """Every name training will log, with whether it should go down (`min`) or up (`max`):
@@ -284,8 +294,8 @@ class Model:
             names["learning_rate"] = "min"
         return names
 
-    def _spec_callbacks(self, directions: dict[str, str], run_dir: Path | None) -> list[Callback]:
-        """The spec's fit.callbacks, built, after checking each against what the model logs."""
+    def _check_callbacks(self, directions: dict[str, str]) -> None:
+        """The spec's fit.callbacks, checked against what the model logs."""
         where = self.loaded.source.where
         raw = (self.loaded.raw.get("fit") or {}).get("callbacks") or []
         problems = []
@@ -304,9 +314,15 @@ class Model:
                 problems.append(KerspecError(
                     f"{config.type} sets the learning rate, but compile.optimizer.learning_rate is a"
                     " schedule; give the optimizer a number, or drop the callback", where(at)))
+            filepath = getattr(config, "filepath", None)
+            unknown = [f for f in pattern_fields(filepath or "") if f != "epoch" and f not in directions]
+            if unknown:
+                problems.append(KerspecError(
+                    f"{config.type} formats {unknown[0]!r} into its filepath, which this model"
+                    f" does not log (it logs: epoch, {', '.join(directions)})",
+                    where((*at, "filepath") if "filepath" in entry else at)))
         if problems:
             raise SpecError(problems)
-        return [config.build(run_dir) for config in self.spec.fit.callbacks]
 
     def _with_class_weight(self, train: Dataset) -> Dataset:
         """Keras's class_weight: a weight per training sample from its class (the argmax of a

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +18,7 @@ from kerspec import api, console
 from kerspec.errors import KerspecError, Problems
 from kerspec.io import write_predictions
 from kerspec.runs import RunFolder, list_runs, new_run_dir, run_seed
+from kerspec.training.callbacks import Callback
 from kerspec.training.loop import Interrupted
 
 app = typer.Typer(
@@ -33,7 +34,7 @@ SetOpt = Annotated[
     typer.Option("--set", help="Override a spec field: KEY=VALUE, e.g. fit.epochs=3.", show_default=False),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed for every random draw.", show_default=False)]
+SeedOpt = Annotated[int | None, typer.Option("--seed", min=0, max=2**64 - 1, help="Seed for every random draw.", show_default=False)]
 BatchOpt = Annotated[int | None, typer.Option("--batch-size", min=1, help="Batch size.", show_default=False)]
 DataOpt = Annotated[str | None, typer.Option("--data", help="Data file instead of the spec's.", show_default=False)]
 WeightsOpt = Annotated[Path, typer.Option("--weights", help="Weights file (.npz).", show_default=False)]
@@ -54,6 +55,22 @@ def user_errors():
     except KeyboardInterrupt:
         console.err.print("interrupted", markup=False)
         raise typer.Exit(1) from None
+    except MemoryError as err:
+        # numpy names the array it could not allocate; Python's own MemoryError says nothing.
+        what = str(err) or "an allocation"
+        console.err.print(f"not enough memory: {what}", markup=False)
+        raise typer.Exit(1) from None
+
+
+class _Notes(Callback):
+    """The run folder's notes (resuming, a lock taken over), once its checkpoint is accepted."""
+
+    def __init__(self, folder: RunFolder):
+        self.folder = folder
+
+    def on_train_begin(self, logs=None):
+        for note in self.folder.notes:
+            console.err.print(f"{self.folder.path}: {note}", markup=False)
 
 
 def _load(spec: Path, sets: list[str] | None, seed: int | None = None) -> api.Model:
@@ -112,14 +129,15 @@ def train(
     init_weights: Annotated[Path | None, typer.Option("--init-weights", help="Start from these weights.", show_default=False)] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Run folder (default runs/NAME-TIME).", show_default=False)] = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="Carry on an interrupted run folder from its last finished epoch.", show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Train into a non-empty --out, replacing only the files an earlier kerspec run wrote there.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Train SPEC with its data and fit settings; write a run folder."""
     progress = console.RichProgress()
-    with user_errors():
-        if resume is not None and (out is not None or init_weights is not None):
+    with user_errors(), ExitStack() as stack:
+        if resume is not None and (out is not None or init_weights is not None or overwrite):
             raise KerspecError("--resume continues the run in its own folder, from its own weights;"
-                               " it cannot be combined with --out or --init-weights")
+                               " it cannot be combined with --out, --overwrite or --init-weights")
         if resume is not None and seed is None:
             seed = run_seed(resume)
         model = _load(spec, set_, seed)
@@ -136,17 +154,17 @@ def train(
             fit={k: v for k, v in settings.items() if v is not None},
             data={k: v for k, v in paths.items() if v is not None},
             resume=resume is not None,
+            overwrite=overwrite,
             final_metrics=True,
         )
-        for note in folder.notes:
-            console.err.print(f"{run_dir}: {note}", markup=False)
+        stack.callback(folder.release)
         try:
             history = model.fit(
                 train_data,
                 validation=validation_data,
                 epochs=epochs,
                 batch_size=batch_size,
-                callbacks=[progress],
+                callbacks=[_Notes(folder), progress],
                 run=folder,
             )
         except Interrupted as err:
@@ -184,14 +202,19 @@ def runs(
     json_out: JsonOpt = False,
 ) -> None:
     """List training runs: spec, epochs, final metrics, start, duration, status."""
+    problems: list[KerspecError] = []
     with user_errors():
-        found = list_runs(folder)
+        found = list_runs(folder, problems)
     if json_out:
         console.emit_json(found)
-    elif not found:
+    elif not found and not problems:
         console.err.print(f"no runs in {folder}", markup=False)
-    else:
+    elif found:
         console.emit_runs(found, folder)
+    for problem in problems:
+        console.err.print(f"{problem} (left out)", markup=False)
+    if problems:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pydantic import ValidationError
+
 
 @dataclass(frozen=True)
 class Where:
@@ -63,3 +65,11 @@ class WeightsError(KerspecError):
 
 class RunError(KerspecError):
     """A training run failed (non-finite loss) or a run folder cannot be used."""
+
+
+def first_error(err: ValidationError) -> str:
+    """`field.path: what is wrong` for the first error of a file read back (run.json, ...)."""
+    first = err.errors()[0]
+    place = ".".join(str(p) for p in first["loc"])
+    text = first["msg"].replace("Input should", "should", 1)
+    return f"{place}: {text}" if place else text

@@ -67,30 +67,69 @@ def describe_read_error(err: BaseException) -> str:
 
 
 def available_memory() -> int | None:
-    """Bytes this process can still allocate: MemAvailable, capped by a cgroup limit; None if unknown."""
-    found = []
+    """Bytes this process can still allocate, None if unknown: the least of the memory the
+    machine has available (MemAvailable), what the process's address-space limit (RLIMIT_AS,
+    `ulimit -v`) leaves, and what its cgroup's memory limit (v2 or v1) leaves."""
+    found = [n for n in (_machine_available(), _rlimit_left(), _cgroup_left()) if n is not None]
+    return min(found) if found else None
+
+
+def _machine_available() -> int | None:
     try:
         with open("/proc/meminfo", encoding="ascii") as meminfo:
             for line in meminfo:
                 if line.startswith("MemAvailable:"):
-                    found.append(int(line.split()[1]) * 1024)
-                    break
+                    return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    if not found:
-        try:
-            found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-        except (OSError, ValueError, AttributeError):
-            pass
-    cgroup = Path("/sys/fs/cgroup")
     try:
-        limit = (cgroup / "memory.max").read_text().strip()
-        if limit != "max":
-            used = int((cgroup / "memory.current").read_text().strip())
-            found.append(max(int(limit) - used, 0))
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _rlimit_left() -> int | None:
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    except (ImportError, OSError, ValueError, AttributeError):
+        return None
+    if limit == resource.RLIM_INFINITY:
+        return None
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmSize:"):
+                    return max(limit - int(line.split()[1]) * 1024, 0)
+    except (OSError, ValueError, IndexError):
+        pass
+    return limit
+
+
+def _cgroup_left(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """The process's own cgroup (from /proc/self/cgroup), else the root's: limit minus usage."""
+    paths = []
+    try:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            hierarchy, controllers, path = line.split(":", 2)
+            if hierarchy == "0":
+                paths.append((root / path.lstrip("/"), "memory.max", "memory.current"))
+            elif "memory" in controllers.split(","):
+                paths.append((root / "memory" / path.lstrip("/"), "memory.limit_in_bytes", "memory.usage_in_bytes"))
     except (OSError, ValueError):
         pass
-    return min(found) if found else None
+    paths += [(root, "memory.max", "memory.current"), (root / "memory", "memory.limit_in_bytes", "memory.usage_in_bytes")]
+    for folder, limit_file, usage_file in paths:
+        try:
+            limit = (folder / limit_file).read_text().strip()
+            used = int((folder / usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit == "max" or int(limit) >= 2**60:  # v1 writes "no limit" as a huge number
+            return None
+        return max(int(limit) - used, 0)
+    return None
 
 
 def format_bytes(n: float) -> str:

@@ -11,7 +11,6 @@ import csv
 import io
 import json
 import os
-import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -19,27 +18,31 @@ from typing import IO
 
 import numpy as np
 
-from kerspec.errors import DataError, KerspecError, WeightsError
+from pydantic import TypeAdapter, ValidationError
+
+from kerspec.errors import DataError, KerspecError, RunError, WeightsError, first_error
 from kerspec.guards import READ_ERRORS, check_npy_file, describe_read_error, read_npz_array
 
-# The temporary file of `atomic_write`: mkstemp's `.NAME.XXXXXXXX.tmp`, left behind only by a
-# process killed (SIGKILL, a crash) while writing NAME.
-TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
-
-
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None], *, replace: bool = True) -> None:
-    """Write `path` through `write(file)` all or nothing; with `replace=False`, never over a
-    file that exists (even one made while writing)."""
+def atomic_write(
+    path: Path, write: Callable[[IO[bytes]], None], *, temporary: Path | None = None, replace: bool = True
+) -> None:
+    """Write `path` through `write(file)` all or nothing. `temporary` names the temporary file
+    (a folder's manifest lists it beforehand, see kerspec.folders); else mkstemp picks one. With
+    `replace=False`, never over a file that exists (even one made while writing)."""
     path = Path(path)
     folder = path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        if temporary is None:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        else:
+            tmp = str(temporary)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as err:
         raise KerspecError(f"cannot write: {err.strerror}", str(path)) from None
     try:
         with os.fdopen(fd, "wb") as file:
-            # mkstemp makes the file private (0600); give it the mode a plain open() would.
+            # The temporary file is private (0600); give it the mode a plain open() would.
             os.chmod(tmp, _mode_for(path))
             write(file)
             file.flush()
@@ -58,26 +61,6 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None], *, replace: boo
         if isinstance(err, OSError):
             raise KerspecError(f"cannot write: {err.strerror}", str(path)) from None
         raise
-
-
-def remove_leftovers(folder: Path) -> list[str]:
-    """Delete the temporary files killed writers left in `folder` (not in its subfolders); the
-    names of the files they were writing."""
-    removed = []
-    try:
-        matches = [(p, TEMPORARY.match(p.name)) for p in Path(folder).iterdir()]
-    except OSError:
-        return removed
-    for path, match in matches:
-        if match is None:
-            continue
-        try:
-            if path.is_file() and not path.is_symlink():
-                path.unlink()
-                removed.append(match["name"])
-        except OSError:
-            pass
-    return removed
 
 
 def _sync_folder(folder: Path) -> None:
@@ -105,6 +88,19 @@ def _mode_for(path: Path) -> int:
         return 0o666 & ~umask
 
 
+def read_json_as(path: Path, adapter: TypeAdapter, limit: int, what: str):
+    """A JSON file kerspec wrote and reads back (run.json, the manifest, ...), held to
+    `adapter`'s schema: its size first, then its content; RunError naming the file otherwise."""
+    try:
+        if path.stat().st_size > limit:
+            raise RunError(f"is larger than {limit:,} bytes; not {what}", str(path))
+        return adapter.validate_json(path.read_bytes())
+    except OSError as err:
+        raise RunError(f"cannot be read: {err.strerror}", str(path)) from None
+    except ValidationError as err:
+        raise RunError(f"not {what}: {first_error(err)}", str(path)) from None
+
+
 def write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
@@ -113,14 +109,17 @@ def write_json(path: Path, data) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def write_npz(path: Path, arrays: dict[str, np.ndarray], *, replace: bool = True) -> None:
-    atomic_write(path, lambda f: np.savez(f, **arrays), replace=replace)
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def save_weights(path: Path, params: dict[str, dict[str, np.ndarray]], *, replace: bool = True) -> None:
     """One array per weight, keyed `LAYER/WEIGHT` with Keras's names and layouts."""
-    write_npz(path, {f"{layer}/{name}": w for layer, ws in params.items() for name, w in ws.items()},
-              replace=replace)
+    atomic_write(path, lambda f: save_weights_to(f, params), replace=replace)
+
+
+def save_weights_to(file: IO[bytes], params: dict[str, dict[str, np.ndarray]]) -> None:
+    np.savez(file, **{f"{layer}/{name}": w for layer, ws in params.items() for name, w in ws.items()})
 
 
 def read_npz(path: Path, error: type[KerspecError]) -> dict[str, np.ndarray]:
@@ -140,7 +139,7 @@ def read_npz(path: Path, error: type[KerspecError]) -> dict[str, np.ndarray]:
         raise error(f"not a readable .npz file ({describe_read_error(err)})", str(path)) from None
 
 
-def _some(keys: list[str], limit: int = 12) -> str:
+def some_names(keys: list[str], limit: int = 12) -> str:
     # Keys come from the file: show odd ones quoted, so a newline cannot forge a message line.
     shown = ", ".join(k if k.isprintable() and k.strip() == k and k else repr(k) for k in keys[:limit])
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
@@ -155,9 +154,9 @@ def load_weights(path: Path, params: dict[str, dict[str, np.ndarray]]) -> None:
     missing = [k for k in expected if k not in arrays]
     extra = [k for k in arrays if k not in expected]
     if missing:
-        problems.append(f"missing {_some(missing)}")
+        problems.append(f"missing {some_names(missing)}")
     if extra:
-        problems.append(f"unexpected {_some(extra)}")
+        problems.append(f"unexpected {some_names(extra)}")
     for key, target in expected.items():
         array = arrays.get(key)
         if array is None:

@@ -8,9 +8,12 @@
       weights.npz     final weights (the last finished epoch's, when stopped early)
       metrics.json    final metrics
 
+      .kerspec-manifest.json  the files kerspec wrote here (kerspec.folders); .kerspec-lock while training
+
 Every file is written atomically, so a run stopped at any moment, even by SIGKILL, leaves each
-file complete or absent (and at most a temporary `.NAME.XXXXXXXX.tmp`, deleted when a run starts
-or resumes in the folder). A killed run's run.json still says "running"; `--resume` carries it on
+file complete or absent (and at most a temporary `.NAME.XXXXXXXX.tmp`, which the manifest lists
+and a run starting or resuming in the folder deletes). A folder that holds anything is not
+trained into afresh without `overwrite`, which still replaces only files the manifest lists. A killed run's run.json still says "running"; `--resume` carries it on
 from checkpoint.npz, or only writes the final files when it was killed after its last epoch.
 
 `checkpoint.npz` holds `weights/LAYER/WEIGHT`, `optimizer/KEY` (the optimizer's state: iteration
@@ -25,47 +28,118 @@ the fields in RESUMABLE may differ (more epochs to extend training; the name and
 from __future__ import annotations
 
 import copy
+import csv
 import hashlib
+import io as _io
 import json
+import os
 import platform
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    TypeAdapter,
+)
 
 from kerspec import io
 from kerspec.errors import KerspecError, RunError
+from kerspec.folders import (
+    BOOKKEEPING,
+    Lock,
+    OutputFolder,
+    manifest_temporaries,
+    read_manifest,
+)
+from kerspec.paths import MAX_NAME, inside, safe_folder_name
+from kerspec.spec.source import MAX_SPEC_BYTES, parse_yaml
 from kerspec.training.callbacks import Callback
-from kerspec.training.loop import CHECKPOINT_FORMAT
+from kerspec.training.checkpoint import checkpoint_meta
 
 CHECKPOINT = "checkpoint.npz"
 # Spec fields that may differ between a run and its resumption.
 RESUMABLE = {("fit", "epochs"), ("name",), ("description",)}
 
 
+# The files of a run folder (ModelCheckpoint and CSVLogger files come from the spec).
+RUN_FILES = ("spec.yaml", "run.json", "history.csv", CHECKPOINT, "weights.npz", "metrics.json")
+MAX_RUN_JSON_BYTES = 1024 * 1024
+
+
+class RunInfo(BaseModel):
+    """run.json as read back: a file anyone may have edited, so held to this schema."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    kerspec: str | None = Field(None, max_length=100)
+    spec: str | None = Field(None, max_length=4096)
+    spec_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    seed: NonNegativeInt | None = Field(None, lt=2**128)
+    started: datetime | None = None
+    ended: datetime | None = None
+    status: Literal["running", "finished", "stopped", "interrupted", "failed"] = "running"
+    epochs: PositiveInt | None = None
+    epochs_done: NonNegativeInt = 0
+    resumed: list[datetime] = Field(default_factory=list, max_length=100_000)
+    message: str | None = Field(None, max_length=10_000)
+
+
+def read_run_info(path: Path) -> RunInfo | None:
+    """A run folder's run.json, None when it has none; RunError when it is damaged."""
+    file = Path(path) / "run.json"
+    if not file.is_file():
+        return None
+    return io.read_json_as(file, _RUN_INFO, MAX_RUN_JSON_BYTES, "a kerspec run.json")
+
+
+_RUN_INFO = TypeAdapter(RunInfo)
+
+
 def new_run_dir(root: Path, name: str) -> Path:
+    """runs/NAME-TIME: a spec's `name` is checked when it is validated (kerspec.paths); a spec
+    file's stem, the default, is made into a name here. Either way it stays inside `root`."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = root / f"{name}-{stamp}"
+    base = safe_folder_name(name)[: MAX_NAME - 20]
+    path = inside(root, f"{base}-{stamp}")
     suffix = 1
-    while path.exists():
-        path = root / f"{name}-{stamp}-{suffix}"
+    while path.exists() or path.is_symlink():
+        path = inside(root, f"{base}-{stamp}-{suffix}")
         suffix += 1
     return path
 
 
 def run_seed(path: Path) -> int | None:
     """The seed a run folder was trained with (to resume it with the same draws)."""
-    info = _read_json(Path(path) / "run.json")
-    if info and isinstance(info.get("seed"), int):
-        return info["seed"]
-    try:  # a run killed before run.json: its spec.yaml holds the seed too
-        spec = yaml.safe_load((Path(path) / "spec.yaml").read_text(encoding="utf-8"))
-    except (OSError, ValueError, yaml.YAMLError):
-        return None
+    info = read_run_info(path)
+    if info and info.seed is not None:
+        return info.seed
+    spec = read_run_spec(path, missing_ok=True)  # a run killed before run.json: it holds the seed too
     seed = spec.get("seed") if isinstance(spec, dict) else None
-    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 else None
+
+
+def read_run_spec(path: Path, *, missing_ok: bool = False) -> Any:
+    """A run folder's spec.yaml, read with the same guards as any spec."""
+    file = Path(path) / "spec.yaml"
+    try:
+        if missing_ok and not file.is_file():
+            return None
+        if file.stat().st_size > MAX_SPEC_BYTES:
+            raise RunError(f"is larger than {MAX_SPEC_BYTES:,} bytes; not a kerspec spec", str(file))
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise RunError(f"cannot be read: {getattr(err, 'strerror', None) or err}", str(file)) from None
+    try:
+        return parse_yaml(text, str(file))[0]
+    except KerspecError as err:
+        raise RunError(f"not a readable spec: {err}", str(file)) from None
 
 
 class RunFolder(Callback):
@@ -74,6 +148,9 @@ class RunFolder(Callback):
     `fit` and `data` are what the command line put in place of the spec's settings (`--epochs`,
     `--batch-size`; `--data`, `--validation` as paths from the current folder), so that
     `spec.yaml` describes the run that happened and trains the same way again from any folder.
+
+    Opening it takes the folder's lock and checks, without changing anything, that the folder
+    may be trained into; `release()` gives the lock back (`with RunFolder(...)` does).
     """
 
     def __init__(
@@ -84,6 +161,7 @@ class RunFolder(Callback):
         fit: dict[str, int] | None = None,
         data: dict[str, str] | None = None,
         resume: bool = False,
+        overwrite: bool = False,
         final_metrics: bool = False,
     ):
         from kerspec import __version__
@@ -112,18 +190,82 @@ class RunFolder(Callback):
         self.final_metrics = final_metrics
         self._end_pending = False
         self.notes: list[str] = []  # what resuming found, for the user
-        if resume:
-            self._open_for_resume()
+        self.overwrite = overwrite
+        self.checkpoint_file = self.path / CHECKPOINT
+        self.lock = Lock(self.path)
+        self._open(resume)
+
+    def __enter__(self) -> RunFolder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def release(self) -> None:
+        self.lock.release()
+
+    def _open(self, resume: bool) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise RunError("is a file, not a folder", str(self.path))
+        if resume and not self.path.is_dir():
+            self._nothing_to_resume()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.lock.acquire()
+        except OSError as err:
+            raise RunError(f"cannot use this folder: {err.strerror}", str(self.path)) from None
+        try:
+            if self.lock.note:
+                self.notes.append(self.lock.note)
+            self.output = OutputFolder(self.path, manifest=True)
+            for name in self.file_names():
+                self.output.file(name)  # none leads out of the folder through a symlink there
+            if resume:
+                self._open_for_resume()
+                self.output.manifest.adopt(self.file_names())
+            else:
+                self._check_fresh()
+        except BaseException:
+            self.release()
+            raise
+
+    def file_names(self) -> list[str]:
+        """The files this run writes whose names are known before it starts."""
+        names = list(RUN_FILES)
+        for config in self.model.spec.fit.callbacks:
+            names.extend(config.files())
+        return names
+
+    def _check_fresh(self) -> None:
+        """A new run goes into an empty folder; with `overwrite`, into one whose files in the
+        way were all written by kerspec."""
+        manifest = self.output.manifest
+        present = sorted(n for n in os.listdir(self.path) if n not in BOOKKEEPING)
+        if not present:
+            return
+        if not self.overwrite:
+            raise RunError(
+                f"the folder is not empty ({io.some_names(present)}); kerspec does not train into it"
+                f" afresh. To carry on the run in it: --resume {self.path}. To replace an earlier"
+                " kerspec run there: --overwrite (it replaces only files kerspec wrote, and"
+                " keeps the rest). Or choose another --out",
+                str(self.path),
+            )
+        listed = set(manifest.files) | set(manifest.temporaries)
+        foreign = [n for n in self.file_names() if n not in listed and (self.path / n).exists()]
+        if foreign:
+            raise RunError(
+                f"--overwrite replaces only files kerspec wrote, and {foreign[0]} is not one of"
+                " them; move it away or choose another --out",
+                str(self.path),
+            )
 
     # -- resuming -----------------------------------------------------------------------------
 
     def _open_for_resume(self) -> None:
         if not (self.path / "spec.yaml").is_file() or not (self.path / CHECKPOINT).is_file():
             self._nothing_to_resume()
-        try:
-            before = yaml.safe_load((self.path / "spec.yaml").read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as err:
-            raise RunError(f"cannot read the run's spec.yaml: {err}", str(self.path)) from None
+        before = read_run_spec(self.path)
         differences = spec_differences(before, self.raw)
         if differences:
             where = self._where(differences[0][0])
@@ -135,18 +277,14 @@ class RunFolder(Callback):
                 where,
             )
         self.checkpoint = io.read_npz(self.path / CHECKPOINT, RunError)
-        meta = json.loads(str(self.checkpoint.get("meta", "{}")))
-        if meta.get("format") != CHECKPOINT_FORMAT:
-            raise RunError(
-                "checkpoint written by another kerspec version", str(self.path / CHECKPOINT)
-            )
-        done, epochs = meta["epoch"], self.model.spec.fit.epochs
-        epochs = self.raw.get("fit", {}).get("epochs", epochs)
-        previous = _read_json(self.path / "run.json") or {}
+        meta = checkpoint_meta(self.checkpoint, str(self.path / CHECKPOINT))
+        done, epochs = meta.epoch, self.model.spec.fit.epochs
+        epochs = (self.raw.get("fit") or {}).get("epochs", epochs)
+        previous = read_run_info(self.path)
         # "running" (or no run.json): killed. A run killed after its last checkpoint, before its
         # final files, is finished by resuming it.
-        ended = previous.get("status") in ("finished", "stopped")
-        if meta.get("stop_training") and ended:
+        ended = previous is not None and previous.status in ("finished", "stopped")
+        if meta.stop_training and ended:
             raise RunError(
                 f"the run was stopped by a callback after epoch {done}; there is nothing to resume",
                 str(self.path),
@@ -157,7 +295,7 @@ class RunFolder(Callback):
                 f" (--epochs {done + 5}, or fit.epochs in the spec)",
                 str(self.path),
             )
-        if done == epochs or meta.get("stop_training"):
+        if done == epochs or meta.stop_training:
             self.notes.append(
                 f"the run was stopped after its last epoch ({done}), before writing its final"
                 " files; writing them"
@@ -165,22 +303,32 @@ class RunFolder(Callback):
         else:
             self.notes.append(f"resuming after epoch {done} of {epochs}")
         self.info["epochs_done"] = done
-        self.info["started"] = previous.get("started", self.info["started"])
-        self.info["resumed"] = [*previous.get("resumed", []), _now()]
+        if previous is not None:
+            if previous.started is not None:
+                self.info["started"] = _stamp(previous.started)
+            self.info["resumed"] = [*map(_stamp, previous.resumed), _now()]
+        else:
+            self.info["resumed"] = [_now()]
 
     def _nothing_to_resume(self) -> None:
         """A folder without spec.yaml or checkpoint.npz: a run killed before its first checkpoint
         (say so, and how to start it afresh), or not a run folder at all."""
         spec = self.model.loaded.path or "SPEC"
-        afresh = f"start it afresh with: kerspec train {spec} --out {self.path}"
+        afresh = f"start it afresh with: kerspec train {spec} --out {self.path} --overwrite"
         if not self.path.is_dir():
             raise RunError(
                 "not a kerspec run folder (no such folder): nothing to resume. A run stopped"
                 f" before it wrote anything has no folder; {afresh}",
                 str(self.path),
             )
-        names = {p.name for p in self.path.iterdir()}
-        if names <= {"spec.yaml", "run.json"} or any(io.TEMPORARY.match(n) for n in names):
+        names = {p.name for p in self.path.iterdir()} - BOOKKEEPING
+        try:
+            killed = set(read_manifest(self.path).temporaries)
+        except RunError:
+            killed = set()
+        # The manifest's first temporary is listed nowhere (there is no manifest before it).
+        killed |= set(manifest_temporaries(self.path))
+        if names <= {"spec.yaml", "run.json"} | killed:
             raise RunError(
                 f"nothing to resume: the run was stopped before its first checkpoint; {afresh}",
                 str(self.path),
@@ -200,25 +348,35 @@ class RunFolder(Callback):
 
     def on_train_begin(self, logs=None):
         self.info["epochs"] = self.session.epochs if self.session else None
-        io.remove_leftovers(self.path)  # of a run killed while writing (see kerspec.io)
-        io.write_text(self.path / "spec.yaml", self.resolved)
+        manifest = self.output.manifest
+        if self.overwrite:
+            manifest.remove_files()
+        manifest.remove_temporaries()  # of a run killed while writing
+        self.output.write_text("spec.yaml", self.resolved)
         self._write_info()
         if self.checkpoint is None and self.session is not None:
             # Epoch 0: a run interrupted in its first epoch resumes from the start.
             self.info["epochs_done"] = self.session.epoch
-            io.write_npz(self.path / CHECKPOINT, self.session.checkpoint())
+            self._write_arrays(CHECKPOINT, self.session.checkpoint())
+
+    def _write_arrays(self, name: str, arrays: dict[str, np.ndarray]) -> None:
+        self.output.write(name, lambda f: np.savez(f, **arrays))
+
+    def _write_weights(self) -> None:
+        params = self.model.params
+        self.output.write("weights.npz", lambda f: io.save_weights_to(f, params))
 
     def on_epoch_end(self, epoch, logs):
         # The checkpoint first: a run killed between the two has a history.csv one epoch short
         # (rewritten on resume), never one that shows an epoch the checkpoint does not hold.
-        io.write_npz(self.path / CHECKPOINT, self.session.checkpoint())
+        self._write_arrays(CHECKPOINT, self.session.checkpoint())
         self.write_history()
         self.info["epochs_done"] = epoch + 1
         self._write_info()
 
     def on_train_end(self, logs=None):
         self.write_history()  # a resume that only finishes the run has not written it
-        self.model.save_weights(self.path / "weights.npz")
+        self._write_weights()
         self.info["ended"] = _now()
         self.info["status"] = self.session.status if self.session else "finished"
         if self.session is not None:
@@ -235,7 +393,7 @@ class RunFolder(Callback):
 
     def on_train_stopped(self, status, message):
         self.write_history()
-        self.model.save_weights(self.path / "weights.npz")
+        self._write_weights()
         self.info["ended"] = _now()
         self.info["status"] = status
         self.info["message"] = message
@@ -244,21 +402,23 @@ class RunFolder(Callback):
     def write_history(self) -> None:
         history = self.session.history
         keys = list(history.history)
-        lines = [",".join(["epoch", *keys])]
+        buffer = _io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["epoch", *keys])
         for row, epoch in enumerate(history.epochs):
             cells = [str(epoch + 1)]
             for key in keys:
                 values = history.history[key]
                 cells.append(_cell(values[row]) if row < len(values) else "")
-            lines.append(",".join(cells))
-        io.write_text(self.path / "history.csv", "\n".join(lines) + "\n")
+            writer.writerow(cells)
+        self.output.write_text("history.csv", buffer.getvalue())
 
     def write_metrics(self, metrics: dict[str, float]) -> None:
-        io.write_json(self.path / "metrics.json", metrics)
+        self.output.write_text("metrics.json", json.dumps(metrics, indent=2) + "\n")
         self.end()
 
     def _write_info(self) -> None:
-        io.write_json(self.path / "run.json", self.info)
+        self.output.write_text("run.json", json.dumps(self.info, indent=2) + "\n")
 
 
 # -- comparing specs ------------------------------------------------------------------------------
@@ -355,92 +515,108 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+def _stamp(moment: datetime) -> str:
+    return moment.isoformat(timespec="seconds")
 
 
 # -- looking back ---------------------------------------------------------------------------------
+
+MAX_HISTORY_BYTES = 64 * 1024 * 1024
+Metrics = dict[str, float | None]
 
 
 def read_history(path: Path) -> dict[str, list[float]]:
     """A run's history.csv as columns (`epoch` and every logged name)."""
     file = Path(path) / "history.csv" if Path(path).is_dir() else Path(path)
     try:
-        lines = file.read_text(encoding="utf-8").splitlines()
+        if file.stat().st_size > MAX_HISTORY_BYTES:
+            raise KerspecError(f"is larger than {MAX_HISTORY_BYTES:,} bytes; not a kerspec history", str(file))
+        with open(file, newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle, strict=True))
     except OSError as err:
         raise KerspecError(f"cannot read the run's history: {err.strerror}", str(file)) from None
-    if not lines:
+    except (csv.Error, UnicodeDecodeError) as err:
+        raise KerspecError(f"not a readable history: {err}", str(file)) from None
+    if not rows:
         return {}
-    keys = lines[0].split(",")
+    keys = rows[0]
     columns: dict[str, list[float]] = {k: [] for k in keys}
-    for line in lines[1:]:
-        for key, cell in zip(keys, line.split(",")):
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != len(keys):
+            raise KerspecError(f"line {line} has {len(row)} values for {len(keys)} columns", str(file))
+        for key, cell in zip(keys, row):
             try:
                 columns[key].append(float(cell) if cell else float("nan"))
             except ValueError:
-                raise KerspecError(f"not a number in history.csv: {cell!r}", str(file)) from None
+                raise KerspecError(f"line {line}: not a number: {cell[:40]!r}", str(file)) from None
     return columns
 
 
+def read_metrics(path: Path) -> Metrics | None:
+    file = Path(path) / "metrics.json"
+    if not file.is_file():
+        return None
+    return io.read_json_as(file, _METRICS, MAX_RUN_JSON_BYTES, "a kerspec metrics.json")
+
+
+_METRICS = TypeAdapter(Metrics)
+
+
 def describe_run(path: Path) -> dict[str, Any] | None:
-    """What `kerspec runs` shows about one run folder, or None when it is not one."""
-    info = _read_json(path / "run.json")
+    """What `kerspec runs` shows about one run folder, or None when it is not one; RunError
+    when its files are damaged."""
+    info = read_run_info(path)
     if info is None:
         return None
-    name = None
-    try:
-        spec = yaml.safe_load((path / "spec.yaml").read_text(encoding="utf-8"))
-        name = spec.get("name") if isinstance(spec, dict) else None
-    except (OSError, yaml.YAMLError):
-        pass
-    if not name and info.get("spec"):
-        name = Path(info["spec"]).stem
-    history = {}
-    if (path / "history.csv").is_file():
-        try:
-            history = read_history(path)
-        except KerspecError:
-            history = {}
-    final = _read_json(path / "metrics.json")
+    spec = read_run_spec(path, missing_ok=True)
+    name = spec.get("name") if isinstance(spec, dict) else None
+    if not isinstance(name, str):
+        name = Path(info.spec).stem if info.spec else None
+    history = read_history(path) if (path / "history.csv").is_file() else {}
+    final = read_metrics(path)
     if final is None:
         final = {k: v[-1] for k, v in history.items() if k != "epoch" and v}
-    done = info.get("epochs_done", len(history.get("epoch", [])))
-    status = info.get("status") or ("finished" if info.get("ended") else "interrupted")
-    if status == "running":
-        status = "unfinished"  # killed (resumable), or still training
+    status = "unfinished" if info.status == "running" else info.status  # killed, or training
     return {
         "folder": str(path),
         "name": name or path.name,
-        "epochs_done": done,
-        "epochs": info.get("epochs"),
+        "epochs_done": info.epochs_done,
+        "epochs": info.epochs,
         "metrics": final,
-        "started": info.get("started"),
-        "duration": _duration(info.get("started"), info.get("ended")),
+        "started": _stamp(info.started) if info.started else None,
+        "duration": _duration(info.started, info.ended),
         "status": status,
-        "seed": info.get("seed"),
+        "seed": info.seed,
     }
 
 
-def list_runs(root: Path) -> list[dict[str, Any]]:
-    """Every run folder in `root` (or `root` itself when it is one), oldest first."""
+def list_runs(root: Path, problems: list[KerspecError] | None = None) -> list[dict[str, Any]]:
+    """Every run folder in `root` (or `root` itself when it is one), oldest first. A damaged
+    run folder is left out, with what is wrong added to `problems` (raised without it)."""
     root = Path(root)
     if not root.is_dir():
         raise KerspecError("no such folder", str(root))
     own = describe_run(root)
     if own is not None:
         return [own]
-    found = [r for p in sorted(root.iterdir()) if p.is_dir() and (r := describe_run(p))]
+    found = []
+    for path in sorted(root.iterdir()):
+        try:
+            run = describe_run(path) if path.is_dir() else None
+        except KerspecError as err:
+            if problems is None:
+                raise
+            problems.append(err)
+            continue
+        if run is not None:
+            found.append(run)
     return sorted(found, key=lambda r: (r["started"] or "", r["folder"]))
 
 
-def _duration(started: str | None, ended: str | None) -> float | None:
+def _duration(started: datetime | None, ended: datetime | None) -> float | None:
     if not started or not ended:
         return None
     try:
-        return (datetime.fromisoformat(ended) - datetime.fromisoformat(started)).total_seconds()
-    except ValueError:
+        return (ended - started).total_seconds()
+    except TypeError:  # one has a time zone, the other not
         return None

@@ -14,6 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 import kerspec
+from kerspec.folders import OutputFolder
 from kerspec.training.callbacks import CALLBACKS, Callback
 from kerspec.training.loop import Session
 
@@ -131,7 +132,7 @@ def test_csv_logger_writes_keras_s_file(tmp_path):
     keras = pytest.importorskip("keras")
     logs = [{"loss": 0.5, "accuracy": 0.25}, {"loss": 0.25, "accuracy": 0.5}]
     ours = CALLBACKS.create({"type": "CSVLogger", "filename": "ours.csv", "separator": ";"})
-    ours = ours.build(tmp_path)
+    ours = ours.build(OutputFolder(tmp_path))
     theirs = keras.callbacks.CSVLogger(str(tmp_path / "theirs.csv"), separator=";")
     for callback in (ours, theirs):
         callback.on_train_begin()
@@ -145,7 +146,7 @@ def test_csv_logger_writes_keras_s_file(tmp_path):
 def test_csv_logger_appends(tmp_path):
     (tmp_path / "log.csv").write_text("epoch,loss\n0,1.0\n")
     callback = CALLBACKS.create({"type": "CSVLogger", "filename": "log.csv", "append": True})
-    callback = callback.build(tmp_path)
+    callback = callback.build(OutputFolder(tmp_path))
     callback.on_train_begin()
     callback.on_epoch_end(1, {"loss": 0.5})
     # As Keras: no second header, and val_ columns added when the logs have none.

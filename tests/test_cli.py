@@ -216,6 +216,7 @@ def test_train_writes_a_complete_run_folder(tmp_path):
         "metrics.json",
         "spec.yaml",
         "run.json",
+        ".kerspec-manifest.json",  # what kerspec wrote there (the lock is gone)
     }
     weights = weights_of(out / "weights.npz")
     assert {k: w.shape for k, w in weights.items()} == {
@@ -742,7 +743,8 @@ def test_an_interrupted_run_leaves_complete_files(small, tmp_path, monkeypatch):
     out = tmp_path / "run"
     result = fails("train", small, "--out", out)
     assert f"kerspec train {small} --resume {out}" in result.stderr
-    names = ["checkpoint.npz", "history.csv", "run.json", "spec.yaml", "weights.npz"]
+    names = [".kerspec-manifest.json", "checkpoint.npz", "history.csv", "run.json", "spec.yaml",
+             "weights.npz"]
     assert sorted(p.name for p in out.iterdir()) == names
     assert len((out / "history.csv").read_text().splitlines()) == 2
     info = json.loads((out / "run.json").read_text())

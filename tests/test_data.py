@@ -87,7 +87,7 @@ def test_entry_forms():
 def test_entry_schema_offers_string_path_and_random():
     schema = Holder.model_json_schema()
     options = schema["properties"]["train"]["oneOf"]
-    assert {"minLength": 1, "type": "string"} in options
+    assert {"minLength": 1, "type": "string", "x-kerspec-path": "read"} in options
     assert {"$ref": "#/$defs/PathData"} in options and {"$ref": "#/$defs/RandomData"} in options
 
 

@@ -405,7 +405,7 @@ DATA = {
     "csv_label_5000_digits": (
         "d.csv",
         "a,b,c,d,species\n1,2,3,4," + "9" * 5000 + "\n",
-        "has inf at line 2",
+        "line 2: a cell of 5,000 characters; the limit is 1,024",
     ),
     "csv_text_labels_too_many": (
         "d.csv",

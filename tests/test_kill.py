@@ -85,7 +85,8 @@ if os.environ.get("KERSPEC_TEST_SLOW_WRITES"):
 """
 
 FILES = {"spec.yaml", "run.json", "history.csv", "log.csv", "checkpoint.npz", "weights.npz",
-         "metrics.json"}
+         "metrics.json", ".kerspec-manifest.json"}
+LOCK = ".kerspec-lock"  # a killed run's, taken over by the next
 # What kerspec.io.atomic_write leaves when killed: mkstemp's `.NAME.XXXXXXXX.tmp`.
 TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
 
@@ -186,10 +187,15 @@ def check_folder(run: Path, ref: dict) -> str:
         return "before the run folder existed"
     names = {p.name for p in run.iterdir()}
     assert all((run / n).is_file() for n in names), names
-    partial = sorted(n for n in names - FILES)
+    partial = sorted(n for n in names - FILES - {LOCK})
+    listed = set()
+    if ".kerspec-manifest.json" in names:
+        listed = set(json.loads((run / ".kerspec-manifest.json").read_text())["temporaries"])
     for name in partial:
         match = TEMPORARY.match(name)
-        assert match and match["name"] in FILES, f"unexpected file {name!r} in {run}"
+        assert match and match["name"].lstrip(".") in {f.lstrip(".") for f in FILES}, f"unexpected file {name!r} in {run}"
+        # Listed before it was made, so the next run deletes it; except the manifest's first.
+        assert name in listed or ".kerspec-manifest.json" not in names, (name, listed)
     present = names & FILES
 
     if "spec.yaml" in present:
@@ -318,9 +324,9 @@ def test_sigkill_at_random_moments_leaves_complete_files_and_the_run_resumes(set
                 # Nothing to carry on from: said so, with the command that starts afresh.
                 assert result.exit_code == 1, (where, phase, result.output)
                 assert "nothing to resume" in result.stderr, (where, result.stderr)
-                assert f"--out {run}" in result.stderr, (where, result.stderr)
+                assert f"--out {run} --overwrite" in result.stderr, (where, result.stderr)
                 assert "Traceback" not in result.output
-                result = runner.invoke(app, ["train", str(spec), "--out", str(run)])
+                result = runner.invoke(app, ["train", str(spec), "--out", str(run), "--overwrite"])
                 assert result.exit_code == 0, (where, phase, result.output)
         try:
             assert_like_the_reference(run, ref)
@@ -338,7 +344,7 @@ def killed_copy(ref: dict, run: Path, names: list[str], *, info: dict | None = N
     """A run folder as a kill leaves it: some of the reference's files, run.json still
     "running", history.csv cut short, and a half-written temporary file."""
     run.mkdir()
-    for name in names:
+    for name in [*names, ".kerspec-manifest.json"]:
         (run / name).write_bytes((ref["run"] / name).read_bytes())
     if info is not None:
         base = json.loads((ref["run"] / "run.json").read_text())
@@ -347,6 +353,10 @@ def killed_copy(ref: dict, run: Path, names: list[str], *, info: dict | None = N
         lines = ref["text"]["history.csv"].splitlines()[: history_rows + 1]
         (run / "history.csv").write_text("\n".join(lines) + "\n")
     (run / ".weights.npz.k1ll3d_x.tmp").write_bytes(b"PK\x03\x04 half a zip")
+    manifest = json.loads((run / ".kerspec-manifest.json").read_text())
+    manifest["temporaries"].append(".weights.npz.k1ll3d_x.tmp")
+    (run / ".kerspec-manifest.json").write_text(json.dumps(manifest))
+    (run / LOCK).write_text(json.dumps({"pid": 999999999, "started": "1"}))
 
 
 def resume(spec: Path, run: Path):
@@ -391,8 +401,8 @@ def test_a_run_killed_before_its_first_checkpoint_has_nothing_to_resume(setting,
         assert "Traceback" not in result.output
         assert result.stderr.startswith(f"{run}: ")
         assert "nothing to resume" in result.stderr
-        assert f"start it afresh with: kerspec train {spec} --out {run}" in result.stderr
-        result = CliRunner().invoke(app, ["train", str(spec), "--out", str(run)])
+        assert f"start it afresh with: kerspec train {spec} --out {run} --overwrite" in result.stderr
+        result = CliRunner().invoke(app, ["train", str(spec), "--out", str(run), "--overwrite"])
         assert result.exit_code == 0, result.output
         assert_like_the_reference(run, reference)
 

@@ -25,16 +25,15 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, PositiveInt
 
 from kerspec.constraints import Constraint
 from kerspec.initializers import Initializer
+from kerspec.paths import Name
 from kerspec.registry import Item, Registry
 from kerspec.regularizers import Regularizer
 
 LAYERS = Registry("layer")
-# Layer names key weights as LAYER/WEIGHT and outputs as LAYER[i]; those characters stay out.
-NAME_PATTERN = r"^[^/\[\]\s]+$"
 
 Shape = tuple[int | None, ...]
 Arrays = list[np.ndarray]
@@ -94,10 +93,11 @@ class Layer(Item):
 
     model_config = ConfigDict(populate_by_name=True)
 
-    name: str | None = Field(None, pattern=NAME_PATTERN)
+    # Names key weights as LAYER/WEIGHT (members of a zip file) and name CSV columns.
+    name: Name | None = None
     from_: str | list[str] | None = Field(None, alias="from")
     trainable: bool = True
-    input_shape: list[int | None] | None = Field(
+    input_shape: list[PositiveInt | None] | None = Field(
         None, description="Sequential shorthand: only on the first layer, instead of an Input."
     )
 

@@ -17,7 +17,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from kerspec.layers import LAYERS
-from kerspec.layers.base import NAME_PATTERN
+from kerspec.paths import Name
 from kerspec.registry import Registry
 from kerspec.training.callbacks import CALLBACKS
 from kerspec.training.data import DataEntry
@@ -35,7 +35,7 @@ class Section(BaseModel):
 class Shared(Section):
     """Applies an existing layer, with the same weights, to another input."""
 
-    name: str | None = Field(None, pattern=NAME_PATTERN)
+    name: Name | None = None
     share: str = Field(description="The name of the layer whose weights are reused.")
     from_: str | list[str] | None = Field(None, alias="from")
 
@@ -146,10 +146,12 @@ class Spec(Section):
     model_config = ConfigDict(title="kerspec model spec")
 
     kerspec: Literal[1] = Field(1, description="Spec format version.")
-    name: str | None = Field(None, description="Model name; defaults to the file's stem.")
+    name: Name | None = Field(
+        None, description="Model name, and its run folder's (runs/NAME-TIME); defaults to the file's stem."
+    )
     description: str | None = None
     seed: NonNegativeInt | None = Field(
-        None, description="Every random draw follows from it; a fresh seed when left out."
+        None, lt=2**128, description="Every random draw follows from it; a fresh seed when left out."
     )
     dtype: Literal["float32", "float64"] = "float32"
     layers: list[LayerEntry] = Field(min_length=1)

@@ -2,7 +2,7 @@
 
 The spec's `fit.callbacks` entries are validated configurations in the CALLBACKS registry, with
 Keras's names, arguments and defaults (`{type: EarlyStopping, monitor: val_loss, patience: 3}`);
-`config.build(run_dir)` makes the callback that runs. A callback reaches the training through
+`config.build(folder)` makes the callback that runs. A callback reaches the training through
 `self.session` (the trainer's weights and optimizer state, `stop_training`), and hands its
 state to checkpoints through `state()` / `restore()`, so that a resumed run carries on exactly
 where the interrupted one was (an EarlyStopping's wait and best value, its best weights).
@@ -13,13 +13,15 @@ from __future__ import annotations
 import csv
 import io as _io
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError, field_validator
 
 from kerspec import io
-from kerspec.errors import RunError
+from kerspec.errors import RunError, first_error
+from kerspec.folders import OutputFolder
+from kerspec.paths import FilePath, FilePattern, check_relative_path
 from kerspec.registry import Item, Registry
 from kerspec.training.schedules import SCHEDULES
 
@@ -29,6 +31,8 @@ if TYPE_CHECKING:
 CALLBACKS = Registry("callback")
 
 Arrays = dict[str, np.ndarray]
+# An appended CSVLogger log is read back whole, and kept in every checkpoint.
+MAX_LOG_BYTES = 64 * 1024 * 1024
 
 
 class Callback:
@@ -55,14 +59,41 @@ class Callback:
 
     # -- checkpoints: plain values (JSON) and arrays ----------------------------------------------
 
+    # The schema of state()'s values, which a checkpoint read back is held to.
+    State: ClassVar[type[BaseModel]]
+
     def state(self) -> tuple[dict[str, Any], Arrays]:
         return {}, {}
 
     def restore(self, values: dict[str, Any], arrays: Arrays) -> None: ...
 
+    def check_state(self, values: dict[str, Any], arrays: set[str], weights: list[str]) -> str | None:
+        """What is wrong with a checkpoint's state for this callback (`arrays`: the names of its
+        arrays; `weights`: the model's `LAYER/WEIGHT` names), or None."""
+        try:
+            state = self.State.model_validate(values)
+        except ValidationError as err:
+            return first_error(err)
+        return self.check_arrays(state, arrays, weights)
+
+    def check_arrays(self, state: BaseModel, arrays: set[str], weights: list[str]) -> str | None:
+        return f"unexpected arrays {', '.join(sorted(arrays)[:3])}" if arrays else None
+
+
+class _State(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+Callback.State = _State
+Best = float | None
+
 
 class History(Callback):
     """One list per logged name, one value per finished epoch."""
+
+    class State(_State):
+        epochs: list[NonNegativeInt]
+        history: dict[str, list[float | None]]
 
     def __init__(self) -> None:
         self.epochs: list[int] = []
@@ -100,8 +131,14 @@ class CallbackConfig(Item):
         """Whether it sets the learning rate (then the optimizer's must be a number)."""
         return False
 
-    def build(self, run_dir: Path | None = None) -> Callback:
+    def build(self, folder: OutputFolder | None = None) -> Callback:
+        """The callback; files it writes go to `folder` (the run folder; by default the current
+        folder)."""
         raise NotImplementedError
+
+    def files(self) -> list[str]:
+        """The files it writes whose names are known before training."""
+        return []
 
 
 class MonitorConfig(CallbackConfig):
@@ -120,7 +157,7 @@ class EarlyStoppingConfig(MonitorConfig):
     restore_best_weights: bool = False
     start_from_epoch: Annotated[int, Field(ge=0)] = 0
 
-    def build(self, run_dir=None):
+    def build(self, folder=None):
         return EarlyStopping(self)
 
 
@@ -131,7 +168,7 @@ class ModelCheckpointConfig(MonitorConfig):
     be formatted in: `weights-{epoch:02d}.npz`."""
 
     type: Literal["ModelCheckpoint"] = "ModelCheckpoint"
-    filepath: str = "best.npz"
+    filepath: FilePattern = "best.npz"
     save_best_only: bool = False
     save_weights_only: Literal[True] = True
     save_freq: Literal["epoch"] = "epoch"
@@ -144,8 +181,8 @@ class ModelCheckpointConfig(MonitorConfig):
             raise ValueError(f"kerspec saves weights as .npz. Received: filepath={value!r}")
         return value
 
-    def build(self, run_dir=None):
-        return ModelCheckpoint(self, run_dir)
+    def build(self, folder=None):
+        return ModelCheckpoint(self, folder)
 
 
 @CALLBACKS.register("ReduceLROnPlateau", "reduce_lr_on_plateau")
@@ -163,7 +200,7 @@ class ReduceLROnPlateauConfig(MonitorConfig):
     def uses_learning_rate(self):
         return True
 
-    def build(self, run_dir=None):
+    def build(self, folder=None):
         return ReduceLROnPlateau(self)
 
 
@@ -178,7 +215,7 @@ class LearningRateSchedulerConfig(CallbackConfig):
     def uses_learning_rate(self):
         return True
 
-    def build(self, run_dir=None):
+    def build(self, folder=None):
         return LearningRateScheduler(self)
 
 
@@ -188,12 +225,16 @@ class CSVLoggerConfig(CallbackConfig):
     column and the logged names in sorted order."""
 
     type: Literal["CSVLogger"] = "CSVLogger"
-    filename: str = "training.log"
-    separator: str = Field(",", min_length=1, max_length=1)
+    filename: FilePath = "training.log"
+    # Part of the file's content: only the usual separators, never a quote or a line break.
+    separator: Annotated[Literal[",", ";", "\t", "|", " "], Field(json_schema_extra={"x-kerspec-path": "content"})] = ","
     append: bool = False
 
-    def build(self, run_dir=None):
-        return CSVLogger(self, run_dir)
+    def build(self, folder=None):
+        return CSVLogger(self, folder)
+
+    def files(self):
+        return [self.filename]
 
 
 @CALLBACKS.register("TerminateOnNaN", "terminate_on_nan")
@@ -205,7 +246,7 @@ class TerminateOnNaNConfig(CallbackConfig):
     type: Literal["TerminateOnNaN"] = "TerminateOnNaN"
     raise_error: bool = False
 
-    def build(self, run_dir=None):
+    def build(self, folder=None):
         return TerminateOnNaN(self)
 
 
@@ -265,6 +306,18 @@ def monitor_direction(name: str) -> str | None:
 
 
 class EarlyStopping(MonitorCallback):
+    class State(_State):
+        wait: NonNegativeInt
+        stopped_epoch: NonNegativeInt
+        best: Best
+        best_epoch: NonNegativeInt
+        has_best_weights: bool
+
+    def check_arrays(self, state, arrays, weights):
+        if not state.has_best_weights:
+            return super().check_arrays(state, arrays, weights)
+        return None if arrays == set(weights) else "its best weights do not name the model's weights"
+
     def __init__(self, config: EarlyStoppingConfig):
         super().__init__(config, config.min_delta)
         self.patience = config.patience
@@ -325,19 +378,22 @@ class EarlyStopping(MonitorCallback):
 
 
 class ModelCheckpoint(MonitorCallback):
-    def __init__(self, config: ModelCheckpointConfig, run_dir: Path | None):
+    class State(_State):
+        best: Best
+
+    def __init__(self, config: ModelCheckpointConfig, folder: OutputFolder | None):
         super().__init__(config)
         self.best = config.initial_value_threshold
-        self.folder = Path(run_dir) if run_dir is not None else Path.cwd()
+        self.folder = folder or OutputFolder(Path.cwd())
 
-    def path(self, epoch: int, logs: dict) -> Path:
+    def name(self, epoch: int, logs: dict) -> str:
         try:
             name = self.config.filepath.format(epoch=epoch + 1, **logs)
+            return check_relative_path(name)
         except (KeyError, IndexError, ValueError) as err:
             raise RunError(
                 f"ModelCheckpoint cannot format filepath {self.config.filepath!r}: {err}"
             ) from None
-        return self.folder / name
 
     def on_epoch_end(self, epoch, logs):
         if self.config.save_best_only:
@@ -346,8 +402,8 @@ class ModelCheckpoint(MonitorCallback):
                 return
             if current is not None:
                 self.best = current
-        path = self.path(epoch, logs)
-        io.save_weights(path, self.session.trainer.params)
+        params = self.session.trainer.params
+        self.folder.write(self.name(epoch, logs), lambda f: io.save_weights_to(f, params))
 
     def state(self):
         return {"best": self.best}, {}
@@ -357,6 +413,11 @@ class ModelCheckpoint(MonitorCallback):
 
 
 class ReduceLROnPlateau(MonitorCallback):
+    class State(_State):
+        best: Best
+        wait: NonNegativeInt
+        cooldown_counter: NonNegativeInt
+
     def __init__(self, config: ReduceLROnPlateauConfig):
         super().__init__(config, config.min_delta)
         self.on_train_begin()
@@ -413,17 +474,22 @@ class LearningRateScheduler(Callback):
 class CSVLogger(Callback):
     """Rewritten whole (atomically) after every epoch, so the file is never half a line."""
 
-    def __init__(self, config: CSVLoggerConfig, run_dir: Path | None):
+    class State(_State):
+        keys: list[str] | None
+        text: str = Field(max_length=MAX_LOG_BYTES)
+
+    def __init__(self, config: CSVLoggerConfig, folder: OutputFolder | None):
         self.config = config
-        self.path = (Path(run_dir) if run_dir is not None else Path.cwd()) / config.filename
+        self.folder = folder or OutputFolder(Path.cwd())
         self.text = ""
         self.keys: list[str] | None = None
 
     def on_train_begin(self, logs=None):
         self.keys = None
         self.text = ""
-        if self.config.append and self.path.is_file():
-            self.text = self.path.read_text(encoding="utf-8")
+        path = self.folder.file(self.config.filename)
+        if self.config.append and path.is_file():
+            self.text = read_log(path)
 
     def on_epoch_end(self, epoch, logs):
         buffer = _io.StringIO()
@@ -436,13 +502,22 @@ class CSVLogger(Callback):
                 writer.writerow(["epoch", *self.keys])
         writer.writerow([epoch, *(_csv_value(logs.get(k, "NA")) for k in self.keys)])
         self.text += buffer.getvalue()
-        io.write_text(self.path, self.text)
+        self.folder.write_text(self.config.filename, self.text)
 
     def state(self):
         return {"keys": self.keys, "text": self.text}, {}
 
     def restore(self, values, arrays):
         self.keys, self.text = values["keys"], values["text"]
+
+
+def read_log(path: Path) -> str:
+    try:
+        if path.stat().st_size > MAX_LOG_BYTES:
+            raise RunError(f"CSVLogger appends to files of at most {MAX_LOG_BYTES:,} bytes", str(path))
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise RunError(f"CSVLogger cannot append to it: {err}", str(path)) from None
 
 
 def _csv_value(value) -> str:

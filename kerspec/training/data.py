@@ -69,7 +69,8 @@ class PathData(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    path: str = Field(min_length=1)
+    # Read, never written: may be anywhere the user can read (docs/security.md).
+    path: str = Field(min_length=1, json_schema_extra={"x-kerspec-path": "read"})
     x: str | Annotated[list[str], Field(min_length=1)] | None = None
     y: str | Annotated[list[str], Field(min_length=1)] | None = None
     target: str | None = None
@@ -118,7 +119,7 @@ def _entry_tag(value: Any) -> str:
 
 
 DataEntry = Annotated[
-    Annotated[Annotated[str, Field(min_length=1), AfterValidator(_path_only)], Tag("file")]
+    Annotated[Annotated[str, Field(min_length=1, json_schema_extra={"x-kerspec-path": "read"}), AfterValidator(_path_only)], Tag("file")]
     | Annotated[PathData, Tag("path")]
     | Annotated[RandomData, Tag("random")],
     Discriminator(_entry_tag),
@@ -503,8 +504,14 @@ def _load_npy(file: _File, inputs: dict[str, Shape], dtype: np.dtype) -> dict[st
     return {name: _fit_input(file, "the array", array, name, shape, dtype)}
 
 
+# A number needs a few dozen characters and a label not many more. Held as one numpy text array,
+# every cell would take the widest one's room (a 160 kB file with one 130,000-character cell
+# asked for 7.3 GiB), so cells stay Python strings, column by column, each of bounded length.
+MAX_CSV_CELL = 1024
+
+
 class _Csv:
-    """A CSV file with a header, held as stripped text cells; columns are converted on demand."""
+    """A CSV file with a header, held as stripped text cells in columns; converted on demand."""
 
     def __init__(self, file: _File):
         self.file = file
@@ -527,7 +534,13 @@ class _Csv:
                             f"line {reader.line_num}: {len(row)} values, but the header (line {header_line})"
                             f" has {len(header)} columns"
                         )
-                    rows.append(row)
+                    widest = max(map(len, row))
+                    if widest > MAX_CSV_CELL:
+                        raise file.error(
+                            f"line {reader.line_num}: a cell of {widest:,} characters; the limit is"
+                            f" {MAX_CSV_CELL:,}"
+                        )
+                    rows.append([cell.strip() for cell in row])
                     lines.append(reader.line_num)
         except csv.Error as error:
             raise file.error(f"line {reader.line_num}: not valid CSV: {error}") from None
@@ -546,7 +559,7 @@ class _Csv:
             raise file.error("has a header but no rows")
         self.header = header
         self.lines = np.asarray(lines)
-        self.cells = np.char.strip(np.asarray(rows, dtype=str))
+        self.columns = [list(column) for column in zip(*rows)]
 
     def column(self, name: str) -> int:
         if name not in self.header:
@@ -554,17 +567,18 @@ class _Csv:
         return self.header.index(name)
 
     def _empty(self, j: int) -> None:
-        bad = _first(self.cells[:, j] == "")
+        bad = next((i for i, cell in enumerate(self.columns[j]) if not cell), None)
         if bad is not None:
             raise self.file.error(
-                f"line {self.lines[bad[0]]}, column {self.header[j]!r}: empty cell"
+                f"line {self.lines[bad]}, column {self.header[j]!r}: empty cell"
             )
 
     def numbers(self, j: int) -> np.ndarray | None:
         """Column j as float64, or None when a cell is not a number."""
         self._empty(j)
+        column = self.columns[j]
         try:
-            return self.cells[:, j].astype(np.float64)
+            return np.fromiter(map(float, column), np.float64, len(column))
         except ValueError:
             return None
 
@@ -573,10 +587,10 @@ class _Csv:
         for j in columns:
             column = self.numbers(j)
             if column is None:
-                i = next(i for i, cell in enumerate(self.cells[:, j]) if not _is_number(cell))
+                i = next(i for i, cell in enumerate(self.columns[j]) if not _is_number(cell))
                 raise self.file.error(
-                    f"line {self.lines[i]}, column {self.header[j]!r}: {str(self.cells[i, j])!r} is not"
-                    " a number"
+                    f"line {self.lines[i]}, column {self.header[j]!r}: {_show(self.columns[j][i])} is"
+                    " not a number"
                 )
             values.append(column)
         return np.stack(values, axis=1)
@@ -615,7 +629,9 @@ def _csv_target(
     file, label = table.file, f"column {table.header[j]!r}"
     y = table.numbers(j)
     if y is None:
-        labels, y = np.unique(table.cells[:, j], return_inverse=True)
+        labels = sorted(set(table.columns[j]))
+        index = {label: i for i, label in enumerate(labels)}
+        y = np.fromiter((index[cell] for cell in table.columns[j]), np.int64, len(table.columns[j]))
         classes = _text_classes(file, label, name, info, entry.one_hot)
         if len(labels) != classes:
             raise file.error(

@@ -23,10 +23,9 @@ import numpy as np
 from kerspec.errors import RunError
 from kerspec.layers import Context
 from kerspec.training.callbacks import Arrays, Callback, History
+from kerspec.training.checkpoint import CHECKPOINT_FORMAT, check_checkpoint
 from kerspec.training.data import Dataset
-from kerspec.training.trainer import NonFiniteLoss, Trainer
-
-CHECKPOINT_FORMAT = 1
+from kerspec.training.trainer import NonFiniteLoss, NonFiniteWeights, Trainer
 
 
 class Interrupted(RunError):
@@ -107,7 +106,7 @@ class Session:
         for key, value in self.trainer.opt_state.items():
             arrays[f"optimizer/{key}"] = np.array(value, copy=True)
         states = {}
-        for key, callback in self._stateful():
+        for key, callback in self.stateful():
             values, callback_arrays = callback.state()
             states[key] = values
             for name, array in callback_arrays.items():
@@ -132,7 +131,7 @@ class Session:
         state = self.trainer.opt_state
         for key in list(state):
             state[key] = np.array(arrays[f"optimizer/{key}"], copy=True)
-        for key, callback in self._stateful():
+        for key, callback in self.stateful():
             prefix = f"callbacks/{key}/"
             own = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
             if key in meta["callbacks"]:
@@ -142,7 +141,7 @@ class Session:
         self.epoch = meta["epoch"]
         self.stop_training = meta["stop_training"]
 
-    def _stateful(self) -> Iterator[tuple[str, Callback]]:
+    def stateful(self) -> Iterator[tuple[str, Callback]]:
         yield "history", self.history
         for index, callback in enumerate(self.spec_callbacks):
             yield f"{index}-{type(callback).__name__}", callback
@@ -186,11 +185,13 @@ def fit(
     initial_epoch: int = 0,
     directions: dict[str, str] | None = None,
     resume: Arrays | None = None,
+    resume_file: str = "checkpoint",
 ) -> History:
     """Train from `initial_epoch` (or the checkpoint `resume`) up to `epochs`.
 
     Callbacks run in this order: the spec's, then `callbacks` (progress, the run folder), then
     the history; every callback's `on_epoch_end` sees the logs the ones before it added to.
+    A checkpoint (`resume`, read from `resume_file`) is checked before any callback begins.
     """
     session = Session(
         trainer, ctx, shuffle_rng, epochs, spec_callbacks=list(spec_callbacks),
@@ -200,6 +201,8 @@ def fit(
     every = [*spec_callbacks, history, *callbacks]
     for callback in every:
         callback.bind(session)
+    if resume is not None:
+        check_checkpoint(resume, session, resume_file)
     for callback in every:
         callback.on_train_begin()
     if resume is not None:
@@ -212,10 +215,11 @@ def fit(
             good = session.checkpoint()
             try:
                 logs = _epoch(session, train, inputs, outputs, batch_size, shuffle, validation, every, steps)
+                _check_finite(trainer)
             except NonFiniteLoss as err:
                 session.restore(good)
                 message = (
-                    f"epoch {epoch + 1}, batch {err.batch + 1}: the loss became {err.value}; "
+                    f"epoch {epoch + 1}, {err.what.format(batch=err.batch + 1)}; "
                     + (f"kept the weights of epoch {epoch}, the last good one" if epoch else
                        "kept the initial weights")
                 )
@@ -245,6 +249,13 @@ def fit(
     for callback in every:
         callback.on_train_end(history.last())
     return history
+
+
+def _check_finite(trainer: Trainer) -> None:
+    for owner, weights in trainer.params.items():
+        for name, weight in weights.items():
+            if not np.isfinite(weight).all():
+                raise NonFiniteWeights(f"{owner}/{name}")
 
 
 def _epoch(session, train, inputs, outputs, batch_size, shuffle, validation, every, steps):

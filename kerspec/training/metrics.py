@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
+from kerspec.paths import NameOrEmpty
 from kerspec.registry import Item, Registry
 from kerspec.training import losses
 from kerspec.training.losses import EPSILON, same_rank
@@ -41,7 +42,8 @@ def _divide_no_nan(a, b):
 
 
 class Metric(Item):
-    name: str = Field("", description="history key; defaults to the metric's canonical name")
+    # A column of history.csv and of CSVLogger's file.
+    name: NameOrEmpty = Field("", description="history key; defaults to the metric's canonical name")
 
     @model_validator(mode="before")
     @classmethod

@@ -51,6 +51,16 @@ class NonFiniteLoss(RunError):
         super().__init__(f"the loss became {value} (non-finite)")
         self.value = value
         self.batch = 0
+        self.what = f"batch {{batch}}: the loss became {value}"
+
+
+class NonFiniteWeights(NonFiniteLoss):
+    """A weight became NaN or infinite while the loss stayed finite (a ReLU can hide an infinite
+    kernel); found at the end of the epoch, before it is checkpointed."""
+
+    def __init__(self, key: str):
+        super().__init__(float("nan"))
+        self.what = f"the weight {key} became non-finite"
 
 
 # NumPy's overflow and invalid-value warnings would clutter the terminal; the loss is checked.
