@@ -285,7 +285,8 @@ CLASSIFIER = """
 seed: 5
 layers:
   - {type: Input, shape: [4], name: x}
-  - {type: Dense, units: 6, activation: tanh}
+  - {type: Dense, units: 6, activation: tanh, kernel_constraint: {type: max_norm, max_value: 0.6},
+     bias_regularizer: {type: l1, l1: 0.01}, activity_regularizer: {type: l2, l2: 0.05}}
   - {type: Dense, units: 3, activation: softmax, name: out}
 compile: {optimizer: {type: sgd, learning_rate: 0.2}, loss: sparse_categorical_crossentropy}
 """
@@ -344,6 +345,29 @@ def test_embedding_mask_trains_as_keras(rng):
     train_both(ours, {"tokens": tokens}, targets(ours, rng, n))
 
 
+CONV_SEQUENCE = """
+seed: 8
+layers:
+  - {type: Input, shape: [10, 3], name: signal}
+  - {type: Conv1D, filters: 4, kernel_size: 3, padding: same, activation: relu, name: conv}
+  - {type: LayerNormalization, name: norm}
+  - {type: MaxPooling1D, pool_size: 2, name: pool}
+  - {type: Conv1D, filters: 3, kernel_size: 2, strides: 2, activation: tanh, name: conv2}
+  - {type: GlobalMaxPooling1D, name: gmax, from: conv2}
+  - {type: GlobalAveragePooling1D, name: gavg, from: conv2}
+  - {type: Subtract, from: [gmax, gavg], name: spread}
+  - {type: Lambda, expression: "tanh(x) * 2", name: squash}
+  - {type: Dense, units: 2, name: out}
+compile: {optimizer: {type: nadam, learning_rate: 0.01}, loss: mse}
+"""
+
+
+def test_convolutions_over_sequences_train_as_keras(rng):
+    ours = from_text(CONV_SEQUENCE, [])
+    n = STEPS * BATCH
+    train_both(ours, inputs(ours, rng, n), targets(ours, rng, n))
+
+
 # -- seeded random graphs -------------------------------------------------------------------------
 
 MERGES = ["Add", "Subtract", "Average", "Multiply", "Maximum", "Minimum", "Concatenate", "Dot"]
@@ -351,8 +375,8 @@ ACTIVATIONS = ["relu", "tanh", "sigmoid", "elu", "selu", "softplus", "gelu", "sw
 
 
 def random_graph(seed: int) -> str:
-    """Vectors only: inputs, Dense layers (some shared), every merge, BatchNormalization; every
-    unused tensor is concatenated into the heads, so the graph has fan-out everywhere."""
+    """Vectors only: inputs, Dense layers (some shared), every merge, BatchNormalization,
+    activations; every unused tensor is concatenated into the two heads."""
     rng = np.random.default_rng(seed)
     lines: list[str] = []
     width: dict[str, int] = {}
@@ -365,10 +389,11 @@ def random_graph(seed: int) -> str:
 
     for i in range(int(rng.integers(1, 3))):
         add(f"in{i}", "type: Input, shape: [4]", 4)
-    for i in range(int(rng.integers(4, 8))):
+    for i in range(int(rng.integers(5, 10))):
         name, pick = f"n{i}", list(width)
-        choice = rng.choice(["dense", "dense", "merge", "merge", "share", "norm"])
-        source = str(rng.choice(pick))
+        inner = [n for n in pick if not n.startswith("in")]
+        choice = rng.choice(["dense", "dense", "merge", "merge", "share", "norm", "activation"])
+        source = str(rng.choice(inner if inner and rng.random() < 0.7 else pick))
         if choice == "share" and any(w == width[source] for w in denses.values()):
             owner = next(o for o, w in denses.items() if w == width[source])
             add(name, f"share: {owner}, from: {source}", width[owner])
@@ -381,6 +406,8 @@ def random_graph(seed: int) -> str:
             used.add(other)
         elif choice == "norm":
             add(name, f"type: BatchNormalization, momentum: 0.5, from: {source}", width[source])
+        elif choice == "activation":
+            add(name, f"type: Activation, activation: {rng.choice(ACTIVATIONS)}, from: {source}", width[source])
         else:
             units = int(rng.choice([3, 4]))
             activation = str(rng.choice(ACTIVATIONS))
@@ -409,7 +436,7 @@ def random_graph(seed: int) -> str:
     ])
 
 
-@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("seed", range(16))
 def test_random_graph_trains_as_keras(seed, rng):
     text = random_graph(seed)
     ours = from_text(text, [])
