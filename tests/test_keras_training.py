@@ -19,9 +19,9 @@ from kerspec.spec import parse_spec
 from kerspec.training.callbacks import Callback
 from kerspec.training.data import Dataset
 
-keras = pytest.importorskip("keras")
+pytest.importorskip("keras")
 
-from tests.keras_build import (  # noqa: E402  (after the importorskip)
+from tests.keras_build import (
     Unsupported,
     copy_weights,
     keras_losses,
@@ -33,6 +33,7 @@ from tests.keras_build import (  # noqa: E402  (after the importorskip)
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS, BATCH = 3, 8
+N = STEPS * BATCH  # samples: exactly STEPS batches
 RTOL, ATOL = 1e-4, 1e-5
 
 
@@ -52,29 +53,30 @@ def from_text(text: str, overrides: list[str]) -> kerspec.Model:
     return kerspec.Model(parse_spec(text, "<test spec>", ["fit.shuffle=false", *overrides]))
 
 
-def targets(model: kerspec.Model, rng, n: int) -> dict[str, np.ndarray]:
+def targets(model: kerspec.Model, rng) -> dict[str, np.ndarray]:
+    """N random targets of the kind each output's loss wants."""
     ys = {}
     for head, ref in zip(model.trainer.heads, model.graph.outputs):
         shape = tuple(model.graph.output_shape(ref))
         kind = head.loss.type
         if kind == "sparse_categorical_crossentropy":
-            ys[head.name] = rng.integers(0, shape[-1], (n, *shape[:-1])).astype(np.float32)
+            ys[head.name] = rng.integers(0, shape[-1], (N, *shape[:-1])).astype(np.float32)
         elif kind == "categorical_crossentropy":
-            ys[head.name] = np.eye(shape[-1], dtype=np.float32)[rng.integers(0, shape[-1], (n, *shape[:-1]))]
+            ys[head.name] = np.eye(shape[-1], dtype=np.float32)[rng.integers(0, shape[-1], (N, *shape[:-1]))]
         elif kind == "binary_crossentropy":
-            ys[head.name] = rng.integers(0, 2, (n, *shape)).astype(np.float32)
+            ys[head.name] = rng.integers(0, 2, (N, *shape)).astype(np.float32)
         else:
-            ys[head.name] = rng.standard_normal((n, *shape)).astype(np.float32)
+            ys[head.name] = rng.standard_normal((N, *shape)).astype(np.float32)
     return ys
 
 
-def inputs(model: kerspec.Model, rng, n: int, *, padded: bool = False) -> dict[str, np.ndarray]:
-    """Random inputs; `padded` zeroes a random tail of each sequence (masked by Masking)."""
+def inputs(model: kerspec.Model, rng, *, padded: bool = False) -> dict[str, np.ndarray]:
+    """N random inputs; `padded` zeroes a random tail of each sequence (masked by Masking)."""
     xs = {}
     for name, shape in model.graph.input_shapes().items():
-        x = rng.random((n, *shape)).astype(np.float32) + 0.1
+        x = rng.random((N, *shape)).astype(np.float32) + 0.1
         if padded:
-            for row, length in zip(x, rng.integers(1, shape[0] + 1, n)):
+            for row, length in zip(x, rng.integers(1, shape[0] + 1, N)):
                 row[length:] = 0.0
         xs[name] = x
     return xs
@@ -110,10 +112,14 @@ class KerasStepAlongside(Callback):
         self.steps += 1
 
 
-def train_both(ours: kerspec.Model, xs, ys, *, sample_weight=None, class_weight=None) -> None:
-    """STEPS batches of BATCH samples through `ours.fit` and, alongside, Keras's train_on_batch;
-    every weight compared after each step, all mismatches reported together."""
+def train_both(ours: kerspec.Model, rng, *, xs=None, padded=False, sample_weight=None,
+               class_weight=None) -> None:
+    """STEPS batches of BATCH samples (random unless `xs` is given) through `ours.fit` and,
+    alongside, Keras's train_on_batch; every weight compared after each step, all mismatches
+    reported together."""
     assert ours.spec.fit.shuffle is False
+    xs = inputs(ours, rng, padded=padded) if xs is None else xs
+    ys = targets(ours, rng)
     try:
         theirs = keras_twin(ours)
     except Unsupported as err:
@@ -147,9 +153,8 @@ SPECS = sorted((ROOT / "specs").glob("*.yaml")) + sorted((ROOT / "specs" / "gall
 @pytest.mark.parametrize("path", SPECS, ids=[str(p.relative_to(ROOT / "specs")) for p in SPECS])
 def test_shipped_spec_trains_as_keras(path, rng):
     ours = without_dropout(from_file, path)
-    n = STEPS * BATCH
     padded = any(node.type == "Masking" for node in ours.graph.nodes)
-    train_both(ours, inputs(ours, rng, n, padded=padded), targets(ours, rng, n))
+    train_both(ours, rng, padded=padded)
 
 
 # -- hand-made graphs -----------------------------------------------------------------------------
@@ -174,8 +179,7 @@ compile: {{optimizer: {{type: sgd, learning_rate: 0.1}}, loss: mse}}
 @pytest.mark.parametrize("one_input", [False, True], ids=["two_inputs", "one_input"])
 def test_two_branch_model_of_issue_13_trains_as_keras(merge, activation, one_input, rng):
     ours = from_text(two_branches(merge, one_input=one_input, activation=activation), [])
-    n = STEPS * BATCH
-    train_both(ours, inputs(ours, rng, n), targets(ours, rng, n))
+    train_both(ours, rng)
 
 
 GRAPH = """
@@ -219,8 +223,7 @@ OPTIMIZERS = {
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_every_optimizer_trains_a_graph_as_keras(name, rng):
     ours = from_text(GRAPH, [f"compile.optimizer={OPTIMIZERS[name]}"])
-    n = STEPS * BATCH
-    train_both(ours, inputs(ours, rng, n), targets(ours, rng, n))
+    train_both(ours, rng)
 
 
 # SGD: the biases before a normalization have a gradient of exactly zero, float noise of 1e-9
@@ -242,8 +245,7 @@ compile: {optimizer: {type: sgd, learning_rate: 0.1, momentum: 0.5}, loss: categ
 
 def test_batch_normalization_in_training_mode_trains_as_keras(rng):
     ours = from_text(BATCH_NORM, [])
-    n = STEPS * BATCH
-    train_both(ours, inputs(ours, rng, n), targets(ours, rng, n))
+    train_both(ours, rng)
 
 
 TWO_HEADS = """
@@ -264,21 +266,18 @@ compile:
 
 def test_loss_weights_on_two_outputs_train_as_keras(rng):
     ours = from_text(TWO_HEADS, [])
-    n = STEPS * BATCH
-    train_both(ours, inputs(ours, rng, n), targets(ours, rng, n))
+    train_both(ours, rng)
 
 
 def test_loss_weights_as_a_list_train_as_keras(rng):
     ours = from_text(TWO_HEADS, ["compile.loss_weights=[0.2, 3.0]"])
-    n = STEPS * BATCH
-    train_both(ours, inputs(ours, rng, n), targets(ours, rng, n))
+    train_both(ours, rng)
 
 
 def test_sample_weights_per_output_train_as_keras(rng):
     ours = from_text(TWO_HEADS, [])
-    n = STEPS * BATCH
-    weights = {"kind": rng.random(n).astype(np.float32) * 2, "size": rng.random(n).astype(np.float32)}
-    train_both(ours, inputs(ours, rng, n), targets(ours, rng, n), sample_weight=weights)
+    weights = {"kind": rng.random(N).astype(np.float32) * 2, "size": rng.random(N).astype(np.float32)}
+    train_both(ours, rng, sample_weight=weights)
 
 
 CLASSIFIER = """
@@ -295,15 +294,13 @@ compile: {optimizer: {type: sgd, learning_rate: 0.2}, loss: sparse_categorical_c
 @pytest.mark.parametrize("loss", ["sparse_categorical_crossentropy", "categorical_crossentropy"])
 def test_class_weight_trains_as_keras(loss, rng):
     ours = from_text(CLASSIFIER, [f"compile.loss={loss}", "fit.class_weight={0: 0.5, 2: 4.0}"])
-    n = STEPS * BATCH
-    train_both(ours, inputs(ours, rng, n), targets(ours, rng, n), class_weight={0: 0.5, 1: 1.0, 2: 4.0})
+    train_both(ours, rng, class_weight={0: 0.5, 1: 1.0, 2: 4.0})
 
 
 def test_sample_weight_on_one_output_trains_as_keras(rng):
     ours = from_text(CLASSIFIER, [])
-    n = STEPS * BATCH
-    weights = {"out": rng.random(n).astype(np.float32) * 3}
-    train_both(ours, inputs(ours, rng, n), targets(ours, rng, n), sample_weight=weights)
+    weights = {"out": rng.random(N).astype(np.float32) * 3}
+    train_both(ours, rng, sample_weight=weights)
 
 
 MASKED = """
@@ -332,17 +329,15 @@ compile: {optimizer: {type: adam, learning_rate: 0.01}, loss: binary_crossentrop
 
 def test_masked_sequences_train_as_keras(rng):
     ours = from_text(MASKED, [])
-    n = STEPS * BATCH
-    train_both(ours, inputs(ours, rng, n, padded=True), targets(ours, rng, n))
+    train_both(ours, rng, padded=True)
 
 
 def test_embedding_mask_trains_as_keras(rng):
     ours = from_text(EMBEDDED, [])
-    n = STEPS * BATCH
-    tokens = rng.integers(1, 9, (n, 6)).astype(np.float32)
-    for row, length in zip(tokens, rng.integers(1, 7, n)):
+    tokens = rng.integers(1, 9, (N, 6)).astype(np.float32)
+    for row, length in zip(tokens, rng.integers(1, 7, N)):
         row[length:] = 0
-    train_both(ours, {"tokens": tokens}, targets(ours, rng, n))
+    train_both(ours, rng, xs={"tokens": tokens})
 
 
 CONV_SEQUENCE = """
@@ -364,8 +359,7 @@ compile: {optimizer: {type: nadam, learning_rate: 0.01}, loss: mse}
 
 def test_convolutions_over_sequences_train_as_keras(rng):
     ours = from_text(CONV_SEQUENCE, [])
-    n = STEPS * BATCH
-    train_both(ours, inputs(ours, rng, n), targets(ours, rng, n))
+    train_both(ours, rng)
 
 
 # -- seeded random graphs -------------------------------------------------------------------------
@@ -440,8 +434,7 @@ def random_graph(seed: int) -> str:
 def test_random_graph_trains_as_keras(seed, rng):
     text = random_graph(seed)
     ours = from_text(text, [])
-    n = STEPS * BATCH
     try:
-        train_both(ours, inputs(ours, rng, n), targets(ours, rng, n))
+        train_both(ours, rng)
     except AssertionError as err:
         raise AssertionError(f"{err}\nthe graph:\n{text}") from None
