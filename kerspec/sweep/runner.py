@@ -197,8 +197,9 @@ def _error(trial) -> str:
     except OSError:
         pass
     text = text or str(getattr(trial, "error_msg", "") or "")
-    marker = "TrialFailed: "
-    if marker in text:
-        return text.rsplit(marker, 1)[-1].strip().splitlines()[0]
+    found = [line.split("TrialFailed: ", 1)[1].strip() for line in text.splitlines()
+             if "TrialFailed: " in line and line.split("TrialFailed: ", 1)[1].strip()]
+    if found:
+        return found[-1]
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1].strip() if lines else "the trial failed"

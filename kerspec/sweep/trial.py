@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from kerspec.errors import KerspecError
+from kerspec.errors import DataError, KerspecError
 from kerspec.runs import CHECKPOINT, RunFolder
 
 # The variables BLAS libraries read when they start; for a process where numpy is not loaded yet.
@@ -100,6 +100,8 @@ def ray_trial(config: dict, job: TrialJob) -> None:
     try:
         _check_readable(job)
         train_trial(job.spec, sets, run_dir, report=tune.report)
+    except DataError as err:
+        raise TrialFailed(f"{err}{_elsewhere(job)}") from None
     except KerspecError as err:
         raise TrialFailed(str(err)) from None
 
@@ -118,11 +120,15 @@ def _limit_threads(cpu: float) -> None:
 
 def _check_readable(job: TrialJob) -> None:
     """On another machine the paths of the driver may not exist: say so before any work."""
-    if Path(job.spec).is_file():
-        return
+    if not Path(job.spec).is_file():
+        raise KerspecError(f"cannot read the spec file{_elsewhere(job)}", job.spec)
+
+
+def _elsewhere(job: TrialJob) -> str:
+    if not job.on_cluster:
+        return ""
     import socket
 
-    hint = (" Put the spec, its data and the sweep folder on a filesystem every node mounts at the"
-            " same path, or send small data with --working-dir" if job.on_cluster else "")
-    raise KerspecError(f"the worker on {socket.gethostname()} cannot read the spec file.{hint}",
-                       job.spec)
+    return (f" (on the worker node {socket.gethostname()}: put the spec, its data and the sweep"
+            " folder on a filesystem every node mounts at the same path, or ship small data with"
+            " Ray's runtime_env working directory)")
