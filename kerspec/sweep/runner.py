@@ -154,6 +154,13 @@ class Watcher(Callback):
         self.events = events
         self.trials = []
         self.reported: dict[str, list[dict]] = {}
+        # How each trial ended, as this session saw it or as a resumed experiment holds it. Tune
+        # marks the trials it stops on Ctrl-C TERMINATED too, so its status alone cannot tell.
+        self.ended: dict[str, str] | None = None
+
+    def on_step_begin(self, iteration, trials, **info):
+        if self.ended is None:
+            self.ended = {t.trial_id: t.status for t in trials if t.status in ("TERMINATED", "ERROR")}
 
     def __reduce__(self):
         # Tune saves its run config, callbacks included, with the experiment; the progress
@@ -174,15 +181,22 @@ class Watcher(Callback):
             self.events.epoch(trial_index(trial.trial_id), result)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        self._end(trial, "TERMINATED")
         if self.events:
             self.events.ended(self.outcome(trial, "TERMINATED"))
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self._end(trial, "ERROR")
         if self.events:
             self.events.ended(self.outcome(trial, "ERROR"))
 
+    def _end(self, trial, status: str) -> None:
+        if self.ended is None:
+            self.ended = {}
+        self.ended[trial.trial_id] = status
+
     def outcome(self, trial, status: str | None = None) -> Outcome:
-        status = status or trial.status
+        status = status or (self.ended or {}).get(trial.trial_id, "UNFINISHED")
         return Outcome(trial_index(trial.trial_id), dict(trial.config), status,
                        _error(trial) if status == "ERROR" else None,
                        self.reported.get(trial.trial_id, []))
