@@ -34,7 +34,7 @@ def ray_startup() -> float:
     import ray
 
     started = time.perf_counter()
-    ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    ray.init(address="local", include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     ray.shutdown()
     return time.perf_counter() - started
 

@@ -53,10 +53,9 @@ def start_ray(address: str | None, cpu: float) -> bool:
     }
     address = address or os.environ.get("RAY_ADDRESS")
     try:
-        if address:
-            ray.init(address=address, **options)
-        else:
-            ray.init(**options)
+        # "local": a fresh Ray on this machine; plain ray.init() would join whatever cluster this
+        # machine last started (/tmp/ray), even one that is gone.
+        ray.init(address=address or "local", **options)
     except (ConnectionError, RuntimeError, ValueError) as err:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         raise KerspecError(f"cannot start or join {where}: {err}") from None
