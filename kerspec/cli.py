@@ -82,11 +82,13 @@ def validate(
     specs: Annotated[list[Path], typer.Argument(help="Spec files to check.", show_default=False)],
     json_out: JsonOpt = False,
 ) -> None:
-    """Check specs; print every problem as FILE:LINE:COL: message."""
+    """Check specs and sweep files; print every problem as FILE:LINE:COL: message."""
+    from kerspec.sweep.load import load_any
+
     report = []
     for spec in specs:
         try:
-            api.load(spec, seed=0)
+            load_any(spec)
         except Problems as err:
             report.append({"file": str(spec), "problems": [str(p) for p in err.problems]})
         except KerspecError as err:
@@ -130,9 +132,18 @@ def train(
     out: Annotated[Path | None, typer.Option("--out", help="Run folder (default runs/NAME-TIME).", show_default=False)] = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="Carry on an interrupted run folder from its last finished epoch.", show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Train into a non-empty --out, replacing only the files an earlier kerspec run wrote there.")] = False,
+    seeds: Annotated[int | None, typer.Option("--seeds", min=2, help="Train over this many seeds (from --seed, else 0) as a small sweep; print each metric's spread.", show_default=False)] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Train SPEC with its data and fit settings; write a run folder."""
+    if seeds is not None:
+        from kerspec.sweep.commands import train_seeds
+
+        others = {"--data": data, "--validation": validation, "--init-weights": init_weights, "--resume": resume}
+        with user_errors():
+            train_seeds(spec, seeds, seed=seed, sets=set_ or [], epochs=epochs, batch_size=batch_size,
+                        out=out, json_out=json_out, others=others)
+        return
     progress = console.RichProgress()
     with user_errors(), ExitStack() as stack:
         if resume is not None and (out is not None or init_weights is not None or overwrite):
@@ -318,12 +329,14 @@ def diff(
 @app.command()
 def schema(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to a file instead of stdout.", show_default=False)] = None,
+    sweep_: Annotated[bool, typer.Option("--sweep", help="The sweep file format's schema instead.")] = False,
 ) -> None:
     """Print the JSON Schema of the spec format (for editors)."""
     from kerspec.io import write_text
     from kerspec.spec import json_schema
+    from kerspec.sweep.schema import sweep_json_schema
 
-    text = json.dumps(json_schema(), indent=2) + "\n"
+    text = json.dumps(sweep_json_schema() if sweep_ else json_schema(), indent=2) + "\n"
     if output is None:
         sys.stdout.write(text)
     else:
@@ -368,6 +381,24 @@ def export(
         model.load_weights(weights)
         export_model(model, output, overwrite=overwrite)
     console.out.print(f"Wrote {output}", markup=False)
+
+
+@app.command()
+def sweep(
+    sweep_file: Annotated[Path | None, typer.Argument(metavar="SWEEP", help="The sweep file (YAML).", show_default=False)] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Sweep folder (default runs/sweeps/NAME-TIME).", show_default=False)] = None,
+    address: Annotated[str | None, typer.Option("--address", help="Join the Ray cluster at HOST:PORT (default: RAY_ADDRESS, else Ray on this machine).", show_default=False)] = None,
+    resume: Annotated[Path | None, typer.Option("--resume", help="Carry on an interrupted sweep folder.", show_default=False)] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Train a spec over the values a sweep file gives, on Ray Tune; rank the trials."""
+    from kerspec.sweep.commands import sweep as run
+
+    if (sweep_file is None) == (resume is None):
+        console.err.print("give a sweep file, or --resume a sweep folder (not both)", markup=False)
+        raise typer.Exit(2)
+    with user_errors():
+        run(sweep_file, out=out, address=address, resume=resume, json_out=json_out)
 
 
 def main() -> None:

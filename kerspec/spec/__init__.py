@@ -23,7 +23,7 @@ from kerspec.training.metrics import METRICS
 from kerspec.training.optimizers import OPTIMIZERS
 from kerspec.training.schedules import SCHEDULES
 
-__all__ = ["LoadedSpec", "Spec", "json_schema", "load_spec", "parse_spec"]
+__all__ = ["LoadedSpec", "Spec", "json_schema", "load_spec", "located_problems", "parse_spec"]
 
 
 class LoadedSpec:
@@ -64,22 +64,26 @@ def parse_spec(
     try:
         spec = Spec.model_validate(data)
     except ValidationError as err:
-        raise SpecError(_one_per_place(err.errors(), data, source)) from None
+        raise SpecError(located_problems(err, data, source)) from None
     return LoadedSpec(spec, source, path, data)
 
 
-def _one_per_place(errors: list[dict], data: Any, source: Source) -> list[KerspecError]:
-    """One problem per value: a value that fits no branch of a union (`kernel_size: -2` is
-    neither a positive int nor a list) gets pydantic's error for each branch; the first says it."""
+def located_problems(
+    err: ValidationError, data: Any, source: Source, sections: dict[tuple, type[BaseModel]] | None = None
+) -> list[KerspecError]:
+    """pydantic's errors for `data` at their FILE:LINE:COL, one per value: a value that fits no
+    branch of a union (`kernel_size: -2` is neither a positive int nor a list) gets pydantic's
+    error for each branch; the first says it. `sections` (path -> model) name the fields that a
+    did-you-mean picks from; the spec's by default."""
     seen, kept = set(), []
-    for error in errors:
+    for error in err.errors():
         if error["type"] in ("missing", "extra_forbidden"):
             place = error["loc"]
         else:
             place = _walk(data, error["loc"])[0]
         if place not in seen:
             seen.add(place)
-            kept.append(_problem(error, data, source))
+            kept.append(_problem(error, data, source, sections or SECTIONS))
     return kept
 
 
@@ -122,7 +126,7 @@ REGISTRIES = (
 SECTIONS: dict[tuple, type[BaseModel]] = {(): Spec, ("compile",): Compile, ("fit",): Fit, ("data",): Data}
 
 
-def _fields_of(tags: list, parent: tuple) -> list[str]:
+def _fields_of(tags: list, parent: tuple, sections: dict[tuple, type[BaseModel]]) -> list[str]:
     """Argument names of the model that rejected a key, for a did-you-mean hint."""
     for tag in reversed(tags):
         if tag == "share":
@@ -130,7 +134,7 @@ def _fields_of(tags: list, parent: tuple) -> list[str]:
         for registry in REGISTRIES:
             if tag in registry.names():
                 return _names(registry.get(tag))
-    model = SECTIONS.get(parent)
+    model = sections.get(parent)
     return _names(model) if model else []
 
 
@@ -138,7 +142,7 @@ def _names(model: type[BaseModel]) -> list[str]:
     return [field.alias or name for name, field in model.model_fields.items()]
 
 
-def _problem(error: dict, data: Any, source: Source) -> KerspecError:
+def _problem(error: dict, data: Any, source: Source, sections: dict) -> KerspecError:
     kind, loc = error["type"], error["loc"]
     if kind in ("missing", "extra_forbidden"):
         path, tags = _walk(data, loc[:-1])
@@ -148,7 +152,7 @@ def _problem(error: dict, data: Any, source: Source) -> KerspecError:
         if kind == "missing":
             message = f"missing required argument {key!r}"
         else:
-            close = difflib.get_close_matches(str(key), _fields_of(tags, path), n=1)
+            close = difflib.get_close_matches(str(key), _fields_of(tags, path, sections), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             message = f"unknown argument {key!r}{hint}"
         if inner:
@@ -158,7 +162,7 @@ def _problem(error: dict, data: Any, source: Source) -> KerspecError:
         where = source.where(path)
         label, inner = _label(data, path)
         message = error["msg"]
-        if kind.startswith(("union_tag", "layer_", "unknown_name", "missing_type")):
+        if kind.startswith(("union_tag", "layer_", "unknown_name", "missing_type", "distribution")):
             pass
         elif message.startswith("Value error, "):
             message = message.removeprefix("Value error, ")

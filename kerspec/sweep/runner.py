@@ -1,0 +1,218 @@
+"""Running a sweep's trials on Ray Tune: locally (`ray.init()`), or on a cluster by address.
+
+Imported only once Ray is known to be installed (see kerspec.sweep.require_ray).
+
+Tune owns the scheduling (parallel trials, ASHA, the search algorithm, resuming its experiment
+state from the sweep folder); kerspec only gives it the trainable and reads back, from the run
+folders, what each trial did.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+from ray.tune import Callback
+
+from kerspec.errors import KerspecError
+from kerspec.sweep.load import LoadedSweep
+from kerspec.sweep.schema import Choice, Grid, LogUniform, RandInt, Uniform
+from kerspec.sweep.trial import TrialJob, blas_env, ray_trial
+
+EXPERIMENT = "tune"  # Tune's experiment state inside the sweep folder (what --resume reads)
+
+
+@dataclass
+class Outcome:
+    """What Tune says of a trial: its index, values, whether it ended and how."""
+
+    index: int
+    config: dict[str, Any]
+    status: str  # Tune's: TERMINATED, ERROR, PENDING, RUNNING, PAUSED
+    error: str | None = None
+    reported: list[dict] = field(default_factory=list)
+
+
+def start_ray(address: str | None, cpu: float) -> bool:
+    """Join the cluster at `address` (or RAY_ADDRESS), else start Ray on this machine. Returns
+    whether this call started the connection (and so should end it)."""
+    if ray.is_initialized():
+        return False
+    # Tune's own console output would interleave with kerspec's progress.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    options: dict[str, Any] = {
+        "include_dashboard": False,
+        "logging_level": "ERROR",
+        "log_to_driver": False,
+        # Workers start with BLAS limited to a trial's share, before they import numpy.
+        "runtime_env": {"env_vars": blas_env(cpu)},
+    }
+    address = address or os.environ.get("RAY_ADDRESS")
+    try:
+        # "local": a fresh Ray on this machine; plain ray.init() would join whatever cluster this
+        # machine last started (/tmp/ray), even one that is gone.
+        ray.init(address=address or "local", **options)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+        raise KerspecError(f"cannot start or join {where}: {err}") from None
+    return True
+
+
+def param_space(loaded: LoadedSweep) -> dict[str, Any]:
+    grid_choices = loaded.sweep.search == "grid"
+    space = {}
+    for parameter in loaded.parameters:
+        value = parameter.value
+        if isinstance(value, Grid) or (grid_choices and isinstance(value, Choice)):
+            values = value.grid if isinstance(value, Grid) else value.choice
+            space[parameter.path] = tune.grid_search(values)
+        elif isinstance(value, Choice):
+            space[parameter.path] = tune.choice(value.choice)
+        elif isinstance(value, Uniform):
+            space[parameter.path] = tune.uniform(*value.uniform)
+        elif isinstance(value, LogUniform):
+            space[parameter.path] = tune.loguniform(*value.loguniform)
+        elif isinstance(value, RandInt):
+            low, high = value.randint
+            space[parameter.path] = tune.randint(low, high + 1)  # Tune's upper bound is excluded
+    return space
+
+
+def run_trials(loaded: LoadedSweep, sweep_dir: Path, job: TrialJob, *, resume: bool,
+               events=None) -> tuple[list[Outcome], bool]:
+    """Run (or carry on) the sweep's trials; the outcomes and whether every trial ended."""
+    sweep = loaded.sweep
+    watcher = Watcher(events)
+    trainable = tune.with_resources(tune.with_parameters(ray_trial, job=job), {"cpu": job.cpu})
+    storage = sweep_dir.absolute()
+    if resume:
+        tuner = tune.Tuner.restore(str(storage / EXPERIMENT), trainable, resume_unfinished=True,
+                                   resume_errored=False)
+        # The restored run config holds the saved (empty) watcher; this session shows its own.
+        tuner._local_tuner.get_run_config().callbacks = [watcher]
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space(loaded),
+            tune_config=tune.TuneConfig(
+                metric=sweep.metric,
+                mode=loaded.mode,
+                search_alg=_search(loaded),
+                scheduler=_scheduler(loaded),
+                num_samples=sweep.samples,
+                max_concurrent_trials=sweep.max_concurrent,
+                reuse_actors=False,
+                trial_dirname_creator=lambda trial: trial.trial_id,
+            ),
+            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(storage), verbose=0,
+                                      callbacks=[watcher]),
+        )
+    tuner.fit()
+    outcomes = [watcher.outcome(trial) for trial in watcher.trials]
+    finished = all(o.status in ("TERMINATED", "ERROR") for o in outcomes)
+    return sorted(outcomes, key=lambda o: o.index), finished
+
+
+def _search(loaded: LoadedSweep):
+    sweep = loaded.sweep
+    if sweep.search == "optuna":
+        try:
+            from ray.tune.search.optuna import OptunaSearch
+        except ImportError:
+            raise KerspecError("search: optuna needs Optuna: pip install 'kerspec[sweep]'",
+                               loaded.source.where(("search",))) from None
+        return OptunaSearch(seed=sweep.seed)
+    from ray.tune.search import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=sweep.seed)
+
+
+def _scheduler(loaded: LoadedSweep):
+    config = loaded.sweep.scheduler
+    if config is None:
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(time_attr="epoch", max_t=loaded.epochs, grace_period=config.grace_period,
+                         reduction_factor=config.reduction_factor)
+
+
+def trial_index(trial_id: str) -> int:
+    """Tune numbers a sweep's trials in its ids (`1a2b3_00007`)."""
+    return int(trial_id.rsplit("_", 1)[-1])
+
+
+class Watcher(Callback):
+    """The driver's view of the trials as Tune runs them: for progress, and at the end."""
+
+    def __init__(self, events=None):
+        self.events = events
+        self.trials = []
+        self.reported: dict[str, list[dict]] = {}
+        # How each trial ended, as this session saw it or as a resumed experiment holds it. Tune
+        # marks the trials it stops on Ctrl-C TERMINATED too, so its status alone cannot tell.
+        self.ended: dict[str, str] | None = None
+
+    def on_step_begin(self, iteration, trials, **info):
+        if self.ended is None:
+            self.ended = {t.trial_id: t.status for t in trials if t.status in ("TERMINATED", "ERROR")}
+
+    def __reduce__(self):
+        # Tune saves its run config, callbacks included, with the experiment; the progress
+        # display is this session's only.
+        return (Watcher, ())
+
+    def on_step_end(self, iteration, trials, **info):
+        self.trials = trials
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.trials = trials
+        if self.events:
+            self.events.started(trial_index(trial.trial_id), dict(trial.config))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.reported.setdefault(trial.trial_id, []).append(result)
+        if self.events:
+            self.events.epoch(trial_index(trial.trial_id), result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._end(trial, "TERMINATED")
+        if self.events:
+            self.events.ended(self.outcome(trial, "TERMINATED"))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._end(trial, "ERROR")
+        if self.events:
+            self.events.ended(self.outcome(trial, "ERROR"))
+
+    def _end(self, trial, status: str) -> None:
+        if self.ended is None:
+            self.ended = {}
+        self.ended[trial.trial_id] = status
+
+    def outcome(self, trial, status: str | None = None) -> Outcome:
+        status = status or (self.ended or {}).get(trial.trial_id, "UNFINISHED")
+        return Outcome(trial_index(trial.trial_id), dict(trial.config), status,
+                       _error(trial) if status == "ERROR" else None,
+                       self.reported.get(trial.trial_id, []))
+
+
+def _error(trial) -> str:
+    """The trial's message: kerspec's own for a TrialFailed, else the exception's last line."""
+    text = ""
+    try:
+        path = trial.error_file or ""
+        text = Path(path).read_text(encoding="utf-8") if path and Path(path).is_file() else ""
+    except OSError:
+        pass
+    text = text or str(getattr(trial, "error_msg", "") or "")
+    found = [line.split("TrialFailed: ", 1)[1].strip() for line in text.splitlines()
+             if "TrialFailed: " in line and line.split("TrialFailed: ", 1)[1].strip()]
+    if found:
+        return found[-1]
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "the trial failed"
