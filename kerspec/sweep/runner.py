@@ -9,6 +9,7 @@ folders, what each trial did.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +112,8 @@ def run_trials(loaded: LoadedSweep, sweep_dir: Path, job: TrialJob, *, resume: b
             run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(storage), verbose=0,
                                       callbacks=[watcher]),
         )
+    # Tune logs a failed trial's traceback at ERROR; kerspec records the trial's own message.
+    logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     tuner.fit()
     outcomes = [watcher.outcome(trial) for trial in watcher.trials]
     finished = all(o.status in ("TERMINATED", "ERROR") for o in outcomes)
