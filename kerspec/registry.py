@@ -21,6 +21,14 @@ def _key(name: str) -> str:
     return name.replace("_", "").lower()
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 class Item(BaseModel):
     """Base of every catalog entry: frozen, and unknown arguments are errors, never ignored."""
 
@@ -103,6 +111,12 @@ class Registry:
         try:
             return self.canonical(name)
         except ValueError as err:
+            if _is_number(name):
+                raise PydanticCustomError(
+                    "unknown_name",
+                    "{name} is a string (quoted), not a number; write the number without quotes",
+                    {"name": repr(name)},
+                ) from None
             raise PydanticCustomError("unknown_name", str(err)) from None
 
     def ref(self):

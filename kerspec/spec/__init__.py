@@ -65,7 +65,39 @@ def parse_spec(
         spec = Spec.model_validate(data)
     except ValidationError as err:
         raise SpecError(_one_per_place(err.errors(), data, source)) from None
+    quoted = list(_quoted_numbers(data, spec, ()))
+    if quoted:
+        raise SpecError([_quoted_problem(data, source, at, text) for at, text in quoted])
     return LoadedSpec(spec, source, path, data)
+
+
+def _quoted_problem(data: dict, source: Source, at: tuple, text: str) -> KerspecError:
+    label, inner = _label(data, at)
+    message = f"{_dotted(inner)}: {text!r} is a string (quoted), not a number; write it without quotes"
+    return KerspecError(f"{label}: {message}" if label else message, source.where(at))
+
+
+def _quoted_numbers(raw: Any, value: Any, path: tuple):
+    """(path, text) of every string in the spec that validated into a number.
+
+    Pydantic turns `"0.5"` into 0.5 where a number is expected; a quoted number is the user
+    telling YAML "this is text", so kerspec says so rather than guess.
+    """
+    if isinstance(raw, str):
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            yield path, raw
+    elif isinstance(raw, dict) and isinstance(value, BaseModel):
+        fields = {f.alias or n: n for n, f in type(value).model_fields.items()}
+        fields.update({n: n for n in type(value).model_fields})
+        for key, item in raw.items():
+            if key in fields:
+                yield from _quoted_numbers(item, getattr(value, fields[key]), (*path, key))
+    elif isinstance(raw, dict) and isinstance(value, dict):
+        for (key, item), inner in zip(raw.items(), value.values()):
+            yield from _quoted_numbers(item, inner, (*path, key))
+    elif isinstance(raw, list) and isinstance(value, list | tuple) and len(raw) == len(value):
+        for i, (item, inner) in enumerate(zip(raw, value)):
+            yield from _quoted_numbers(item, inner, (*path, i))
 
 
 def _one_per_place(errors: list[dict], data: Any, source: Source) -> list[KerspecError]:
