@@ -168,30 +168,12 @@ class Model:
         return self.spec.compile
 
     def _heads(self) -> list[Head]:
-        compile_ = self._compile()
-        names = self.output_names
-        where = self.loaded.source.where
-        problems = []
-        for field in ("loss", "loss_weights", "metrics"):
-            value = getattr(compile_, field)
-            if isinstance(value, dict):
-                for key in value:
-                    if key not in names:
-                        problems.append(KerspecError(
-                            f"compile.{field}: {key!r} is not an output (outputs: {', '.join(names)})",
-                            where(("compile", field, key), at_key=True)))
-        if isinstance(compile_.loss, dict):
-            for name in names:
-                if name not in compile_.loss:
-                    problems.append(KerspecError(f"compile.loss: no loss for output {name!r}",
-                                                 where(("compile", "loss"))))
-        weights = compile_.loss_weights
-        if isinstance(weights, list) and len(weights) != len(names):
-            problems.append(KerspecError(
-                f"compile.loss_weights has {len(weights)} entries for {len(names)} outputs",
-                where(("compile", "loss_weights"))))
+        problems = self._head_problems()
         if problems:
             raise GraphError(problems)
+        compile_ = self._compile()
+        names = self.output_names
+        weights = compile_.loss_weights
         heads = []
         for i, name in enumerate(names):
             loss = compile_.loss[name] if isinstance(compile_.loss, dict) else compile_.loss
@@ -205,6 +187,53 @@ class Model:
             metrics = metrics.get(name, []) if isinstance(metrics, dict) else metrics
             heads.append(Head(name, loss, float(weight), list(metrics)))
         return heads
+
+    def _head_problems(self) -> list[KerspecError]:
+        """compile's loss, loss_weights and metrics against the model's outputs."""
+        compile_ = self._compile()
+        names = self.output_names
+        where = self.loaded.source.where
+        problems = []
+        for field in ("loss", "loss_weights", "metrics"):
+            value = getattr(compile_, field)
+            if isinstance(value, dict):
+                for key in value:
+                    if key not in names:
+                        close = difflib.get_close_matches(key, names, n=1)
+                        hint = f"; did you mean {close[0]!r}?" if close else ""
+                        problems.append(KerspecError(
+                            f"compile.{field}: {key!r} is not an output (outputs: {', '.join(names)}){hint}",
+                            where(("compile", field, key), at_key=True)))
+        if isinstance(compile_.loss, dict):
+            for name in names:
+                if name not in compile_.loss:
+                    problems.append(KerspecError(f"compile.loss: no loss for output {name!r}",
+                                                 where(("compile", "loss"))))
+        weights = compile_.loss_weights
+        if isinstance(weights, list) and len(weights) != len(names):
+            problems.append(KerspecError(
+                f"compile.loss_weights has {len(weights)} entries for {len(names)} outputs",
+                where(("compile", "loss_weights"))))
+        return problems
+
+    def problems(self) -> list[KerspecError]:
+        """Every problem `fit` would refuse the spec for before reading any data.
+
+        A spec with neither `compile` nor `data` describes a model to predict with, and has none.
+        """
+        if self.spec.compile is None and self.spec.data is None:
+            return []
+        try:
+            self._compile()
+        except GraphError as err:
+            return list(err.problems)
+        problems = self.class_weight_problems(with_sample_weights=False)
+        heads = self._head_problems()
+        if heads:
+            return problems + heads  # the names callbacks monitor come from the heads
+        data = self.spec.data
+        validation = (data is not None and data.validation is not None) or self.spec.fit.validation_split > 0
+        return problems + self._callback_problems(self.logged_names(validation=validation))
 
     def fit(
         self,
@@ -286,6 +315,12 @@ class Model:
 
     def _spec_callbacks(self, directions: dict[str, str], run_dir: Path | None) -> list[Callback]:
         """The spec's fit.callbacks, built, after checking each against what the model logs."""
+        problems = self._callback_problems(directions)
+        if problems:
+            raise SpecError(problems)
+        return [config.build(run_dir) for config in self.spec.fit.callbacks]
+
+    def _callback_problems(self, directions: dict[str, str]) -> list[KerspecError]:
         where = self.loaded.source.where
         raw = (self.loaded.raw.get("fit") or {}).get("callbacks") or []
         problems = []
@@ -304,9 +339,7 @@ class Model:
                 problems.append(KerspecError(
                     f"{config.type} sets the learning rate, but compile.optimizer.learning_rate is a"
                     " schedule; give the optimizer a number, or drop the callback", where(at)))
-        if problems:
-            raise SpecError(problems)
-        return [config.build(run_dir) for config in self.spec.fit.callbacks]
+        return problems
 
     def _with_class_weight(self, train: Dataset) -> Dataset:
         """Keras's class_weight: a weight per training sample from its class (the argmax of a
@@ -314,15 +347,9 @@ class Model:
         class_weight = self.spec.fit.class_weight
         if not class_weight:
             return train
-        where = self.loaded.source.where(("fit", "class_weight"))
-        if len(self.output_names) != 1:
-            raise SpecError([KerspecError(
-                "fit.class_weight is only supported for models with a single output; give"
-                " per-output sample weights in the data instead", where)])
-        if train.sample_weight:
-            raise SpecError([KerspecError(
-                "fit.class_weight and sample weights in the data cannot be used together"
-                " (as in Keras)", where)])
+        problems = self.class_weight_problems(with_sample_weights=bool(train.sample_weight))
+        if problems:
+            raise SpecError(problems)
         (name,) = self.output_names
         y = np.asarray(train.y[name])
         if y.ndim > 1:
@@ -332,6 +359,20 @@ class Model:
         for index, weight in class_weight.items():
             weights[classes == index] = weight
         return Dataset(train.x, train.y, train.source, {name: weights})
+
+    def class_weight_problems(self, *, with_sample_weights: bool) -> list[KerspecError]:
+        if not self.spec.fit.class_weight:
+            return []
+        where = self.loaded.source.where(("fit", "class_weight"))
+        if len(self.output_names) != 1:
+            return [KerspecError(
+                "fit.class_weight is only supported for models with a single output; give"
+                " per-output sample weights in the data instead", where)]
+        if with_sample_weights:
+            return [KerspecError(
+                "fit.class_weight and sample weights in the data cannot be used together"
+                " (as in Keras)", where)]
+        return []
 
     def evaluate(self, data: Dataset | None = None, *, batch_size: int | None = None) -> dict[str, float]:
         """Loss and metrics on `data`, else the spec's test data, else its validation data."""

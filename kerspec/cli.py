@@ -62,20 +62,19 @@ def _load(spec: Path, sets: list[str] | None, seed: int | None = None) -> api.Mo
 
 @app.command()
 def validate(
-    specs: Annotated[list[Path], typer.Argument(help="Spec files to check.", show_default=False)],
+    specs: Annotated[list[Path], typer.Argument(metavar="SPEC...", help="Spec files to check.", show_default=False)],
+    data: Annotated[
+        bool | None,
+        typer.Option("--data/--no-data", help="Also load the data files against the model"
+                     " (default: when all of them exist).", show_default=False),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Check specs; print every problem as FILE:LINE:COL: message."""
-    report = []
-    for spec in specs:
-        try:
-            api.load(spec, seed=0)
-        except Problems as err:
-            report.append({"file": str(spec), "problems": [str(p) for p in err.problems]})
-        except KerspecError as err:
-            report.append({"file": str(spec), "problems": [str(err)]})
-        else:
-            report.append({"file": str(spec), "problems": []})
+    """Check specs as train would, before and (with --data) with the data; print every problem
+    as FILE:LINE:COL: message."""
+    from kerspec.checks import check_spec
+
+    report = [{"file": str(spec), "problems": [str(p) for p in check_spec(spec, data=data)]} for spec in specs]
     failed = any(r["problems"] for r in report)
     if json_out:
         console.emit_json({"ok": not failed, "specs": report})

@@ -66,3 +66,80 @@ def test_a_quoted_number_in_a_layer_says_where():
         "spec.yaml:3:26: Dense 'label': units: '3' is a string (quoted), not a number;"
         " write it without quotes"
     )
+
+
+# -- defect 2: validate runs every check train runs -----------------------------------------------
+
+TWO_OUTPUTS = """\
+layers:
+  - {type: Input, shape: [4], name: x}
+  - {type: Dense, units: 3, activation: softmax, name: out}
+  - {type: Dense, units: 1, from: x, name: aux}
+outputs: [out, aux]
+compile:
+  optimizer: adam
+  loss: {outt: mse, aux: mse}
+  loss_weights: {ax: 1.0}
+fit:
+  class_weight: {0: 2.0}
+"""
+
+ONE_OUTPUT = """\
+layers:
+  - {type: Input, shape: [4], name: x}
+  - {type: Dense, units: 3, activation: softmax, name: out}
+compile: {optimizer: adam, loss: sparse_categorical_crossentropy, metrics: [accuracy]}
+data:
+  train: train.csv
+  test: {path: train.csv, target: specie}
+fit:
+  callbacks:
+    - {type: EarlyStopping, monitor: val_accuracy}
+"""
+
+
+def validate(tmp_path, text: str, *args: str):
+    (tmp_path / "spec.yaml").write_text(text)
+    result = runner.invoke(app, ["validate", str(tmp_path / "spec.yaml"), *args])
+    return result.exit_code, result.stderr.splitlines()
+
+
+def test_validate_reports_what_train_refuses_all_at_once(tmp_path):
+    code, lines = validate(tmp_path, TWO_OUTPUTS)
+    spec = tmp_path / "spec.yaml"
+    assert code == 1
+    assert lines == [
+        f"{spec}:8:9: compile.loss: no loss for output 'out'",
+        f"{spec}:8:10: compile.loss: 'outt' is not an output (outputs: out, aux); did you mean 'out'?",
+        f"{spec}:9:18: compile.loss_weights: 'ax' is not an output (outputs: out, aux); did you mean 'aux'?",
+        f"{spec}:11:17: fit.class_weight is only supported for models with a single output;"
+        " give per-output sample weights in the data instead",
+    ]
+
+
+def test_validate_checks_monitors_and_data_at_the_spec_line(tmp_path):
+    (tmp_path / "train.csv").write_text("a,b,c,d,species\n1,2,3,4,x\n2,3,4,5,y\n3,4,5,6,z\n")
+    code, lines = validate(tmp_path, ONE_OUTPUT.replace("train: train.csv", "train: {path: train.csv, target: species}"))
+    spec = tmp_path / "spec.yaml"
+    assert code == 1
+    assert len(lines) == 2
+    assert lines[0].startswith(f"{spec}:7:9: data.test: data file 'train.csv'")
+    assert lines[0].endswith("has no column 'specie'; did you mean 'species'? (columns: a, b, c, d, species)")
+    assert lines[1].startswith(f"{spec}:10:38: EarlyStopping monitors 'val_accuracy', which this model does not log")
+
+
+def test_validate_data_is_off_when_the_files_are_absent_and_on_when_asked(tmp_path):
+    text = ONE_OUTPUT.replace("val_accuracy", "accuracy")
+    assert validate(tmp_path, text) == (0, [])
+    code, lines = validate(tmp_path, text, "--data")
+    spec = tmp_path / "spec.yaml"
+    assert code == 1
+    assert lines[0].startswith(f"{spec}:6:10: data.train: data file 'train.csv'")
+    assert "file not found" in lines[0]
+
+
+def test_train_refuses_what_validate_refuses(tmp_path):
+    (tmp_path / "spec.yaml").write_text(TWO_OUTPUTS + "data: {train: {source: random, samples: 8}}\n")
+    result = runner.invoke(app, ["train", str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1
+    assert "'outt' is not an output" in result.stderr

@@ -13,6 +13,7 @@ executed.
 from __future__ import annotations
 
 import csv
+import difflib
 from collections.abc import Callable, Mapping
 from contextlib import closing
 from dataclasses import dataclass
@@ -550,7 +551,9 @@ class _Csv:
 
     def column(self, name: str) -> int:
         if name not in self.header:
-            raise self.file.error(f"has no column {name!r} (columns: {_names(self.header)})")
+            close = difflib.get_close_matches(name, self.header, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise self.file.error(f"has no column {name!r}{hint} (columns: {_names(self.header)})")
         return self.header.index(name)
 
     def _empty(self, j: int) -> None:
