@@ -25,6 +25,7 @@ from kerspec.guards import check_model
 from kerspec.layers import Context
 from kerspec.runs import RunFolder
 from kerspec.spec import LoadedSpec, load_spec, parse_spec
+from kerspec.spec.overrides import data_override
 from kerspec.summary import render_summary, summary_rows
 from kerspec.training import loop
 from kerspec.training.callbacks import Callback, History
@@ -132,15 +133,15 @@ class Model:
         """Load the spec's `data.<which>` entry, or `path` when given."""
         if require_targets:
             self._compile()  # targets are checked against the losses, so say first if there are none
-        entry = path
-        if entry is None:
-            section = self.spec.data
+        section = self.spec.data
+        if path is None:
             entry = getattr(section, which) if section else None
             if entry is None:
                 raise DataError(f"the spec has no data.{which} entry (give one with --data)",
                                 self.loaded.source.where(("data",)))
             base = self.loaded.base_dir
         else:
+            entry = self.data_override(which, str(path))
             base = Path.cwd()
         return load_dataset(
             entry,
@@ -151,6 +152,14 @@ class Model:
             rng=self.shuffle_rng,
             require_targets=require_targets,
         )
+
+    def data_override(self, which: str, given: str) -> str | dict:
+        """The data entry `--data given` makes: it replaces the spec's `data.<which>` entry (else
+        the nearest one: test, validation, train) and keeps that entry's options."""
+        section = self.spec.data
+        order = (which, *(w for w in ("test", "validation", "train") if w != which))
+        replaced = next((getattr(section, w) for w in order if section and getattr(section, w)), None)
+        return data_override(given, "--validation" if which == "validation" else "--data", replaced)
 
     # -- training -------------------------------------------------------------------------------
 

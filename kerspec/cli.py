@@ -129,11 +129,12 @@ def train(
         run_dir = resume or out or new_run_dir(Path("runs"), model.name)
         settings = {"epochs": epochs, "batch_size": batch_size}
         paths = {"train": data, "validation": validation}
+        entries = {k: model.data_override(k, v) for k, v in paths.items() if v is not None}
         folder = RunFolder(
             run_dir,
             model,
             fit={k: v for k, v in settings.items() if v is not None},
-            data={k: v for k, v in paths.items() if v is not None},
+            data=entries,
             resume=resume is not None,
             final_metrics=True,
         )

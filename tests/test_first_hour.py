@@ -5,7 +5,11 @@ Each test drives kerspec as the user does: spec text through the loader, command
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 import kerspec
@@ -143,3 +147,48 @@ def test_train_refuses_what_validate_refuses(tmp_path):
     result = runner.invoke(app, ["train", str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "run")])
     assert result.exit_code == 1
     assert "'outt' is not an output" in result.stderr
+
+
+# -- defect 4: --data keeps the options of the entry it replaces -----------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+IRIS = ROOT / "specs" / "iris_mlp.yaml"
+IRIS_TEST = ROOT / "datasets" / "iris_test.csv"
+
+
+@pytest.fixture(scope="module")
+def iris_weights(tmp_path_factory):
+    path = tmp_path_factory.mktemp("iris") / "weights.npz"
+    kerspec.load(IRIS, seed=1).save_weights(path)
+    return path
+
+
+def evaluate_json(*args) -> dict:
+    result = runner.invoke(app, ["evaluate", *map(str, args), "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_data_override_keeps_target_and_one_hot(iris_weights):
+    spec_data = evaluate_json(IRIS, "--weights", iris_weights)
+    overridden = evaluate_json(IRIS, "--weights", iris_weights, "--data", IRIS_TEST)
+    assert overridden["loss"] == spec_data["loss"]
+
+
+def test_data_override_as_a_mapping(iris_weights, tmp_path):
+    renamed = tmp_path / "renamed.csv"
+    renamed.write_text(IRIS_TEST.read_text().replace("species", "kind"))
+    spec_data = evaluate_json(IRIS, "--weights", iris_weights)
+    given = evaluate_json(IRIS, "--weights", iris_weights, "--data", f"{{path: {renamed}, target: kind}}")
+    assert given["loss"] == spec_data["loss"]
+    result = runner.invoke(app, ["evaluate", str(IRIS), "--weights", str(iris_weights), "--data", f"{{path: {renamed}}}"])
+    assert result.exit_code == 1
+    assert "has no column 'species'" in result.stderr
+
+
+def test_train_records_the_inherited_options(tmp_path):
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", str(IRIS), "--data", str(IRIS_TEST), "--epochs", "1", "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    resolved = yaml.safe_load((run / "spec.yaml").read_text())
+    assert resolved["data"]["train"] == {"path": str(IRIS_TEST), "target": "species", "one_hot": True}
