@@ -1,12 +1,14 @@
 """The `kerspec` command: each command parses options, calls the API, and renders the result.
 
 User errors (KerspecError) are caught in one place, printed as `WHERE: message` and exit 1;
-usage errors exit 2 (Typer's own). Anything else is a bug and keeps its traceback.
+usage errors exit 2 (Typer's own); Ctrl-C 130 and SIGTERM 143 (see `kerspec.__main__`).
+Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import Annotated
 import typer
 
 from kerspec import api, console
+from kerspec.__main__ import stopped
 from kerspec.errors import KerspecError, Problems
 from kerspec.io import write_predictions
 from kerspec.runs import RunFolder, list_runs, new_run_dir, run_seed
@@ -52,8 +55,7 @@ def user_errors():
         console.err.print(str(err), markup=False)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        console.err.print("interrupted", markup=False)
-        raise typer.Exit(1) from None
+        raise typer.Exit(stopped(signal.SIGINT)) from None
 
 
 def _load(spec: Path, sets: list[str] | None, seed: int | None = None) -> api.Model:
@@ -154,11 +156,14 @@ def train(
             repeat = [*(f"--set {s}" for s in set_ or []), *(f"{k} {v}" for k, v in (
                 ("--data", data), ("--validation", validation), ("--epochs", epochs),
                 ("--batch-size", batch_size)) if v is not None)]
-            hint = " ".join([f"kerspec train {spec} --resume {run_dir}", *repeat])
-            raise KerspecError(
-                f"{err.message}; the run folder {run_dir} holds the last finished epoch."
-                f" Resume with: {hint}"
-            ) from None
+            if err.epochs_done:
+                hint = " ".join([f"kerspec train {spec} --resume {run_dir}", *repeat])
+                message = f"the run folder {run_dir} holds the last finished epoch. Resume with: {hint}"
+            else:
+                hint = " ".join([f"kerspec train {spec} --out {run_dir}", *repeat])
+                message = f"nothing to resume; start it afresh with: {hint}"
+            console.err.print(f"{err.message}; {message}", markup=False)
+            raise typer.Exit(128 + err.signum) from None
         finally:
             progress.close()
         for note in folder.session.notes if folder.session else []:
@@ -283,4 +288,6 @@ def schema(
 
 
 def main() -> None:
-    app()
+    from kerspec.__main__ import main as run
+
+    run()

@@ -740,7 +740,7 @@ def test_an_interrupted_run_leaves_complete_files(small, tmp_path, monkeypatch):
 
     monkeypatch.setattr(Trainer, "train_step", interrupted_in_epoch_2)
     out = tmp_path / "run"
-    result = fails("train", small, "--out", out)
+    result = fails("train", small, "--out", out, code=130)
     assert f"kerspec train {small} --resume {out}" in result.stderr
     names = ["checkpoint.npz", "history.csv", "run.json", "spec.yaml", "weights.npz"]
     assert sorted(p.name for p in out.iterdir()) == names

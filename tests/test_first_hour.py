@@ -6,6 +6,11 @@ Each test drives kerspec as the user does: spec text through the loader, command
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -192,3 +197,48 @@ def test_train_records_the_inherited_options(tmp_path):
     assert result.exit_code == 0, result.output
     resolved = yaml.safe_load((run / "spec.yaml").read_text())
     assert resolved["data"]["train"] == {"path": str(IRIS_TEST), "target": "species", "one_hot": True}
+
+
+# -- defect 6: Ctrl-C and SIGTERM at any moment ----------------------------------------------------
+
+
+def caught_signals(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc/PID/status")
+@pytest.mark.parametrize(("signum", "code", "line"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_a_signal_during_start_up_is_one_line(signum, code, line):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kerspec", "summary", str(IRIS)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    # Python catches SIGINT from its first instant, SIGTERM only once kerspec's entry point has
+    # installed its handlers, before importing the rest: signal then, while it imports.
+    deadline = time.monotonic() + 60  # a wait, not a measure: the signal goes out either way
+    while process.poll() is None and time.monotonic() < deadline:
+        if caught_signals(process.pid) & (1 << (signal.SIGTERM - 1)):
+            break
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=120)
+    assert (process.returncode, stderr, stdout) == (code, f"{line}\n", "")
+
+
+def test_interrupted_before_the_first_epoch_says_there_is_nothing_to_resume(tmp_path, monkeypatch):
+    from kerspec.training.trainer import Trainer
+
+    def interrupted(self, *args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted)
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", str(IRIS), "--out", str(run), "--epochs", "20"])
+    assert result.exit_code == 130
+    assert result.stderr == (
+        "interrupted during the first of 20 epochs, before any epoch finished; nothing to resume;"
+        f" start it afresh with: kerspec train {IRIS} --out {run} --epochs 20\n"
+    )
