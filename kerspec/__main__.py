@@ -36,7 +36,7 @@ def main() -> None:
     try:
         from kerspec.cli import app
 
-        app()
+        app(prog_name="kerspec")
     except Stop as stop:
         sys.exit(stopped(stop.signum))
     except KeyboardInterrupt:  # raised before the handlers above were in place

@@ -18,6 +18,7 @@ import typer
 
 from kerspec import api, console
 from kerspec.__main__ import stopped
+from kerspec.cli_types import integer, plain_commands
 from kerspec.errors import KerspecError, Problems
 from kerspec.io import write_predictions
 from kerspec.runs import RunFolder, list_runs, new_run_dir, run_seed
@@ -30,16 +31,16 @@ app = typer.Typer(
     help="Declarative deep learning: Keras-style models as YAML specs, trained with NumPy.",
 )
 
-SpecArg = Annotated[Path, typer.Argument(help="The model spec (YAML).", show_default=False)]
+SpecArg = Annotated[Path, typer.Argument(metavar="SPEC", help="The model spec (YAML).", show_default=False)]
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", help="Override a spec field: KEY=VALUE, e.g. fit.epochs=3.", show_default=False),
+    typer.Option("--set", metavar="KEY=VALUE", help="Override a spec field: KEY=VALUE, e.g. fit.epochs=3.", show_default=False),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed for every random draw.", show_default=False)]
-BatchOpt = Annotated[int | None, typer.Option("--batch-size", min=1, help="Batch size.", show_default=False)]
-DataOpt = Annotated[str | None, typer.Option("--data", help="Data file instead of the spec's.", show_default=False)]
-WeightsOpt = Annotated[Path, typer.Option("--weights", help="Weights file (.npz).", show_default=False)]
+SeedOpt = Annotated[int | None, typer.Option("--seed", parser=integer(0), metavar="N", help="Seed for every random draw.", show_default=False)]
+BatchOpt = Annotated[int | None, typer.Option("--batch-size", parser=integer(1), metavar="N", help="Batch size.", show_default=False)]
+DataOpt = Annotated[str | None, typer.Option("--data", metavar="FILE", help="Data file instead of the spec's (keeps its options), or a YAML mapping.", show_default=False)]
+WeightsOpt = Annotated[Path, typer.Option("--weights", metavar="FILE", help="Weights file (.npz).", show_default=False)]
 
 
 @contextmanager
@@ -105,14 +106,14 @@ def summary(spec: SpecArg, set_: SetOpt = None, json_out: JsonOpt = False) -> No
 def train(
     spec: SpecArg,
     data: DataOpt = None,
-    validation: Annotated[str | None, typer.Option("--validation", help="Validation data file.", show_default=False)] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Number of epochs.", show_default=False)] = None,
+    validation: Annotated[str | None, typer.Option("--validation", metavar="FILE", help="Validation data file.", show_default=False)] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", parser=integer(1), metavar="N", help="Number of epochs.", show_default=False)] = None,
     batch_size: BatchOpt = None,
     seed: SeedOpt = None,
     set_: SetOpt = None,
-    init_weights: Annotated[Path | None, typer.Option("--init-weights", help="Start from these weights.", show_default=False)] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Run folder (default runs/NAME-TIME).", show_default=False)] = None,
-    resume: Annotated[Path | None, typer.Option("--resume", help="Carry on an interrupted run folder from its last finished epoch.", show_default=False)] = None,
+    init_weights: Annotated[Path | None, typer.Option("--init-weights", metavar="FILE", help="Start from these weights.", show_default=False)] = None,
+    out: Annotated[Path | None, typer.Option("--out", metavar="DIR", help="Run folder (default runs/NAME-TIME).", show_default=False)] = None,
+    resume: Annotated[Path | None, typer.Option("--resume", metavar="DIR", help="Carry on an interrupted run folder from its last finished epoch.", show_default=False)] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Train SPEC with its data and fit settings; write a run folder."""
@@ -239,7 +240,7 @@ def predict(
     weights: WeightsOpt,
     input_: Annotated[Path, typer.Option("--input", help="Inputs: .npy, .npz or .csv.", show_default=False)],
     output: Annotated[Path, typer.Option("--output", help="Predictions: .npz, .npy or .csv.", show_default=False)],
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Batch size.")] = 1024,
+    batch_size: Annotated[int, typer.Option("--batch-size", parser=integer(1), metavar="N", help="Batch size.")] = 1024,
     set_: SetOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -285,6 +286,9 @@ def schema(
     else:
         with user_errors():
             write_text(output, text)
+
+
+plain_commands(app)
 
 
 def main() -> None:

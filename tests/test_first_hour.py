@@ -242,3 +242,25 @@ def test_interrupted_before_the_first_epoch_says_there_is_nothing_to_resume(tmp_
         "interrupted during the first of 20 epochs, before any epoch finished; nothing to resume;"
         f" start it afresh with: kerspec train {IRIS} --out {run} --epochs 20\n"
     )
+
+
+# -- defect 7: usage errors echo the value; usage shows SPEC; flags show no type -------------------
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [("--batch-size", "2.5", "'2.5' is not a valid integer"), ("--epochs", "0", "'0' is less than 1"),
+     ("--seed", "x", "'x' is not a valid integer")],
+)
+def test_a_bad_number_is_echoed(option, value, message):
+    result = runner.invoke(app, ["train", str(IRIS), option, value], terminal_width=200)
+    assert result.exit_code == 2
+    assert f"Invalid value for '{option}': {message}" in result.stderr
+
+
+def test_usage_names_spec_and_flags_have_no_type():
+    usage = runner.invoke(app, ["train"], terminal_width=200).stderr
+    assert "train [OPTIONS] SPEC\n" in usage
+    assert "{" not in usage
+    help_text = runner.invoke(app, ["train", "--help"], terminal_width=200).stdout
+    assert "<bool>" not in help_text and "--json" in help_text

@@ -1,0 +1,56 @@
+"""How the command line reads numbers and shows its usage, in the words of a person, not a parser.
+
+`'2.5' is not a valid integer` names the value given (Typer's own message does not); usage lines
+show `SPEC`, as man pages do, and flags show no `<bool>` type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import typer
+from typer.core import TyperCommand
+
+
+def integer(minimum: int | None = None) -> Callable[[str], int]:
+    """A parser for an integer option, at least `minimum`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except (TypeError, ValueError):
+            raise typer.BadParameter(f"{text!r} is not a valid integer") from None
+        if minimum is not None and value < minimum:
+            raise typer.BadParameter(f"{text!r} is less than {minimum}") from None
+        return value
+
+    return parse
+
+
+class Command(TyperCommand):
+    """A command whose usage names its arguments by their metavar and whose flags show no type."""
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if getattr(param, "param_type_name", "") != "argument":
+                continue
+            name = param.metavar or (param.name or "").upper()
+            if param.nargs != 1 and not name.endswith("..."):
+                name += "..."
+            pieces.append(name if param.required else f"[{name}]")
+        return pieces
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+def plain_commands(app: typer.Typer) -> None:
+    """Give every command of `app` the Command class above."""
+    for info in app.registered_commands:
+        if info.cls in (None, TyperCommand):
+            info.cls = Command
