@@ -16,20 +16,21 @@ from kerspec.training.data import PathData
 DATA_ENTRIES = ("train", "validation", "test")
 
 
-def check_spec(path: Path, *, data: bool | None = None) -> list[KerspecError]:
-    """Every problem of the spec at `path`; `data` None checks the data files when they all exist."""
+def check_spec(path: Path, *, data: bool | None = None) -> tuple[list[KerspecError], list[KerspecError]]:
+    """Every problem of the spec at `path`, and its notes; `data` None checks the data files
+    when they all exist."""
     try:
         model = api.load(path, seed=0)
     except Problems as err:
-        return list(err.problems)
+        return list(err.problems), []
     except KerspecError as err:
-        return [err]
+        return [err], []
     problems = model.problems()
     if data is None:
         data = all(file.exists() for file in data_files(model))
     if data:
         problems += data_problems(model)
-    return sorted(problems, key=_place)
+    return sorted(problems, key=_place), model.loaded.notes
 
 
 def _place(problem: KerspecError) -> tuple[int, int]:

@@ -60,7 +60,10 @@ def user_errors():
 
 
 def _load(spec: Path, sets: list[str] | None, seed: int | None = None) -> api.Model:
-    return api.load(spec, sets or [], seed=seed)
+    model = api.load(spec, sets or [], seed=seed)
+    for note in model.loaded.notes:
+        console.err.print(str(note), markup=False)
+    return model
 
 
 @app.command()
@@ -77,13 +80,16 @@ def validate(
     as FILE:LINE:COL: message."""
     from kerspec.checks import check_spec
 
-    report = [{"file": str(spec), "problems": [str(p) for p in check_spec(spec, data=data)]} for spec in specs]
+    report = []
+    for spec in specs:
+        problems, notes = check_spec(spec, data=data)
+        report.append({"file": str(spec), "problems": [str(p) for p in problems], "notes": [str(n) for n in notes]})
     failed = any(r["problems"] for r in report)
     if json_out:
         console.emit_json({"ok": not failed, "specs": report})
     else:
         for entry in report:
-            for problem in entry["problems"]:
+            for problem in entry["problems"] + entry["notes"]:
                 console.err.print(problem, markup=False)
             if not entry["problems"]:
                 console.out.print(f"{entry['file']}: ok", markup=False)

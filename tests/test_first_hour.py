@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -264,3 +265,48 @@ def test_usage_names_spec_and_flags_have_no_type():
     assert "{" not in usage
     help_text = runner.invoke(app, ["train", "--help"], terminal_width=200).stdout
     assert "<bool>" not in help_text and "--json" in help_text
+
+
+# -- Keras habits ---------------------------------------------------------------------------------
+
+HABITS = """\
+layers:
+  - type: Input
+    shape: (4,)
+  - {type: Dense, units: 3, input_shape: (4,)}
+compile:
+  optimizer: {type: adam, lr: 0.01}
+  loss: mse
+fit:
+  validation_data: val.npz
+"""
+
+
+def test_keras_habits_get_keras_answers():
+    assert problems(HABITS) == [
+        "spec.yaml:3:12: Input (layers[0]): shape: YAML lists are written in brackets, [4],"
+        " not in parentheses (read as text)",
+        "spec.yaml:4:42: Dense (layers[1]): input_shape: YAML lists are written in brackets, [4],"
+        " not in parentheses (read as text)",
+        "spec.yaml:6:27: compile.optimizer: unknown argument 'lr'; did you mean 'learning_rate'?"
+        " (Keras's old name for it)",
+        "spec.yaml:9:3: fit: unknown argument 'validation_data'; put validation data in the spec's"
+        " data.validation (a file, or a mapping with its path), or use fit.validation_split",
+    ]
+
+
+def test_activation_null_is_linear():
+    text = BASE.replace("LR", "0.1").replace("activation: softmax", "activation: null")
+    model = kerspec.api.Model(_load(text), seed=0)
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    params = model.params["label"]
+    expected = x @ params["kernel"] + params["bias"]
+    np.testing.assert_allclose(model.predict(x)["label"], expected, rtol=1e-6)
+
+
+def test_fit_verbose_is_accepted_with_a_note(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(BASE.replace("LR", "0.1") + "fit: {epochs: 1, verbose: 2}\n")
+    result = runner.invoke(app, ["summary", str(spec)])
+    assert result.exit_code == 0
+    assert result.stderr == f"{spec}:7:18: note: fit.verbose is accepted and ignored: kerspec always shows progress on stderr (2>/dev/null hides it; --json keeps stdout for the result)\n"

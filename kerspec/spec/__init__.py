@@ -27,13 +27,17 @@ __all__ = ["LoadedSpec", "Spec", "json_schema", "load_spec", "parse_spec"]
 
 
 class LoadedSpec:
-    """A validated spec with where it came from, so later stages can point at its lines."""
+    """A validated spec with where it came from, so later stages can point at its lines.
 
-    def __init__(self, spec: Spec, source: Source, path: Path | None, raw: Any):
+    `notes` are things said about the spec that are not problems (a Keras argument accepted
+    and ignored)."""
+
+    def __init__(self, spec: Spec, source: Source, path: Path | None, raw: Any, notes: list[KerspecError] = ()):
         self.spec = spec
         self.source = source
         self.path = path
         self.raw = raw
+        self.notes = list(notes)
 
     @property
     def base_dir(self) -> Path:
@@ -61,14 +65,40 @@ def parse_spec(
             [KerspecError("a spec must be a mapping with at least 'layers'", source.where(()))]
         )
     data, source.overrides = apply_overrides(data, overrides or [])
+    checked, notes = _ignored(data, source)
     try:
-        spec = Spec.model_validate(data)
+        spec = Spec.model_validate(checked)
     except ValidationError as err:
         raise SpecError(_one_per_place(err.errors(), data, source)) from None
     quoted = list(_quoted_numbers(data, spec, ()))
     if quoted:
         raise SpecError([_quoted_problem(data, source, at, text) for at, text in quoted])
-    return LoadedSpec(spec, source, path, data)
+    return LoadedSpec(spec, source, path, data, notes)
+
+
+# Keras arguments kerspec accepts and ignores, with why: (section, key) -> note.
+IGNORED = {
+    ("fit", "verbose"): "fit.verbose is accepted and ignored: kerspec always shows progress on"
+    " stderr (2>/dev/null hides it; --json keeps stdout for the result)",
+}
+# Keras spellings kerspec knows under another name or place: key -> what to write instead.
+KERAS_SPELLINGS = {
+    "lr": "did you mean 'learning_rate'? (Keras's old name for it)",
+    "validation_data": "put validation data in the spec's data.validation (a file, or a mapping"
+    " with its path), or use fit.validation_split",
+    "nb_epoch": "did you mean 'epochs'? (Keras 1's name for it)",
+    "output_dim": "did you mean 'units'? (Keras 1's name for it)",
+}
+
+
+def _ignored(data: dict, source: Source) -> tuple[dict, list[KerspecError]]:
+    """The spec without the Keras arguments kerspec ignores, and a note for each one given."""
+    notes = []
+    for (section, key), note in IGNORED.items():
+        if isinstance(data.get(section), dict) and key in data[section]:
+            notes.append(KerspecError(f"note: {note}", source.where((section, key), at_key=True)))
+            data = {**data, section: {k: v for k, v in data[section].items() if k != key}}
+    return data, notes
 
 
 def _quoted_problem(data: dict, source: Source, at: tuple, text: str) -> KerspecError:
@@ -104,7 +134,11 @@ def _one_per_place(errors: list[dict], data: Any, source: Source) -> list[Kerspe
     """One problem per value: a value that fits no branch of a union (`kernel_size: -2` is
     neither a positive int nor a list) gets pydantic's error for each branch; the first says it."""
     seen, kept = set(), []
+    # `input_shape: (4,)` in a flow mapping reads as '(4' and a key ')': one mistake, one message.
+    tupled = any(_looks_like_a_tuple(e.get("input")) for e in errors)
     for error in errors:
+        if tupled and error["type"] == "extra_forbidden" and str(error["loc"][-1]).strip(" ,0123456789") == ")":
+            continue
         if error["type"] in ("missing", "extra_forbidden"):
             place = error["loc"]
         else:
@@ -182,6 +216,8 @@ def _problem(error: dict, data: Any, source: Source) -> KerspecError:
         else:
             close = difflib.get_close_matches(str(key), _fields_of(tags, path), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
+            if key in KERAS_SPELLINGS:
+                hint = f"; {KERAS_SPELLINGS[key]}"
             message = f"unknown argument {key!r}{hint}"
         if inner:
             message = f"{_dotted(inner)}: {message}"
@@ -192,6 +228,9 @@ def _problem(error: dict, data: Any, source: Source) -> KerspecError:
         message = error["msg"]
         if kind.startswith(("union_tag", "layer_", "unknown_name", "missing_type")):
             pass
+        elif _looks_like_a_tuple(error.get("input")):
+            items = error["input"].strip().strip("()").strip().rstrip(",")
+            message = f"YAML lists are written in brackets, [{items}], not in parentheses (read as text)"
         elif message.startswith("Value error, "):
             message = message.removeprefix("Value error, ")
         else:
@@ -200,6 +239,10 @@ def _problem(error: dict, data: Any, source: Source) -> KerspecError:
         if inner:
             message = f"{_dotted(inner)}: {message}"
     return KerspecError(f"{label}: {message}" if label else message, where)
+
+
+def _looks_like_a_tuple(value: Any) -> bool:
+    return isinstance(value, str) and value.lstrip().startswith("(")
 
 
 def _dotted(path: tuple) -> str:
