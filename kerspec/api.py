@@ -386,14 +386,7 @@ class Model:
     def evaluate(self, data: Dataset | None = None, *, batch_size: int | None = None) -> dict[str, float]:
         """Loss and metrics on `data`, else the spec's test data, else its validation data."""
         if data is None:
-            section = self.spec.data
-            if section is None or (section.test is None and section.validation is None):
-                raise DataError(
-                    "the spec has no data.test or data.validation entry to evaluate on"
-                    " (give one with --data)",
-                    self.loaded.source.where(("data",)),
-                )
-            data = self.dataset("test" if section.test is not None else "validation")
+            _, data = self.evaluation_data()
         self._require_targets(data)
         with self._inference() as ctx:
             return loop.evaluate(
@@ -404,6 +397,21 @@ class Model:
                 batch_size=batch_size or self.spec.fit.batch_size,
                 ctx=ctx,
             )
+
+    def evaluation_data(self, path: str | None = None) -> tuple[str, Dataset]:
+        """What `evaluate` scores: `path` (in place of the test entry), else the spec's test data,
+        else its validation data; with which of them it is."""
+        section = self.spec.data
+        if path is not None:
+            return "test", self.dataset("test", path=path)
+        if section is None or (section.test is None and section.validation is None):
+            raise DataError(
+                "the spec has no data.test or data.validation entry to evaluate on"
+                " (give one with --data)",
+                self.loaded.source.where(("data",)),
+            )
+        which = "test" if section.test is not None else "validation"
+        return which, self.dataset(which)
 
     @contextmanager
     def _inference(self) -> Iterator[Context]:
@@ -423,8 +431,9 @@ class Model:
 
     # -- prediction -----------------------------------------------------------------------------
 
-    def read_inputs(self, path: str | Path) -> dict[str, np.ndarray]:
-        return load_inputs(path, inputs=self.graph.input_shapes(), dtype=self.dtype)
+    def read_inputs(self, path: str | Path, *, exclude: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+        """Inputs for `predict` from a file; `exclude` names .csv columns not to feed the model."""
+        return load_inputs(path, inputs=self.graph.input_shapes(), dtype=self.dtype, exclude=exclude)
 
     def predict(self, x: dict[str, np.ndarray] | np.ndarray, *, batch_size: int = 1024) -> dict[str, np.ndarray]:
         """Outputs keyed by output name; inference mode, in large batches, with no backward cache."""

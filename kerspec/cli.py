@@ -8,6 +8,7 @@ Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from contextlib import contextmanager
@@ -18,13 +19,14 @@ import typer
 
 from kerspec import api, console
 from kerspec.__main__ import stopped
-from kerspec.cli_types import integer, plain_commands
+from kerspec.cli_types import Group, integer, plain_commands
 from kerspec.errors import KerspecError, Problems
 from kerspec.io import write_predictions
 from kerspec.runs import RunFolder, list_runs, new_run_dir, run_seed
 from kerspec.training.loop import Interrupted
 
 app = typer.Typer(
+    cls=Group,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -41,6 +43,21 @@ SeedOpt = Annotated[int | None, typer.Option("--seed", parser=integer(0), metava
 BatchOpt = Annotated[int | None, typer.Option("--batch-size", parser=integer(1), metavar="N", help="Batch size.", show_default=False)]
 DataOpt = Annotated[str | None, typer.Option("--data", metavar="FILE", help="Data file instead of the spec's (keeps its options), or a YAML mapping.", show_default=False)]
 WeightsOpt = Annotated[Path, typer.Option("--weights", metavar="FILE", help="Weights file (.npz).", show_default=False)]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from kerspec import __version__
+
+        console.out.print(f"kerspec {__version__}", markup=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_version, help="Print kerspec's version and exit.")] = False,
+) -> None:
+    """Declarative deep learning: Keras-style models as YAML specs, trained with NumPy."""
 
 
 @contextmanager
@@ -232,30 +249,45 @@ def evaluate(
     with user_errors():
         model = _load(spec, set_, seed=0)
         model.load_weights(weights)
-        dataset = model.dataset("test", path=data) if data else None
+        which, dataset = model.evaluation_data(data)
         scores = model.evaluate(dataset, batch_size=batch_size)
+    path = dataset.source
+    if data is None and path != "random":  # the spec's entry: relative to the spec, shown from here
+        path = os.path.relpath(model.loaded.base_dir / path)
+    used = {"which": which, "path": path, "samples": dataset.samples}
     if json_out:
-        console.emit_json(scores)
+        console.emit_json({"data": used, "metrics": scores})
     else:
-        console.emit_metrics(f"Evaluated {model.name}", scores)
+        console.emit_metrics(f"Evaluated {model.name} on the {which} data, {path} ({dataset.samples:,} samples)", scores)
 
 
 @app.command()
 def predict(
     spec: SpecArg,
     weights: WeightsOpt,
-    input_: Annotated[Path, typer.Option("--input", help="Inputs: .npy, .npz or .csv.", show_default=False)],
-    output: Annotated[Path, typer.Option("--output", help="Predictions: .npz, .npy or .csv.", show_default=False)],
+    input_: Annotated[Path, typer.Option("--input", metavar="FILE", help="Inputs: .npy, .npz or .csv.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", metavar="FILE", help="Predictions: .npz, .npy or .csv (for a classifier, with the predicted class).", show_default=False)],
+    keep_columns: Annotated[str | None, typer.Option("--keep-columns", metavar="COLUMNS", help="Columns of a .csv input to copy beside the predictions (comma-separated, e.g. id); they are not fed to the model.", show_default=False)] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", parser=integer(1), metavar="N", help="Batch size.")] = 1024,
     set_: SetOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Write the model's predictions for --input to --output."""
+    from kerspec import predictions as tables
+    from kerspec.training.data import read_csv_columns
+
+    kept_names = [c.strip() for c in keep_columns.split(",") if c.strip()] if keep_columns else []
     with user_errors():
         model = _load(spec, set_, seed=0)
         model.load_weights(weights)
-        predictions = model.predict(model.read_inputs(input_), batch_size=batch_size)
-        write_predictions(output, predictions)
+        if kept_names and (input_.suffix.lower(), output.suffix.lower()) != (".csv", ".csv"):
+            raise KerspecError("--keep-columns copies columns of a .csv input into a .csv output")
+        kept = read_csv_columns(input_, kept_names) if kept_names else {}
+        predictions = model.predict(model.read_inputs(input_, exclude=tuple(kept_names)), batch_size=batch_size)
+        if output.suffix.lower() == ".csv":
+            tables.write_csv(output, model, predictions, kept)
+        else:
+            write_predictions(output, predictions)
     shapes = {name: list(array.shape) for name, array in predictions.items()}
     if json_out:
         console.emit_json({"output": str(output), "shapes": shapes})

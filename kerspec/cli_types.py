@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import typer
-from typer.core import TyperCommand
+from typer.core import TyperCommand, TyperGroup
 
 
 def integer(minimum: int | None = None) -> Callable[[str], int]:
@@ -27,6 +27,20 @@ def integer(minimum: int | None = None) -> Callable[[str], int]:
     return parse
 
 
+def _untyped_flags(params: list) -> list:
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class Group(TyperGroup):
+    """The top level: its flags (--version, --help) show no type either."""
+
+    def get_params(self, ctx):
+        return _untyped_flags(super().get_params(ctx))
+
+
 class Command(TyperCommand):
     """A command whose usage names its arguments by their metavar and whose flags show no type."""
 
@@ -42,11 +56,7 @@ class Command(TyperCommand):
         return pieces
 
     def get_params(self, ctx):
-        params = super().get_params(ctx)
-        for param in params:
-            if getattr(param, "is_flag", False) and param.metavar is None:
-                param.metavar = ""
-        return params
+        return _untyped_flags(super().get_params(ctx))
 
 
 def plain_commands(app: typer.Typer) -> None:

@@ -178,7 +178,8 @@ def evaluate_json(*args) -> dict:
 def test_data_override_keeps_target_and_one_hot(iris_weights):
     spec_data = evaluate_json(IRIS, "--weights", iris_weights)
     overridden = evaluate_json(IRIS, "--weights", iris_weights, "--data", IRIS_TEST)
-    assert overridden["loss"] == spec_data["loss"]
+    assert overridden["metrics"]["loss"] == spec_data["metrics"]["loss"]
+    assert overridden["data"] == {"which": "test", "path": str(IRIS_TEST), "samples": 30}
 
 
 def test_data_override_as_a_mapping(iris_weights, tmp_path):
@@ -186,7 +187,7 @@ def test_data_override_as_a_mapping(iris_weights, tmp_path):
     renamed.write_text(IRIS_TEST.read_text().replace("species", "kind"))
     spec_data = evaluate_json(IRIS, "--weights", iris_weights)
     given = evaluate_json(IRIS, "--weights", iris_weights, "--data", f"{{path: {renamed}, target: kind}}")
-    assert given["loss"] == spec_data["loss"]
+    assert given["metrics"]["loss"] == spec_data["metrics"]["loss"]
     result = runner.invoke(app, ["evaluate", str(IRIS), "--weights", str(iris_weights), "--data", f"{{path: {renamed}}}"])
     assert result.exit_code == 1
     assert "has no column 'species'" in result.stderr
@@ -310,3 +311,31 @@ def test_fit_verbose_is_accepted_with_a_note(tmp_path):
     result = runner.invoke(app, ["summary", str(spec)])
     assert result.exit_code == 0
     assert result.stderr == f"{spec}:7:18: note: fit.verbose is accepted and ignored: kerspec always shows progress on stderr (2>/dev/null hides it; --json keeps stdout for the result)\n"
+
+
+# -- the command line a Keras user expects ----------------------------------------------------------
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert (result.exit_code, result.stdout) == (0, f"kerspec {kerspec.__version__}\n")
+
+
+def test_predict_csv_has_the_class_labels_and_kept_columns(iris_weights, tmp_path):
+    rows = IRIS_TEST.read_text().splitlines()
+    given = tmp_path / "ids.csv"
+    given.write_text("\n".join([f"id,{rows[0]}"] + [f"{i},{row}" for i, row in enumerate(rows[1:], 101)]) + "\n")
+    output = tmp_path / "p.csv"
+    result = runner.invoke(app, ["predict", str(IRIS), "--weights", str(iris_weights), "--input", str(given),
+                                 "-o", str(output), "--keep-columns", "id"])
+    assert result.exit_code == 0, result.output
+    lines = [line.split(",") for line in output.read_text().splitlines()]
+    assert lines[0] == ["id", "dense_1_class", "dense_1_0", "dense_1_1", "dense_1_2"]
+    assert [row[0] for row in lines[1:]] == [str(i) for i in range(101, 131)]
+    probabilities = np.array([[float(v) for v in row[2:]] for row in lines[1:]])
+    labels = np.array(["setosa", "versicolor", "virginica"])
+    assert [row[1] for row in lines[1:]] == list(labels[np.argmax(probabilities, axis=1)])
+    model = kerspec.load(IRIS)
+    model.load_weights(iris_weights)
+    x = np.loadtxt(IRIS_TEST, delimiter=",", skiprows=1, usecols=range(4), dtype=np.float32)
+    np.testing.assert_allclose(probabilities, model.predict(x)["dense_1"], rtol=1e-6)

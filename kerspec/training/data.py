@@ -801,13 +801,15 @@ def load_inputs(
     dtype: np.dtype | str,
     base_dir: Path | None = None,
     features: list[str] | None = None,
+    exclude: tuple[str, ...] = (),
 ) -> dict[str, np.ndarray]:
     """Read model inputs for prediction from a .npy, .npz or .csv file.
 
     A .npy file feeds a single-input model. A .npz file is keyed by input names (or `x` for one
     input); other keys are ignored. A .csv file feeds a single-input model from the `features`
-    columns; by default from every column, leaving out text columns (such as a class name) when
-    every column is more than the input takes.
+    columns; by default from every column but those in `exclude` (an id column kept beside the
+    predictions), leaving out text columns (such as a class name) when every column is more than
+    the input takes.
     """
     try:
         suffix = _check_suffix(str(path))
@@ -831,10 +833,29 @@ def load_inputs(
     if features is not None:
         columns = [table.column(name) for name in features]
     else:
-        columns = list(range(len(table.header)))
+        left_out = {table.column(name) for name in exclude}
+        columns = [j for j in range(len(table.header)) if j not in left_out]
         (shape,) = inputs.values()
         if len(shape) == 1 and shape[0] is not None and shape[0] < len(columns):
             numeric = [j for j in columns if table.numbers(j) is not None]
             if len(numeric) == shape[0]:
                 columns = numeric
     return _csv_inputs(table, columns, inputs, dtype)
+
+
+def read_csv_columns(path: Path | str, names: list[str], base_dir: Path | None = None) -> dict[str, list[str]]:
+    """The text of some columns of a CSV file (an id column, text labels), by column name."""
+    table = _Csv(_File(path, base_dir))
+    return {name: [str(cell) for cell in table.cells[:, table.column(name)]] for name in names}
+
+
+def csv_text_labels(entry: PathData, column: str, base_dir: Path) -> list[str] | None:
+    """The text labels of a CSV target column in class-index order (sorted), as training mapped
+    them; None when the column holds numbers or the file cannot be read."""
+    try:
+        (cells,) = read_csv_columns(entry.path, [column], base_dir).values()
+    except DataError:
+        return None
+    if all(_is_number(cell) for cell in cells):
+        return None
+    return sorted(set(cells))
