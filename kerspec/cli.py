@@ -209,7 +209,8 @@ def train(
 
 @app.command()
 def runs(
-    folder: Annotated[Path, typer.Argument(help="A folder of runs (default: runs).")] = Path("runs"),
+    folder: Annotated[Path, typer.Argument(metavar="DIR", help="A folder of runs (default: runs).")] = Path("runs"),
+    wide: Annotated[bool, typer.Option("--wide", help="Every column: spec, start, all final metrics.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """List training runs: spec, epochs, final metrics, start, duration, status."""
@@ -220,7 +221,7 @@ def runs(
     elif not found:
         console.err.print(f"no runs in {folder}", markup=False)
     else:
-        console.emit_runs(found, folder)
+        console.emit_runs(found, folder, wide=wide)
 
 
 @app.command()

@@ -339,3 +339,16 @@ def test_predict_csv_has_the_class_labels_and_kept_columns(iris_weights, tmp_pat
     model.load_weights(iris_weights)
     x = np.loadtxt(IRIS_TEST, delimiter=",", skiprows=1, usecols=range(4), dtype=np.float32)
     np.testing.assert_allclose(probabilities, model.predict(x)["dense_1"], rtol=1e-6)
+
+
+def test_runs_fits_80_columns_and_shows_the_test_metric(tmp_path):
+    run = tmp_path / "runs" / "iris-with-a-rather-long-name-20261205-101010"
+    result = runner.invoke(app, ["train", str(IRIS), "--epochs", "2", "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((run / "metrics.json").read_text())
+    compact = runner.invoke(app, ["runs", str(tmp_path / "runs")], terminal_width=80).stdout
+    assert all(len(line) <= 80 for line in compact.splitlines()), compact
+    assert f"accuracy {metrics['test_accuracy']:.4f} (test)" in compact
+    assert "finished" in compact and "2/2" in compact
+    wide = runner.invoke(app, ["runs", str(tmp_path / "runs"), "--wide"], terminal_width=200).stdout
+    assert f"test_accuracy {metrics['test_accuracy']:.4f}" in wide and "iris_mlp" in wide
