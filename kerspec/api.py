@@ -29,7 +29,7 @@ from kerspec.spec.overrides import data_override
 from kerspec.summary import render_summary, summary_rows
 from kerspec.training import loop
 from kerspec.training.callbacks import Callback, History
-from kerspec.training.data import Dataset, OutputInfo, load_dataset, load_inputs
+from kerspec.training.data import Dataset, OutputInfo, arrays_dataset, load_dataset, load_inputs
 from kerspec.training.metrics import LossMetric
 from kerspec.training.trainer import Head, Trainer
 
@@ -246,8 +246,10 @@ class Model:
 
     def fit(
         self,
-        train: Dataset | None = None,
+        x=None,
+        y=None,
         *,
+        validation_data=None,
         validation: Dataset | None = None,
         epochs: int | None = None,
         batch_size: int | None = None,
@@ -259,10 +261,21 @@ class Model:
     ) -> History:
         """Train with the spec's fit settings (arguments override them); returns the history.
 
+        As in Keras, `fit(x, y)` takes arrays (one per input and output: an array, a list in
+        order, or a dict by name) and `validation_data=(x_val, y_val)`; without them, the spec's
+        data. `x` may also be a Dataset (then no `y`).
+
         `run` (a RunFolder) or `run_dir` writes a run folder as training goes; with `resume`,
         `run_dir` must hold an earlier run of this spec, which carries on from its last
         finished epoch. Ctrl-C stops after the current batch and raises `Interrupted`.
         """
+        train = self._given_data(x, y, "fit(x, y)")
+        if validation_data is not None:
+            if validation is not None:
+                raise KerspecError("fit() takes validation_data or validation, not both")
+            if not (isinstance(validation_data, tuple | list) and len(validation_data) == 2):
+                raise KerspecError("fit(validation_data=...) takes a pair (x_val, y_val)")
+            validation = self._given_data(*validation_data, "fit(validation_data=(x, y))")
         fit = self.spec.fit
         batch_size = batch_size or fit.batch_size
         if batch_size != fit.batch_size:
@@ -304,6 +317,19 @@ class Model:
             )
         finally:
             self.ctx.training = False
+
+    def _given_data(self, x, y, where: str) -> Dataset | None:
+        """What fit was handed: nothing (the spec's data), a Dataset, or arrays x and y."""
+        if x is None and y is None:
+            return None
+        if isinstance(x, Dataset):
+            if y is not None:
+                raise KerspecError(f"{where}: a Dataset holds its targets; give no y with it")
+            return x
+        if x is None or y is None:
+            raise KerspecError(f"{where}: give both x and y (inputs and targets), or neither for the spec's data")
+        return arrays_dataset(x, y, inputs=self.graph.input_shapes(), outputs=self._output_info(),
+                              dtype=self.dtype, where=where)
 
     def logged_names(self, *, validation: bool) -> dict[str, str]:
         """Every name training will log, with whether it should go down (`min`) or up (`max`):

@@ -352,3 +352,37 @@ def test_runs_fits_80_columns_and_shows_the_test_metric(tmp_path):
     assert "finished" in compact and "2/2" in compact
     wide = runner.invoke(app, ["runs", str(tmp_path / "runs"), "--wide"], terminal_width=200).stdout
     assert f"test_accuracy {metrics['test_accuracy']:.4f}" in wide and "iris_mlp" in wide
+
+
+# -- the Python API as Keras users call it ----------------------------------------------------------
+
+
+def test_fit_takes_arrays_as_keras_does():
+    rng = np.random.default_rng(0)
+    x, labels = rng.random((40, 4)), rng.integers(0, 3, 40)
+    y = np.eye(3)[labels]
+    by_position = kerspec.load(IRIS, ["fit.epochs=2"]).fit(x, y)
+    by_name = kerspec.load(IRIS, ["fit.epochs=2"]).fit(x=x, y=y, validation_data=(x[:10], y[:10]))
+    assert by_position.history["loss"] == by_name.history["loss"]
+    assert len(by_name.history["val_loss"]) == 2
+    keyed = kerspec.load(IRIS, ["fit.epochs=2"]).fit({"input": x}, {"dense_1": y})
+    assert keyed.history["loss"] == by_position.history["loss"]
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda m, x, y: m.fit(x), "fit(x, y): give both x and y"),
+        (lambda m, x, y: m.fit(x, y[:5]), "fit(x, y): x['input'] has 40 samples but y['dense_1'] has 5"),
+        (lambda m, x, y: m.fit(x[:, :3], y), "x['input'] has shape (40, 3) but input 'input' expects (None, 4)"),
+        (lambda m, x, y: m.fit(x, y, validation_data=x), "takes a pair (x_val, y_val)"),
+        (lambda m, x, y: m.fit({"inp": x}, y), "no input named 'inp'; missing 'input'"),
+        (lambda m, x, y: m.fit([[1, 2], [3]], y), "x['input'] is not an array"),
+    ],
+)
+def test_a_wrong_fit_call_says_what_is_wrong(call, message):
+    rng = np.random.default_rng(0)
+    x, y = rng.random((40, 4)), np.eye(3)[rng.integers(0, 3, 40)]
+    with pytest.raises(KerspecError) as err:
+        call(kerspec.load(IRIS, ["fit.epochs=1"]), x, y)
+    assert message in str(err.value)

@@ -859,3 +859,67 @@ def csv_text_labels(entry: PathData, column: str, base_dir: Path) -> list[str] |
     if all(_is_number(cell) for cell in cells):
         return None
     return sorted(set(cells))
+
+
+class _Given:
+    """Arrays handed to the Python API, named in errors as the call that gave them."""
+
+    def __init__(self, where: str):
+        self.where = where
+
+    def error(self, message: str) -> DataError:
+        return DataError(message, where=self.where)
+
+
+def _by_name(given: Any, names: list[str], what: str, where: _Given) -> dict[str, Any]:
+    """An array (one name), a list in `names` order, or a mapping by name."""
+    def _names(items: list) -> str:  # noqa: F811 (quoted: a name may be a plain word like input)
+        return ", ".join(repr(str(item)) for item in items)
+
+    if isinstance(given, Mapping):
+        unknown = [k for k in given if k not in names]
+        missing = [n for n in names if n not in given]
+        if unknown or missing:
+            raise where.error(
+                f"expected {what} arrays keyed by {_names(names)}"
+                + (f"; no {what} named {_names(unknown)}" if unknown else "")
+                + (f"; missing {_names(missing)}" if missing else "")
+            )
+        return dict(given)
+    if isinstance(given, list | tuple) and len(names) > 1:
+        if len(given) != len(names):
+            raise where.error(f"expected {len(names)} {what} arrays ({_names(names)}); received {len(given)}")
+        return dict(zip(names, given))
+    if len(names) > 1:
+        raise where.error(f"the model has {len(names)} {what}s ({_names(names)}): pass a list or a dict of arrays")
+    return {names[0]: given}
+
+
+def _array(value: Any, label: str, where: _Given) -> np.ndarray:
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError) as error:
+        raise where.error(f"{label} is not an array: {error}") from None
+
+
+def arrays_dataset(
+    x: Any,
+    y: Any,
+    *,
+    inputs: dict[str, Shape],
+    outputs: dict[str, OutputInfo],
+    dtype: np.dtype | str,
+    where: str,
+) -> Dataset:
+    """A Dataset from arrays (`model.fit(x, y)`), checked as a data file's arrays are."""
+    given, dtype = _Given(where), np.dtype(dtype)
+    xs = {
+        name: _fit_input(given, f"x[{name!r}]", _array(a, f"x[{name!r}]", given), name, inputs[name], dtype)
+        for name, a in _by_name(x, list(inputs), "input", given).items()
+    }
+    ys = {
+        name: _fit_target(given, f"y[{name!r}]", _array(a, f"y[{name!r}]", given), name, outputs[name], False, dtype)
+        for name, a in _by_name(y, list(outputs), "output", given).items()
+    }
+    _check_samples(given, {f"x[{k!r}]": v for k, v in xs.items()} | {f"y[{k!r}]": v for k, v in ys.items()})
+    return Dataset(x=xs, y=ys, source=where)
