@@ -17,13 +17,13 @@ from typing import Annotated
 
 import typer
 
-from kerspec import api, console
 from kerspec.__main__ import stopped
-from kerspec.cli_types import Group, integer, plain_commands
+from kerspec.cli_types import Group, integer, lazy_module, plain_commands
 from kerspec.errors import KerspecError, Problems
-from kerspec.io import write_predictions
-from kerspec.runs import RunFolder, list_runs, new_run_dir, run_seed
-from kerspec.training.loop import Interrupted
+
+# NumPy, pydantic and the layer catalog load when a command first needs them, not for --help.
+api = lazy_module("kerspec.api")
+console = lazy_module("kerspec.console")
 
 app = typer.Typer(
     cls=Group,
@@ -76,7 +76,7 @@ def user_errors():
         raise typer.Exit(stopped(signal.SIGINT)) from None
 
 
-def _load(spec: Path, sets: list[str] | None, seed: int | None = None) -> api.Model:
+def _load(spec: Path, sets: list[str] | None, seed: int | None = None):
     model = api.load(spec, sets or [], seed=seed)
     for note in model.loaded.notes:
         console.err.print(str(note), markup=False)
@@ -140,6 +140,9 @@ def train(
     json_out: JsonOpt = False,
 ) -> None:
     """Train SPEC with its data and fit settings; write a run folder."""
+    from kerspec.runs import RunFolder, new_run_dir, run_seed
+    from kerspec.training.loop import Interrupted
+
     progress = console.RichProgress()
     with user_errors():
         if resume is not None and (out is not None or init_weights is not None):
@@ -214,6 +217,8 @@ def runs(
     json_out: JsonOpt = False,
 ) -> None:
     """List training runs: spec, epochs, final metrics, start, duration, status."""
+    from kerspec.runs import list_runs
+
     with user_errors():
         found = list_runs(folder)
     if json_out:
@@ -288,6 +293,8 @@ def predict(
         if output.suffix.lower() == ".csv":
             tables.write_csv(output, model, predictions, kept)
         else:
+            from kerspec.io import write_predictions
+
             write_predictions(output, predictions)
     shapes = {name: list(array.shape) for name, array in predictions.items()}
     if json_out:

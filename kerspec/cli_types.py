@@ -1,4 +1,4 @@
-"""How the command line reads numbers and shows its usage, in the words of a person, not a parser.
+"""How the command line reads numbers, shows its usage and loads what its commands need.
 
 `'2.5' is not a valid integer` names the value given (Typer's own message does not); usage lines
 show `SPEC`, as man pages do, and flags show no `<bool>` type.
@@ -6,10 +6,25 @@ show `SPEC`, as man pages do, and flags show no `<bool>` type.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Callable
+from types import ModuleType
 
 import typer
 from typer.core import TyperCommand, TyperGroup
+
+
+def lazy_module(name: str) -> ModuleType:
+    """`name`, imported when one of its attributes is first read (the standard LazyLoader)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def integer(minimum: int | None = None) -> Callable[[str], int]:

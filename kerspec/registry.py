@@ -32,7 +32,7 @@ def _is_number(text: str) -> bool:
 class Item(BaseModel):
     """Base of every catalog entry: frozen, and unknown arguments are errors, never ignored."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, defer_build=True)
 
 
 class Registry:

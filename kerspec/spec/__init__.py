@@ -188,13 +188,16 @@ REGISTRIES = (
 SECTIONS: dict[tuple, type[BaseModel]] = {(): Spec, ("compile",): Compile, ("fit",): Fit, ("data",): Data}
 
 
-def _fields_of(tags: list, parent: tuple) -> list[str]:
+def _fields_of(tags: list, parent: tuple, data: Any = None) -> list[str]:
     """Argument names of the model that rejected a key, for a did-you-mean hint."""
+    if len(parent) == 2 and parent[0] == "layers" and isinstance(data, dict):
+        entry = data["layers"][parent[1]]
+        tags = [*(["share"] if "share" in entry else [entry.get("type")]), *tags]
     for tag in reversed(tags):
         if tag == "share":
             return _names(Shared)
         for registry in REGISTRIES:
-            if tag in registry.names():
+            if isinstance(tag, str) and tag in registry.names():
                 return _names(registry.get(tag))
     model = SECTIONS.get(parent)
     return _names(model) if model else []
@@ -214,7 +217,7 @@ def _problem(error: dict, data: Any, source: Source) -> KerspecError:
         if kind == "missing":
             message = f"missing required argument {key!r}"
         else:
-            close = difflib.get_close_matches(str(key), _fields_of(tags, path), n=1)
+            close = difflib.get_close_matches(str(key), _fields_of(tags, path, data), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             if key in KERAS_SPELLINGS:
                 hint = f"; {KERAS_SPELLINGS[key]}"

@@ -11,6 +11,7 @@ from pydantic import (
     Discriminator,
     Field,
     NonNegativeInt,
+    PlainValidator,
     PositiveInt,
     Tag,
 )
@@ -18,7 +19,7 @@ from pydantic_core import PydanticCustomError
 
 from kerspec.layers import LAYERS
 from kerspec.layers.base import NAME_PATTERN
-from kerspec.registry import Registry
+from kerspec.registry import Item, Registry
 from kerspec.training.callbacks import CALLBACKS
 from kerspec.training.data import DataEntry
 from kerspec.training.losses import LOSSES
@@ -28,7 +29,7 @@ from kerspec.training.optimizers import OPTIMIZERS
 
 class Section(BaseModel):
     model_config = ConfigDict(
-        extra="forbid", frozen=True, populate_by_name=True, validate_default=True
+        extra="forbid", frozen=True, populate_by_name=True, validate_default=True, defer_build=True
     )
 
 
@@ -64,14 +65,21 @@ def _normalize_layer(value: Any) -> Any:
     return LAYERS.normalize(value)
 
 
+def _validate_layer(value: Any) -> Any:
+    """A layer entry validated by its own class only: validating a spec builds the schemas of the
+    layer types it uses, not of all of them (most of a second, for `validate` and `summary`)."""
+    if isinstance(value, Item):
+        return value
+    value = _normalize_layer(value)
+    return (Shared if "share" in value else LAYERS.get(value["type"])).model_validate(value)
+
+
 def _layer_entry():
     variants = [Annotated[cls, Tag(name)] for name, cls in zip(LAYERS.names(), _classes(LAYERS))]
     variants.append(Annotated[Shared, Tag("share")])
-    return Annotated[
-        Union[tuple(variants)],  # noqa: UP007
-        Discriminator(_layer_tag),
-        BeforeValidator(_normalize_layer),
-    ]
+    every = Annotated[Union[tuple(variants)], Discriminator(_layer_tag)]  # noqa: UP007
+    # The JSON Schema still lists every layer (built only when a schema is asked for).
+    return Annotated[Any, PlainValidator(_validate_layer, json_schema_input_type=every)]
 
 
 def _classes(registry: Registry):
