@@ -135,7 +135,7 @@ def _one_per_place(errors: list[dict], data: Any, source: Source) -> list[Kerspe
     neither a positive int nor a list) gets pydantic's error for each branch; the first says it."""
     seen, kept = set(), []
     # `input_shape: (4,)` in a flow mapping reads as '(4' and a key ')': one mistake, one message.
-    tupled = any(_looks_like_a_tuple(e.get("input")) for e in errors)
+    tupled = any(_tupled(e) for e in errors)
     for error in errors:
         if tupled and error["type"] == "extra_forbidden" and str(error["loc"][-1]).strip(" ,0123456789") == ")":
             continue
@@ -231,7 +231,7 @@ def _problem(error: dict, data: Any, source: Source) -> KerspecError:
         message = error["msg"]
         if kind.startswith(("union_tag", "layer_", "unknown_name", "missing_type")):
             pass
-        elif _looks_like_a_tuple(error.get("input")):
+        elif _tupled(error):
             items = error["input"].strip().strip("()").strip().rstrip(",")
             message = f"YAML lists are written in brackets, [{items}], not in parentheses (read as text)"
         elif message.startswith("Value error, "):
@@ -244,8 +244,14 @@ def _problem(error: dict, data: Any, source: Source) -> KerspecError:
     return KerspecError(f"{label}: {message}" if label else message, where)
 
 
-def _looks_like_a_tuple(value: Any) -> bool:
-    return isinstance(value, str) and value.lstrip().startswith("(")
+def _tupled(error: dict) -> bool:
+    """A list or number expected, and text in parentheses given: `(4,)` written for `[4]`."""
+    value = error.get("input")
+    return (
+        error["type"] in ("list_type", "tuple_type", "int_parsing", "int_type", "float_parsing")
+        and isinstance(value, str)
+        and value.lstrip().startswith("(")
+    )
 
 
 def _dotted(path: tuple) -> str:
