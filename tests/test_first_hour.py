@@ -347,7 +347,9 @@ def test_runs_fits_80_columns_and_shows_the_test_metric(tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads((run / "metrics.json").read_text())
     compact = runner.invoke(app, ["runs", str(tmp_path / "runs")], terminal_width=80).stdout
-    assert all(len(line) <= 80 for line in compact.splitlines()), compact
+    title, *table = compact.splitlines()  # the title names the folder, as long as its path
+    assert title == f"Runs in {tmp_path / 'runs'}"
+    assert all(len(line) <= 80 for line in table), compact
     assert f"accuracy {metrics['test_accuracy']:.4f} (test)" in compact
     assert "finished" in compact and "2/2" in compact
     wide = runner.invoke(app, ["runs", str(tmp_path / "runs"), "--wide"], terminal_width=200).stdout
