@@ -21,14 +21,6 @@ def _key(name: str) -> str:
     return name.replace("_", "").lower()
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
 class Item(BaseModel):
     """Base of every catalog entry: frozen, and unknown arguments are errors, never ignored."""
 
@@ -114,13 +106,16 @@ class Registry:
         try:
             return self.canonical(name)
         except ValueError as err:
-            if _is_number(name):
-                raise PydanticCustomError(
-                    "unknown_name",
-                    "{name} is a string (quoted), not a number; write the number without quotes",
-                    {"name": repr(name)},
-                ) from None
-            raise PydanticCustomError("unknown_name", str(err)) from None
+            unknown = PydanticCustomError("unknown_name", str(err))
+        try:
+            float(name)  # `learning_rate: "1e-3"`: a number the user quoted
+        except ValueError:
+            raise unknown from None
+        raise PydanticCustomError(
+            "unknown_name",
+            "{name} is a string (quoted), not a number; write the number without quotes",
+            {"name": repr(name)},
+        ) from None
 
     def ref(self, none: str | None = None):
         """The field type for a catalog reference: a name, or a mapping with `type` and arguments;
