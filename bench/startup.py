@@ -35,8 +35,14 @@ def timed(tree: Path, args: list[str]) -> tuple[float, float]:
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # time what an installed kerspec does: from .pyc files
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "kerspec", *args], cwd=tree, env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "kerspec", *args],
+        cwd=tree,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -52,8 +58,10 @@ def main() -> None:
     for name, args in COMMANDS.items():
         timed(tree, args)  # warm the file cache and the .pyc files
         walls, cpus = zip(*(timed(tree, args) for _ in range(options.repeat)))
-        print(f"  {name:<9} wall min {min(walls):.3f} s, median {statistics.median(walls):.3f} s;"
-              f"  cpu min {min(cpus):.3f} s, median {statistics.median(cpus):.3f} s")
+        print(
+            f"  {name:<9} wall min {min(walls):.3f} s, median {statistics.median(walls):.3f} s;"
+            f"  cpu min {min(cpus):.3f} s, median {statistics.median(cpus):.3f} s"
+        )
 
 
 if __name__ == "__main__":

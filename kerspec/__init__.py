@@ -15,14 +15,21 @@ if TYPE_CHECKING:
 
 # Imported on first use, so that `kerspec --help` and the start-up of every command pay only for
 # what they run (numpy, pydantic and the layer catalog take most of a second to import).
-_LAZY = {"Model": "kerspec.api", "from_yaml": "kerspec.api", "load": "kerspec.api", "KerspecError": "kerspec.errors"}
+_LAZY = {
+    "Model": "kerspec.api",
+    "from_yaml": "kerspec.api",
+    "load": "kerspec.api",
+    "KerspecError": "kerspec.errors",
+}
 
 
 def __getattr__(name: str):
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     try:
-        return importlib.import_module(f"{__name__}.{name}")  # `kerspec.api` without importing it first
+        return importlib.import_module(
+            f"{__name__}.{name}"
+        )  # `kerspec.api` without importing it first
     except ModuleNotFoundError as err:
         if err.name != f"{__name__}.{name}":
             raise

@@ -16,7 +16,9 @@ from kerspec.training.data import PathData
 DATA_ENTRIES = ("train", "validation", "test")
 
 
-def check_spec(path: Path, *, data: bool | None = None) -> tuple[list[KerspecError], list[KerspecError]]:
+def check_spec(
+    path: Path, *, data: bool | None = None
+) -> tuple[list[KerspecError], list[KerspecError]]:
     """Every problem of the spec at `path`, and its notes; `data` None checks the data files
     when they all exist."""
     try:

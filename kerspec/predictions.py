@@ -38,14 +38,19 @@ def class_labels(model) -> dict[str, list[str] | None]:
     return labels
 
 
-def csv_table(predictions: dict[str, np.ndarray], labels: dict[str, list[str] | None],
-              kept: dict[str, list[str]]) -> str:
+def csv_table(
+    predictions: dict[str, np.ndarray],
+    labels: dict[str, list[str] | None],
+    kept: dict[str, list[str]],
+) -> str:
     header = list(kept)
     columns: list[list[str]] = [list(values) for values in kept.values()]
     for name, array in predictions.items():
         flat = array.reshape(len(array), -1)
         if name in labels:
-            index = (flat[:, 0] > 0.5).astype(int) if flat.shape[1] == 1 else np.argmax(flat, axis=1)
+            index = (
+                (flat[:, 0] > 0.5).astype(int) if flat.shape[1] == 1 else np.argmax(flat, axis=1)
+            )
             names = labels[name]
             header.append(f"{name}_class")
             columns.append([names[i] if names and i < len(names) else str(i) for i in index])
@@ -61,5 +66,7 @@ def csv_table(predictions: dict[str, np.ndarray], labels: dict[str, list[str] | 
     return buffer.getvalue()
 
 
-def write_csv(path: Path, model, predictions: dict[str, np.ndarray], kept: dict[str, list[str]]) -> None:
+def write_csv(
+    path: Path, model, predictions: dict[str, np.ndarray], kept: dict[str, list[str]]
+) -> None:
     io.write_text(path, csv_table(predictions, class_labels(model), kept))

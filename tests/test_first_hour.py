@@ -49,14 +49,19 @@ def _load(text: str, overrides=None):
 # -- defect 1: YAML 1.2 numbers -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("written", "value"), [("1e-3", 1e-3), ("1e5", 1e5), ("1.0e30", 1e30), ("2E-2", 0.02)])
+@pytest.mark.parametrize(
+    ("written", "value"), [("1e-3", 1e-3), ("1e5", 1e5), ("1.0e30", 1e30), ("2E-2", 0.02)]
+)
 def test_exponent_numbers_are_numbers(written, value):
     spec = _load(BASE.replace("LR", written)).spec
     assert spec.compile.optimizer.learning_rate == value
 
 
 def test_exponent_numbers_in_set_values():
-    spec = _load(BASE.replace("LR", "0.1"), ["compile.optimizer.learning_rate=1e-4", "fit.validation_split=5e-1"]).spec
+    spec = _load(
+        BASE.replace("LR", "0.1"),
+        ["compile.optimizer.learning_rate=1e-4", "fit.validation_split=5e-1"],
+    ).spec
     assert spec.compile.optimizer.learning_rate == 1e-4
     assert spec.fit.validation_split == 0.5
 
@@ -122,20 +127,29 @@ def test_validate_reports_what_train_refuses_all_at_once(tmp_path):
         f"{spec}:8:9: compile.loss: no loss for output 'out'",
         f"{spec}:8:10: compile.loss: 'outt' is not an output (outputs: out, aux); did you mean 'out'?",
         f"{spec}:9:18: compile.loss_weights: 'ax' is not an output (outputs: out, aux); did you mean 'aux'?",
-        f"{spec}:11:17: fit.class_weight is only supported for models with a single output;"
-        " give per-output sample weights in the data instead",
+        (
+            f"{spec}:11:17: fit.class_weight is only supported for models with a single output;"
+            " give per-output sample weights in the data instead"
+        ),
     ]
 
 
 def test_validate_checks_monitors_and_data_at_the_spec_line(tmp_path):
     (tmp_path / "train.csv").write_text("a,b,c,d,species\n1,2,3,4,x\n2,3,4,5,y\n3,4,5,6,z\n")
-    code, lines = validate(tmp_path, ONE_OUTPUT.replace("train: train.csv", "train: {path: train.csv, target: species}"))
+    code, lines = validate(
+        tmp_path,
+        ONE_OUTPUT.replace("train: train.csv", "train: {path: train.csv, target: species}"),
+    )
     spec = tmp_path / "spec.yaml"
     assert code == 1
     assert len(lines) == 2
     assert lines[0].startswith(f"{spec}:7:9: data.test: data file 'train.csv'")
-    assert lines[0].endswith("has no column 'specie'; did you mean 'species'? (columns: a, b, c, d, species)")
-    assert lines[1].startswith(f"{spec}:10:38: EarlyStopping monitors 'val_accuracy', which this model does not log")
+    assert lines[0].endswith(
+        "has no column 'specie'; did you mean 'species'? (columns: a, b, c, d, species)"
+    )
+    assert lines[1].startswith(
+        f"{spec}:10:38: EarlyStopping monitors 'val_accuracy', which this model does not log"
+    )
 
 
 def test_validate_data_is_off_when_the_files_are_absent_and_on_when_asked(tmp_path):
@@ -149,8 +163,12 @@ def test_validate_data_is_off_when_the_files_are_absent_and_on_when_asked(tmp_pa
 
 
 def test_train_refuses_what_validate_refuses(tmp_path):
-    (tmp_path / "spec.yaml").write_text(TWO_OUTPUTS + "data: {train: {source: random, samples: 8}}\n")
-    result = runner.invoke(app, ["train", str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "run")])
+    (tmp_path / "spec.yaml").write_text(
+        TWO_OUTPUTS + "data: {train: {source: random, samples: 8}}\n"
+    )
+    result = runner.invoke(
+        app, ["train", str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "run")]
+    )
     assert result.exit_code == 1
     assert "'outt' is not an output" in result.stderr
 
@@ -186,19 +204,30 @@ def test_data_override_as_a_mapping(iris_weights, tmp_path):
     renamed = tmp_path / "renamed.csv"
     renamed.write_text(IRIS_TEST.read_text().replace("species", "kind"))
     spec_data = evaluate_json(IRIS, "--weights", iris_weights)
-    given = evaluate_json(IRIS, "--weights", iris_weights, "--data", f"{{path: {renamed}, target: kind}}")
+    given = evaluate_json(
+        IRIS, "--weights", iris_weights, "--data", f"{{path: {renamed}, target: kind}}"
+    )
     assert given["metrics"]["loss"] == spec_data["metrics"]["loss"]
-    result = runner.invoke(app, ["evaluate", str(IRIS), "--weights", str(iris_weights), "--data", f"{{path: {renamed}}}"])
+    result = runner.invoke(
+        app,
+        ["evaluate", str(IRIS), "--weights", str(iris_weights), "--data", f"{{path: {renamed}}}"],
+    )
     assert result.exit_code == 1
     assert "has no column 'species'" in result.stderr
 
 
 def test_train_records_the_inherited_options(tmp_path):
     run = tmp_path / "run"
-    result = runner.invoke(app, ["train", str(IRIS), "--data", str(IRIS_TEST), "--epochs", "1", "--out", str(run)])
+    result = runner.invoke(
+        app, ["train", str(IRIS), "--data", str(IRIS_TEST), "--epochs", "1", "--out", str(run)]
+    )
     assert result.exit_code == 0, result.output
     resolved = yaml.safe_load((run / "spec.yaml").read_text())
-    assert resolved["data"]["train"] == {"path": str(IRIS_TEST), "target": "species", "one_hot": True}
+    assert resolved["data"]["train"] == {
+        "path": str(IRIS_TEST),
+        "target": "species",
+        "one_hot": True,
+    }
 
 
 # -- defect 6: Ctrl-C and SIGTERM at any moment ----------------------------------------------------
@@ -212,12 +241,18 @@ def caught_signals(pid: int) -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc/PID/status")
-@pytest.mark.parametrize(("signum", "code", "line"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+@pytest.mark.parametrize(
+    ("signum", "code", "line"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+)
 def test_a_signal_during_start_up_is_one_line(signum, code, line):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
         [sys.executable, "-m", "kerspec", "summary", str(IRIS)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     # Python catches SIGINT from its first instant, SIGTERM only once kerspec's entry point has
     # installed its handlers, before importing the rest: signal then, while it imports.
@@ -251,8 +286,11 @@ def test_interrupted_before_the_first_epoch_says_there_is_nothing_to_resume(tmp_
 
 @pytest.mark.parametrize(
     ("option", "value", "message"),
-    [("--batch-size", "2.5", "'2.5' is not a valid integer"), ("--epochs", "0", "'0' is less than 1"),
-     ("--seed", "x", "'x' is not a valid integer")],
+    [
+        ("--batch-size", "2.5", "'2.5' is not a valid integer"),
+        ("--epochs", "0", "'0' is less than 1"),
+        ("--seed", "x", "'x' is not a valid integer"),
+    ],
 )
 def test_a_bad_number_is_echoed(option, value, message):
     result = runner.invoke(app, ["train", str(IRIS), option, value], terminal_width=200)
@@ -285,14 +323,22 @@ fit:
 
 def test_keras_habits_get_keras_answers():
     assert problems(HABITS) == [
-        "spec.yaml:3:12: Input (layers[0]): shape: YAML lists are written in brackets, [4],"
-        " not in parentheses (read as text)",
-        "spec.yaml:4:42: Dense (layers[1]): input_shape: YAML lists are written in brackets, [4],"
-        " not in parentheses (read as text)",
-        "spec.yaml:6:27: compile.optimizer: unknown argument 'lr'; did you mean 'learning_rate'?"
-        " (Keras's old name for it)",
-        "spec.yaml:9:3: fit: unknown argument 'validation_data'; put validation data in the spec's"
-        " data.validation (a file, or a mapping with its path), or use fit.validation_split",
+        (
+            "spec.yaml:3:12: Input (layers[0]): shape: YAML lists are written in brackets, [4],"
+            " not in parentheses (read as text)"
+        ),
+        (
+            "spec.yaml:4:42: Dense (layers[1]): input_shape: YAML lists are written in brackets, [4],"
+            " not in parentheses (read as text)"
+        ),
+        (
+            "spec.yaml:6:27: compile.optimizer: unknown argument 'lr'; did you mean 'learning_rate'?"
+            " (Keras's old name for it)"
+        ),
+        (
+            "spec.yaml:9:3: fit: unknown argument 'validation_data'; put validation data in the spec's"
+            " data.validation (a file, or a mapping with its path), or use fit.validation_split"
+        ),
     ]
 
 
@@ -310,7 +356,10 @@ def test_fit_verbose_is_accepted_with_a_note(tmp_path):
     spec.write_text(BASE.replace("LR", "0.1") + "fit: {epochs: 1, verbose: 2}\n")
     result = runner.invoke(app, ["summary", str(spec)])
     assert result.exit_code == 0
-    assert result.stderr == f"{spec}:7:18: note: fit.verbose is accepted and ignored: kerspec always shows progress on stderr (2>/dev/null hides it; --json keeps stdout for the result)\n"
+    assert (
+        result.stderr
+        == f"{spec}:7:18: note: fit.verbose is accepted and ignored: kerspec always shows progress on stderr (2>/dev/null hides it; --json keeps stdout for the result)\n"
+    )
 
 
 # -- the command line a Keras user expects ----------------------------------------------------------
@@ -324,10 +373,25 @@ def test_version():
 def test_predict_csv_has_the_class_labels_and_kept_columns(iris_weights, tmp_path):
     rows = IRIS_TEST.read_text().splitlines()
     given = tmp_path / "ids.csv"
-    given.write_text("\n".join([f"id,{rows[0]}"] + [f"{i},{row}" for i, row in enumerate(rows[1:], 101)]) + "\n")
+    given.write_text(
+        "\n".join([f"id,{rows[0]}"] + [f"{i},{row}" for i, row in enumerate(rows[1:], 101)]) + "\n"
+    )
     output = tmp_path / "p.csv"
-    result = runner.invoke(app, ["predict", str(IRIS), "--weights", str(iris_weights), "--input", str(given),
-                                 "-o", str(output), "--keep-columns", "id"])
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            str(IRIS),
+            "--weights",
+            str(iris_weights),
+            "--input",
+            str(given),
+            "-o",
+            str(output),
+            "--keep-columns",
+            "id",
+        ],
+    )
     assert result.exit_code == 0, result.output
     lines = [line.split(",") for line in output.read_text().splitlines()]
     assert lines[0] == ["id", "dense_1_class", "dense_1_0", "dense_1_1", "dense_1_2"]
@@ -375,8 +439,14 @@ def test_fit_takes_arrays_as_keras_does():
     ("call", "message"),
     [
         (lambda m, x, y: m.fit(x), "fit(x, y): give both x and y"),
-        (lambda m, x, y: m.fit(x, y[:5]), "fit(x, y): x['input'] has 40 samples but y['dense_1'] has 5"),
-        (lambda m, x, y: m.fit(x[:, :3], y), "x['input'] has shape (40, 3) but input 'input' expects (None, 4)"),
+        (
+            lambda m, x, y: m.fit(x, y[:5]),
+            "fit(x, y): x['input'] has 40 samples but y['dense_1'] has 5",
+        ),
+        (
+            lambda m, x, y: m.fit(x[:, :3], y),
+            "x['input'] has shape (40, 3) but input 'input' expects (None, 4)",
+        ),
         (lambda m, x, y: m.fit(x, y, validation_data=x), "takes a pair (x_val, y_val)"),
         (lambda m, x, y: m.fit({"inp": x}, y), "no input named 'inp'; missing 'input'"),
         (lambda m, x, y: m.fit([[1, 2], [3]], y), "x['input'] is not an array"),

@@ -873,7 +873,7 @@ class _Given:
 
 def _by_name(given: Any, names: list[str], what: str, where: _Given) -> dict[str, Any]:
     """An array (one name), a list in `names` order, or a mapping by name."""
-    def _names(items: list) -> str:  # noqa: F811 (quoted: a name may be a plain word like input)
+    def quoted(items: list) -> str:  # a name may be a plain word such as input
         return ", ".join(repr(str(item)) for item in items)
 
     if isinstance(given, Mapping):
@@ -881,17 +881,17 @@ def _by_name(given: Any, names: list[str], what: str, where: _Given) -> dict[str
         missing = [n for n in names if n not in given]
         if unknown or missing:
             raise where.error(
-                f"expected {what} arrays keyed by {_names(names)}"
-                + (f"; no {what} named {_names(unknown)}" if unknown else "")
-                + (f"; missing {_names(missing)}" if missing else "")
+                f"expected {what} arrays keyed by {quoted(names)}"
+                + (f"; no {what} named {quoted(unknown)}" if unknown else "")
+                + (f"; missing {quoted(missing)}" if missing else "")
             )
         return dict(given)
     if isinstance(given, list | tuple) and len(names) > 1:
         if len(given) != len(names):
-            raise where.error(f"expected {len(names)} {what} arrays ({_names(names)}); received {len(given)}")
+            raise where.error(f"expected {len(names)} {what} arrays ({quoted(names)}); received {len(given)}")
         return dict(zip(names, given))
     if len(names) > 1:
-        raise where.error(f"the model has {len(names)} {what}s ({_names(names)}): pass a list or a dict of arrays")
+        raise where.error(f"the model has {len(names)} {what}s ({quoted(names)}): pass a list or a dict of arrays")
     return {names[0]: given}
 
 
