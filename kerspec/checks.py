@@ -9,8 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+from pydantic import ValidationError
+
 from kerspec import api
 from kerspec.errors import GraphError, KerspecError, Problems
+from kerspec.spec import LoadedSpec, Spec
+from kerspec.spec.source import parse_yaml, read_spec_text
 from kerspec.training.data import PathData
 
 DATA_ENTRIES = ("train", "validation", "test")
@@ -24,7 +29,7 @@ def check_spec(
     try:
         model = api.load(path, seed=0)
     except Problems as err:
-        return list(err.problems), []
+        return sorted([*err.problems, *_model_anyway(path, err.problems)], key=_place), []
     except KerspecError as err:
         return [err], []
     problems = model.problems()
@@ -33,6 +38,41 @@ def check_spec(
     if data:
         problems += data_problems(model)
     return sorted(problems, key=_place), model.loaded.notes
+
+
+# Top-level sections the model (layers, links, shapes) does not depend on.
+SETTINGS = ("compile", "fit", "data")
+
+
+def _model_anyway(path: Path, problems: list[KerspecError]) -> list[KerspecError]:
+    """When only compile, fit or data are invalid, the rest of the spec is still checked (the
+    graph, and the training checks of the valid sections): their problems, to report together."""
+    try:
+        raw, source = parse_yaml(read_spec_text(path, str(path)), str(path))
+    except KerspecError:
+        return []
+    if not isinstance(raw, dict) or not isinstance(source.root, yaml.MappingNode):
+        return []
+    starts = sorted(
+        (key.start_mark.line + 1, key.value)
+        for key, _ in source.root.value
+        if isinstance(key, yaml.ScalarNode)
+    )
+    faulty = set()
+    for problem in problems:
+        line = problem.where.line if problem.where else None
+        section = next((key for start, key in reversed(starts) if line and start <= line), None)
+        if section not in SETTINGS:
+            return []  # the model itself is invalid: nothing further can be checked
+        faulty.add(section)
+    rest = {key: value for key, value in raw.items() if key not in faulty}
+    try:
+        model = api.Model(LoadedSpec(Spec.model_validate(rest), source, path, rest), seed=0)
+    except Problems as err:
+        return list(err.problems)
+    except (KerspecError, ValidationError):
+        return []
+    return model.problems()
 
 
 def _place(problem: KerspecError) -> tuple[int, int]:

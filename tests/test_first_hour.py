@@ -458,3 +458,31 @@ def test_a_wrong_fit_call_says_what_is_wrong(call, message):
     with pytest.raises(KerspecError) as err:
         call(kerspec.load(IRIS, ["fit.epochs=1"]), x, y)
     assert message in str(err.value)
+
+
+def test_validate_reports_schema_graph_and_training_problems_together(tmp_path):
+    text = """\
+layers:
+  - {type: Input, shape: [4], name: x}
+  - {type: Dense, units: 3, activation: softmax, name: out}
+  - {type: Dense, units: 2, name: dead}
+outputs: [out]
+compile:
+  optimizer: adam
+  loss: {outt: mse}
+fit:
+  epochs: 0
+"""
+    code, lines = validate(tmp_path, text)
+    spec = tmp_path / "spec.yaml"
+    assert code == 1
+    assert lines == [
+        f"{spec}:4:5: Dense 'dead': does not lead to any output (is 'outputs' or a 'from' missing it?)",
+        f"{spec}:10:11: fit.epochs: should be greater than 0 (received 0)",
+    ]
+    code, lines = validate(tmp_path, text.replace("  - {type: Dense, units: 2, name: dead}\n", ""))
+    assert lines == [
+        f"{spec}:7:9: compile.loss: no loss for output 'out'",
+        f"{spec}:7:10: compile.loss: 'outt' is not an output (outputs: out); did you mean 'out'?",
+        f"{spec}:9:11: fit.epochs: should be greater than 0 (received 0)",
+    ]
