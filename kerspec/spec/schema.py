@@ -14,6 +14,7 @@ from pydantic import (
     PlainValidator,
     PositiveInt,
     Tag,
+    TypeAdapter,
 )
 from pydantic_core import PydanticCustomError
 
@@ -78,8 +79,18 @@ def _layer_entry():
     variants = [Annotated[cls, Tag(name)] for name, cls in zip(LAYERS.names(), _classes(LAYERS))]
     variants.append(Annotated[Shared, Tag("share")])
     every = Annotated[Union[tuple(variants)], Discriminator(_layer_tag)]  # noqa: UP007
-    # The JSON Schema still lists every layer (built only when a schema is asked for).
-    return Annotated[Any, PlainValidator(_validate_layer, json_schema_input_type=every)]
+    return Annotated[Any, PlainValidator(_validate_layer), _EveryLayerInSchema(every)]
+
+
+class _EveryLayerInSchema:
+    """The JSON Schema of a layer entry: every layer, built only when a schema is asked for
+    (`json_schema_input_type` would build every layer's validator with the spec's)."""
+
+    def __init__(self, every: Any):
+        self.every = every
+
+    def __get_pydantic_json_schema__(self, core_schema, handler):
+        return handler(TypeAdapter(self.every).core_schema)
 
 
 def _classes(registry: Registry):
