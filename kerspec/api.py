@@ -27,10 +27,11 @@ from kerspec.guards import check_model
 from kerspec.layers import Context
 from kerspec.runs import RunFolder
 from kerspec.spec import LoadedSpec, load_spec, parse_spec
+from kerspec.spec.overrides import data_override
 from kerspec.summary import render_summary, summary_rows
 from kerspec.training import loop
 from kerspec.training.callbacks import Callback, History
-from kerspec.training.data import Dataset, OutputInfo, load_dataset, load_inputs
+from kerspec.training.data import Dataset, OutputInfo, arrays_dataset, load_dataset, load_inputs
 from kerspec.training.metrics import LossMetric
 from kerspec.training.trainer import Head, Trainer
 
@@ -134,15 +135,15 @@ class Model:
         """Load the spec's `data.<which>` entry, or `path` when given."""
         if require_targets:
             self._compile()  # targets are checked against the losses, so say first if there are none
-        entry = path
-        if entry is None:
-            section = self.spec.data
+        section = self.spec.data
+        if path is None:
             entry = getattr(section, which) if section else None
             if entry is None:
                 raise DataError(f"the spec has no data.{which} entry (give one with --data)",
                                 self.loaded.source.where(("data",)))
             base = self.loaded.base_dir
         else:
+            entry = self.data_override(which, str(path))
             base = Path.cwd()
         return load_dataset(
             entry,
@@ -153,6 +154,14 @@ class Model:
             rng=self.shuffle_rng,
             require_targets=require_targets,
         )
+
+    def data_override(self, which: str, given: str) -> str | dict:
+        """The data entry `--data given` makes: it replaces the spec's `data.<which>` entry (else
+        the nearest one: test, validation, train) and keeps that entry's options."""
+        section = self.spec.data
+        order = (which, *(w for w in ("test", "validation", "train") if w != which))
+        replaced = next((getattr(section, w) for w in order if section and getattr(section, w)), None)
+        return data_override(given, "--validation" if which == "validation" else "--data", replaced)
 
     # -- training -------------------------------------------------------------------------------
 
@@ -170,30 +179,12 @@ class Model:
         return self.spec.compile
 
     def _heads(self) -> list[Head]:
-        compile_ = self._compile()
-        names = self.output_names
-        where = self.loaded.source.where
-        problems = []
-        for field in ("loss", "loss_weights", "metrics"):
-            value = getattr(compile_, field)
-            if isinstance(value, dict):
-                for key in value:
-                    if key not in names:
-                        problems.append(KerspecError(
-                            f"compile.{field}: {key!r} is not an output (outputs: {', '.join(names)})",
-                            where(("compile", field, key), at_key=True)))
-        if isinstance(compile_.loss, dict):
-            for name in names:
-                if name not in compile_.loss:
-                    problems.append(KerspecError(f"compile.loss: no loss for output {name!r}",
-                                                 where(("compile", "loss"))))
-        weights = compile_.loss_weights
-        if isinstance(weights, list) and len(weights) != len(names):
-            problems.append(KerspecError(
-                f"compile.loss_weights has {len(weights)} entries for {len(names)} outputs",
-                where(("compile", "loss_weights"))))
+        problems = self._head_problems()
         if problems:
             raise GraphError(problems)
+        compile_ = self._compile()
+        names = self.output_names
+        weights = compile_.loss_weights
         heads = []
         for i, name in enumerate(names):
             loss = compile_.loss[name] if isinstance(compile_.loss, dict) else compile_.loss
@@ -208,10 +199,59 @@ class Model:
             heads.append(Head(name, loss, float(weight), list(metrics)))
         return heads
 
+    def _head_problems(self) -> list[KerspecError]:
+        """compile's loss, loss_weights and metrics against the model's outputs."""
+        compile_ = self._compile()
+        names = self.output_names
+        where = self.loaded.source.where
+        problems = []
+        for field in ("loss", "loss_weights", "metrics"):
+            value = getattr(compile_, field)
+            if isinstance(value, dict):
+                for key in value:
+                    if key not in names:
+                        close = difflib.get_close_matches(key, names, n=1)
+                        hint = f"; did you mean {close[0]!r}?" if close else ""
+                        problems.append(KerspecError(
+                            f"compile.{field}: {key!r} is not an output (outputs: {', '.join(names)}){hint}",
+                            where(("compile", field, key), at_key=True)))
+        if isinstance(compile_.loss, dict):
+            for name in names:
+                if name not in compile_.loss:
+                    problems.append(KerspecError(f"compile.loss: no loss for output {name!r}",
+                                                 where(("compile", "loss"))))
+        weights = compile_.loss_weights
+        if isinstance(weights, list) and len(weights) != len(names):
+            problems.append(KerspecError(
+                f"compile.loss_weights has {len(weights)} entries for {len(names)} outputs",
+                where(("compile", "loss_weights"))))
+        return problems
+
+    def problems(self) -> list[KerspecError]:
+        """Every problem `fit` would refuse the spec for before reading any data.
+
+        A spec with neither `compile` nor `data` describes a model to predict with, and has none.
+        """
+        if self.spec.compile is None and self.spec.data is None:
+            return []
+        try:
+            self._compile()
+        except GraphError as err:
+            return list(err.problems)
+        problems = self.class_weight_problems(with_sample_weights=False)
+        heads = self._head_problems()
+        if heads:
+            return problems + heads  # the names callbacks monitor come from the heads
+        data = self.spec.data
+        validation = (data is not None and data.validation is not None) or self.spec.fit.validation_split > 0
+        return problems + self._callback_problems(self.logged_names(validation=validation))
+
     def fit(
         self,
-        train: Dataset | None = None,
+        x=None,
+        y=None,
         *,
+        validation_data=None,
         validation: Dataset | None = None,
         epochs: int | None = None,
         batch_size: int | None = None,
@@ -224,11 +264,22 @@ class Model:
     ) -> History:
         """Train with the spec's fit settings (arguments override them); returns the history.
 
+        As in Keras, `fit(x, y)` takes arrays (one per input and output: an array, a list in
+        order, or a dict by name) and `validation_data=(x_val, y_val)`; without them, the spec's
+        data. `x` may also be a Dataset (then no `y`).
+
         `run` (a RunFolder) or `run_dir` writes a run folder as training goes; with `resume`,
         `run_dir` must hold an earlier run of this spec, which carries on from its last
         finished epoch. A non-empty `run_dir` is refused unless `overwrite`, which replaces
         only files kerspec wrote there (kerspec.folders). Ctrl-C stops after the current batch and raises `Interrupted`.
         """
+        train = self._given_data(x, y, "fit(x, y)")
+        if validation_data is not None:
+            if validation is not None:
+                raise KerspecError("fit() takes validation_data or validation, not both")
+            if not (isinstance(validation_data, tuple | list) and len(validation_data) == 2):
+                raise KerspecError("fit(validation_data=...) takes a pair (x_val, y_val)")
+            validation = self._given_data(*validation_data, "fit(validation_data=(x, y))")
         fit = self.spec.fit
         batch_size = batch_size or fit.batch_size
         if batch_size != fit.batch_size:
@@ -277,6 +328,19 @@ class Model:
             if own_run:
                 run.release()
 
+    def _given_data(self, x, y, where: str) -> Dataset | None:
+        """What fit was handed: nothing (the spec's data), a Dataset, or arrays x and y."""
+        if x is None and y is None:
+            return None
+        if isinstance(x, Dataset):
+            if y is not None:
+                raise KerspecError(f"{where}: a Dataset holds its targets; give no y with it")
+            return x
+        if x is None or y is None:
+            raise KerspecError(f"{where}: give both x and y (inputs and targets), or neither for the spec's data")
+        return arrays_dataset(x, y, inputs=self.graph.input_shapes(), outputs=self._output_info(),
+                              dtype=self.dtype, where=where)
+
     def logged_names(self, *, validation: bool) -> dict[str, str]:
         """Every name training will log, with whether it should go down (`min`) or up (`max`):
         `loss`, `<output>_loss` for several outputs, the metrics, their `val_` forms."""
@@ -296,6 +360,11 @@ class Model:
 
     def _check_callbacks(self, directions: dict[str, str]) -> None:
         """The spec's fit.callbacks, checked against what the model logs."""
+        problems = self._callback_problems(directions)
+        if problems:
+            raise SpecError(problems)
+
+    def _callback_problems(self, directions: dict[str, str]) -> list[KerspecError]:
         where = self.loaded.source.where
         raw = (self.loaded.raw.get("fit") or {}).get("callbacks") or []
         problems = []
@@ -321,8 +390,7 @@ class Model:
                     f"{config.type} formats {unknown[0]!r} into its filepath, which this model"
                     f" does not log (it logs: epoch, {', '.join(directions)})",
                     where((*at, "filepath") if "filepath" in entry else at)))
-        if problems:
-            raise SpecError(problems)
+        return problems
 
     def _with_class_weight(self, train: Dataset) -> Dataset:
         """Keras's class_weight: a weight per training sample from its class (the argmax of a
@@ -330,15 +398,9 @@ class Model:
         class_weight = self.spec.fit.class_weight
         if not class_weight:
             return train
-        where = self.loaded.source.where(("fit", "class_weight"))
-        if len(self.output_names) != 1:
-            raise SpecError([KerspecError(
-                "fit.class_weight is only supported for models with a single output; give"
-                " per-output sample weights in the data instead", where)])
-        if train.sample_weight:
-            raise SpecError([KerspecError(
-                "fit.class_weight and sample weights in the data cannot be used together"
-                " (as in Keras)", where)])
+        problems = self.class_weight_problems(with_sample_weights=bool(train.sample_weight))
+        if problems:
+            raise SpecError(problems)
         (name,) = self.output_names
         y = np.asarray(train.y[name])
         if y.ndim > 1:
@@ -349,17 +411,24 @@ class Model:
             weights[classes == index] = weight
         return Dataset(train.x, train.y, train.source, {name: weights})
 
+    def class_weight_problems(self, *, with_sample_weights: bool) -> list[KerspecError]:
+        if not self.spec.fit.class_weight:
+            return []
+        where = self.loaded.source.where(("fit", "class_weight"))
+        if len(self.output_names) != 1:
+            return [KerspecError(
+                "fit.class_weight is only supported for models with a single output; give"
+                " per-output sample weights in the data instead", where)]
+        if with_sample_weights:
+            return [KerspecError(
+                "fit.class_weight and sample weights in the data cannot be used together"
+                " (as in Keras)", where)]
+        return []
+
     def evaluate(self, data: Dataset | None = None, *, batch_size: int | None = None) -> dict[str, float]:
         """Loss and metrics on `data`, else the spec's test data, else its validation data."""
         if data is None:
-            section = self.spec.data
-            if section is None or (section.test is None and section.validation is None):
-                raise DataError(
-                    "the spec has no data.test or data.validation entry to evaluate on"
-                    " (give one with --data)",
-                    self.loaded.source.where(("data",)),
-                )
-            data = self.dataset("test" if section.test is not None else "validation")
+            _, data = self.evaluation_data()
         self._require_targets(data)
         with self._inference() as ctx:
             return loop.evaluate(
@@ -370,6 +439,21 @@ class Model:
                 batch_size=batch_size or self.spec.fit.batch_size,
                 ctx=ctx,
             )
+
+    def evaluation_data(self, path: str | None = None) -> tuple[str, Dataset]:
+        """What `evaluate` scores: `path` (in place of the test entry), else the spec's test data,
+        else its validation data; with which of them it is."""
+        section = self.spec.data
+        if path is not None:
+            return "test", self.dataset("test", path=path)
+        if section is None or (section.test is None and section.validation is None):
+            raise DataError(
+                "the spec has no data.test or data.validation entry to evaluate on"
+                " (give one with --data)",
+                self.loaded.source.where(("data",)),
+            )
+        which = "test" if section.test is not None else "validation"
+        return which, self.dataset(which)
 
     @contextmanager
     def _inference(self) -> Iterator[Context]:
@@ -389,8 +473,9 @@ class Model:
 
     # -- prediction -----------------------------------------------------------------------------
 
-    def read_inputs(self, path: str | Path) -> dict[str, np.ndarray]:
-        return load_inputs(path, inputs=self.graph.input_shapes(), dtype=self.dtype)
+    def read_inputs(self, path: str | Path, *, exclude: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+        """Inputs for `predict` from a file; `exclude` names .csv columns not to feed the model."""
+        return load_inputs(path, inputs=self.graph.input_shapes(), dtype=self.dtype, exclude=exclude)
 
     def predict(self, x: dict[str, np.ndarray] | np.ndarray, *, batch_size: int = 1024) -> dict[str, np.ndarray]:
         """Outputs keyed by output name; inference mode, in large batches, with no backward cache."""

@@ -1,12 +1,15 @@
 """The `kerspec` command: each command parses options, calls the API, and renders the result.
 
 User errors (KerspecError) are caught in one place, printed as `WHERE: message` and exit 1;
-usage errors exit 2 (Typer's own). Anything else is a bug and keeps its traceback.
+usage errors exit 2 (Typer's own); Ctrl-C 130 and SIGTERM 143 (see `kerspec.__main__`).
+Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -14,30 +17,47 @@ from typing import Annotated
 
 import typer
 
-from kerspec import api, console
+from kerspec.__main__ import stopped
+from kerspec.cli_types import Group, integer, lazy_module, plain_commands
 from kerspec.errors import KerspecError, Problems
-from kerspec.io import write_predictions
-from kerspec.runs import RunFolder, list_runs, new_run_dir, run_seed
-from kerspec.training.callbacks import Callback
-from kerspec.training.loop import Interrupted
+
+# NumPy, pydantic and the layer catalog load when a command first needs them, not for --help.
+api = lazy_module("kerspec.api")
+console = lazy_module("kerspec.console")
 
 app = typer.Typer(
+    cls=Group,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Declarative deep learning: Keras-style models as YAML specs, trained with NumPy.",
 )
 
-SpecArg = Annotated[Path, typer.Argument(help="The model spec (YAML).", show_default=False)]
+SpecArg = Annotated[Path, typer.Argument(metavar="SPEC", help="The model spec (YAML).", show_default=False)]
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", help="Override a spec field: KEY=VALUE, e.g. fit.epochs=3.", show_default=False),
+    typer.Option("--set", metavar="KEY=VALUE", help="Override a spec field: KEY=VALUE, e.g. fit.epochs=3.", show_default=False),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
-SeedOpt = Annotated[int | None, typer.Option("--seed", min=0, max=2**64 - 1, help="Seed for every random draw.", show_default=False)]
-BatchOpt = Annotated[int | None, typer.Option("--batch-size", min=1, help="Batch size.", show_default=False)]
-DataOpt = Annotated[str | None, typer.Option("--data", help="Data file instead of the spec's.", show_default=False)]
-WeightsOpt = Annotated[Path, typer.Option("--weights", help="Weights file (.npz).", show_default=False)]
+SeedOpt = Annotated[int | None, typer.Option("--seed", parser=integer(0, 2**64 - 1), metavar="N", help="Seed for every random draw.", show_default=False)]
+BatchOpt = Annotated[int | None, typer.Option("--batch-size", parser=integer(1), metavar="N", help="Batch size.", show_default=False)]
+DataOpt = Annotated[str | None, typer.Option("--data", metavar="FILE", help="Data file instead of the spec's (keeps its options), or a YAML mapping.", show_default=False)]
+WeightsOpt = Annotated[Path, typer.Option("--weights", metavar="FILE", help="Weights file (.npz).", show_default=False)]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from kerspec import __version__
+
+        console.out.print(f"kerspec {__version__}", markup=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_version, help="Print kerspec's version and exit.")] = False,
+) -> None:
+    """Declarative deep learning: Keras-style models as YAML specs, trained with NumPy."""
 
 
 @contextmanager
@@ -53,8 +73,7 @@ def user_errors():
         console.err.print(str(err), markup=False)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        console.err.print("interrupted", markup=False)
-        raise typer.Exit(1) from None
+        raise typer.Exit(stopped(signal.SIGINT)) from None
     except MemoryError as err:
         # numpy names the array it could not allocate; Python's own MemoryError says nothing.
         what = str(err) or "an allocation"
@@ -62,45 +81,53 @@ def user_errors():
         raise typer.Exit(1) from None
 
 
-class _Notes(Callback):
-    """The run folder's notes (resuming, a lock taken over), once its checkpoint is accepted."""
+def _notes(folder):
+    """A callback that prints the run folder's notes (resuming, a lock taken over) once its
+    checkpoint is accepted."""
+    from kerspec.training.callbacks import Callback
 
-    def __init__(self, folder: RunFolder):
-        self.folder = folder
+    class Notes(Callback):
+        def on_train_begin(self, logs=None):
+            for note in folder.notes:
+                console.err.print(f"{folder.path}: {note}", markup=False)
 
-    def on_train_begin(self, logs=None):
-        for note in self.folder.notes:
-            console.err.print(f"{self.folder.path}: {note}", markup=False)
+    return Notes()
 
 
-def _load(spec: Path, sets: list[str] | None, seed: int | None = None) -> api.Model:
-    return api.load(spec, sets or [], seed=seed)
+def _load(spec: Path, sets: list[str] | None, seed: int | None = None):
+    model = api.load(spec, sets or [], seed=seed)
+    for note in model.loaded.notes:
+        console.err.print(str(note), markup=False)
+    return model
 
 
 @app.command()
 def validate(
-    specs: Annotated[list[Path], typer.Argument(help="Spec files to check.", show_default=False)],
+    specs: Annotated[list[Path], typer.Argument(metavar="SPEC...", help="Spec files to check.", show_default=False)],
+    data: Annotated[
+        bool | None,
+        typer.Option("--data/--no-data", help="Also load the data files against the model"
+                     " (default: when all of them exist).", show_default=False),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Check specs and sweep files; print every problem as FILE:LINE:COL: message."""
-    from kerspec.sweep.load import load_any
+    """Check specs as train would, before and (with --data) with the data, and sweep files as
+    sweep would; print every problem as FILE:LINE:COL: message."""
+    from kerspec.checks import check_spec
+    from kerspec.sweep.load import sweep_file_problems
 
     report = []
     for spec in specs:
-        try:
-            load_any(spec)
-        except Problems as err:
-            report.append({"file": str(spec), "problems": [str(p) for p in err.problems]})
-        except KerspecError as err:
-            report.append({"file": str(spec), "problems": [str(err)]})
-        else:
-            report.append({"file": str(spec), "problems": []})
+        problems, notes = sweep_file_problems(spec), []
+        if problems is None:
+            problems, notes = check_spec(spec, data=data)
+        report.append({"file": str(spec), "problems": [str(p) for p in problems], "notes": [str(n) for n in notes]})
     failed = any(r["problems"] for r in report)
     if json_out:
         console.emit_json({"ok": not failed, "specs": report})
     else:
         for entry in report:
-            for problem in entry["problems"]:
+            for problem in entry["problems"] + entry["notes"]:
                 console.err.print(problem, markup=False)
             if not entry["problems"]:
                 console.out.print(f"{entry['file']}: ok", markup=False)
@@ -123,16 +150,16 @@ def summary(spec: SpecArg, set_: SetOpt = None, json_out: JsonOpt = False) -> No
 def train(
     spec: SpecArg,
     data: DataOpt = None,
-    validation: Annotated[str | None, typer.Option("--validation", help="Validation data file.", show_default=False)] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Number of epochs.", show_default=False)] = None,
+    validation: Annotated[str | None, typer.Option("--validation", metavar="FILE", help="Validation data file.", show_default=False)] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", parser=integer(1), metavar="N", help="Number of epochs.", show_default=False)] = None,
     batch_size: BatchOpt = None,
     seed: SeedOpt = None,
     set_: SetOpt = None,
-    init_weights: Annotated[Path | None, typer.Option("--init-weights", help="Start from these weights.", show_default=False)] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Run folder (default runs/NAME-TIME).", show_default=False)] = None,
-    resume: Annotated[Path | None, typer.Option("--resume", help="Carry on an interrupted run folder from its last finished epoch.", show_default=False)] = None,
+    init_weights: Annotated[Path | None, typer.Option("--init-weights", metavar="FILE", help="Start from these weights.", show_default=False)] = None,
+    out: Annotated[Path | None, typer.Option("--out", metavar="DIR", help="Run folder (default runs/NAME-TIME).", show_default=False)] = None,
+    resume: Annotated[Path | None, typer.Option("--resume", metavar="DIR", help="Carry on an interrupted run folder from its last finished epoch.", show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Train into a non-empty --out, replacing only the files an earlier kerspec run wrote there.")] = False,
-    seeds: Annotated[int | None, typer.Option("--seeds", min=2, help="Train over this many seeds (from --seed, else 0) as a small sweep; print each metric's spread.", show_default=False)] = None,
+    seeds: Annotated[int | None, typer.Option("--seeds", parser=integer(2), metavar="N", help="Train over this many seeds (from --seed, else 0) as a small sweep; print each metric's spread.", show_default=False)] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Train SPEC with its data and fit settings; write a run folder."""
@@ -144,6 +171,9 @@ def train(
             train_seeds(spec, seeds, seed=seed, sets=set_ or [], epochs=epochs, batch_size=batch_size,
                         out=out, json_out=json_out, others=others)
         return
+    from kerspec.runs import RunFolder, new_run_dir, run_seed
+    from kerspec.training.loop import Interrupted
+
     progress = console.RichProgress()
     with user_errors(), ExitStack() as stack:
         if resume is not None and (out is not None or init_weights is not None or overwrite):
@@ -159,11 +189,12 @@ def train(
         run_dir = resume or out or new_run_dir(Path("runs"), model.name)
         settings = {"epochs": epochs, "batch_size": batch_size}
         paths = {"train": data, "validation": validation}
+        entries = {k: model.data_override(k, v) for k, v in paths.items() if v is not None}
         folder = RunFolder(
             run_dir,
             model,
             fit={k: v for k, v in settings.items() if v is not None},
-            data={k: v for k, v in paths.items() if v is not None},
+            data=entries,
             resume=resume is not None,
             overwrite=overwrite,
             final_metrics=True,
@@ -175,7 +206,7 @@ def train(
                 validation=validation_data,
                 epochs=epochs,
                 batch_size=batch_size,
-                callbacks=[_Notes(folder), progress],
+                callbacks=[_notes(folder), progress],
                 run=folder,
             )
         except Interrupted as err:
@@ -183,11 +214,14 @@ def train(
             repeat = [*(f"--set {s}" for s in set_ or []), *(f"{k} {v}" for k, v in (
                 ("--data", data), ("--validation", validation), ("--epochs", epochs),
                 ("--batch-size", batch_size)) if v is not None)]
-            hint = " ".join([f"kerspec train {spec} --resume {run_dir}", *repeat])
-            raise KerspecError(
-                f"{err.message}; the run folder {run_dir} holds the last finished epoch."
-                f" Resume with: {hint}"
-            ) from None
+            if err.epochs_done:
+                hint = " ".join([f"kerspec train {spec} --resume {run_dir}", *repeat])
+                message = f"the run folder {run_dir} holds the last finished epoch. Resume with: {hint}"
+            else:
+                hint = " ".join([f"kerspec train {spec} --out {run_dir} --overwrite", *repeat])
+                message = f"nothing to resume; start it afresh with: {hint}"
+            console.err.print(f"{err.message}; {message}", markup=False)
+            raise typer.Exit(128 + err.signum) from None
         finally:
             progress.close()
         for note in folder.session.notes if folder.session else []:
@@ -209,10 +243,13 @@ def train(
 
 @app.command()
 def runs(
-    folder: Annotated[Path, typer.Argument(help="A folder of runs (default: runs).")] = Path("runs"),
+    folder: Annotated[Path, typer.Argument(metavar="DIR", help="A folder of runs (default: runs).")] = Path("runs"),
+    wide: Annotated[bool, typer.Option("--wide", help="Every column: spec, start, all final metrics.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """List training runs: spec, epochs, final metrics, start, duration, status."""
+    from kerspec.runs import list_runs
+
     problems: list[KerspecError] = []
     with user_errors():
         found = list_runs(folder, problems)
@@ -221,7 +258,7 @@ def runs(
     elif not found and not problems:
         console.err.print(f"no runs in {folder}", markup=False)
     elif found:
-        console.emit_runs(found, folder)
+        console.emit_runs(found, folder, wide=wide)
     for problem in problems:
         console.err.print(f"{problem} (left out)", markup=False)
     if problems:
@@ -254,30 +291,47 @@ def evaluate(
     with user_errors():
         model = _load(spec, set_, seed=0)
         model.load_weights(weights)
-        dataset = model.dataset("test", path=data) if data else None
+        which, dataset = model.evaluation_data(data)
         scores = model.evaluate(dataset, batch_size=batch_size)
+    path = dataset.source
+    if data is None and path != "random":  # the spec's entry: relative to the spec, shown from here
+        path = os.path.relpath(model.loaded.base_dir / path)
+    used = {"which": which, "path": path, "samples": dataset.samples}
     if json_out:
-        console.emit_json(scores)
+        console.emit_json({"data": used, "metrics": scores})
     else:
-        console.emit_metrics(f"Evaluated {model.name}", scores)
+        console.emit_metrics(f"Evaluated {model.name} on the {which} data, {path} ({dataset.samples:,} samples)", scores)
 
 
 @app.command()
 def predict(
     spec: SpecArg,
     weights: WeightsOpt,
-    input_: Annotated[Path, typer.Option("--input", help="Inputs: .npy, .npz or .csv.", show_default=False)],
-    output: Annotated[Path, typer.Option("--output", help="Predictions: .npz, .npy or .csv.", show_default=False)],
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Batch size.")] = 1024,
+    input_: Annotated[Path, typer.Option("--input", metavar="FILE", help="Inputs: .npy, .npz or .csv.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", metavar="FILE", help="Predictions: .npz, .npy or .csv (for a classifier, with the predicted class).", show_default=False)],
+    keep_columns: Annotated[str | None, typer.Option("--keep-columns", metavar="COLUMNS", help="Columns of a .csv input to copy beside the predictions (comma-separated, e.g. id); they are not fed to the model.", show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", parser=integer(1), metavar="N", help="Batch size.")] = 1024,
     set_: SetOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Write the model's predictions for --input to --output."""
+    from kerspec import predictions as tables
+    from kerspec.training.data import read_csv_columns
+
+    kept_names = [c.strip() for c in keep_columns.split(",") if c.strip()] if keep_columns else []
     with user_errors():
         model = _load(spec, set_, seed=0)
         model.load_weights(weights)
-        predictions = model.predict(model.read_inputs(input_), batch_size=batch_size)
-        write_predictions(output, predictions)
+        if kept_names and (input_.suffix.lower(), output.suffix.lower()) != (".csv", ".csv"):
+            raise KerspecError("--keep-columns copies columns of a .csv input into a .csv output")
+        kept = read_csv_columns(input_, kept_names) if kept_names else {}
+        predictions = model.predict(model.read_inputs(input_, exclude=tuple(kept_names)), batch_size=batch_size)
+        if output.suffix.lower() == ".csv":
+            tables.write_csv(output, model, predictions, kept)
+        else:
+            from kerspec.io import write_predictions
+
+            write_predictions(output, predictions)
     shapes = {name: list(array.shape) for name, array in predictions.items()}
     if json_out:
         console.emit_json({"output": str(output), "shapes": shapes})
@@ -401,5 +455,10 @@ def sweep(
         run(sweep_file, out=out, address=address, resume=resume, json_out=json_out)
 
 
+plain_commands(app)
+
+
 def main() -> None:
-    app()
+    from kerspec.__main__ import main as run
+
+    run()

@@ -100,29 +100,46 @@ def emit_curves(history: dict[str, list[float]]) -> None:
         err.print(f"{key:<{width}}  {values[0]:.4f} {sparkline(values)} {values[-1]:.4f}")
 
 
-def emit_runs(runs: list[dict], folder) -> None:
-    """`kerspec runs` as a table; the folder column is each run's path inside `folder`."""
+def headline(metrics: dict[str, float]) -> str:
+    """The spec's first metric (else the loss) on the test data, else validation, else training:
+    `accuracy 0.9417 (test)`."""
+    names = [k for k in metrics if not k.startswith(("val_", "test_")) and not k.endswith("loss")]
+    name = names[0] if names else "loss"
+    for prefix, label in (("test_", "test"), ("val_", "val"), ("", "train")):
+        value = metrics.get(prefix + name)
+        if isinstance(value, int | float):
+            return f"{name} {value:.4f} ({label})"
+    return ""
+
+
+def emit_runs(runs: list[dict], folder, wide: bool = False) -> None:
+    """`kerspec runs` as a table: compact (fits 80 columns), or `wide` with every final metric."""
     from pathlib import Path
 
     from rich.table import Table
 
     table = Table(box=None, header_style="bold", pad_edge=False, title_justify="left")
     table.title = f"Runs in {folder}"
-    for column in ("run", "spec", "epochs", "status", "started", "time", "final metrics"):
-        table.add_column(column, no_wrap=column != "final metrics")
+    columns = ("run", "spec", "epochs", "status", "started", "time", "final metrics") if wide else (
+        "run", "status", "epochs", "result", "time")
+    for column in columns:
+        table.add_column(column, no_wrap=column != "final metrics", overflow="ellipsis",
+                         max_width=32 if column == "run" else None)
     for run in runs:
         metrics = run["metrics"]
-        shown = [k for k in metrics if not k.startswith("test_")][:4]
         epochs = str(run["epochs_done"]) + (f"/{run['epochs']}" if run["epochs"] else "")
         duration = run["duration"]
         path = Path(run["folder"])
-        table.add_row(
-            str(path.relative_to(folder)) if path != Path(folder) else path.name,
-            run["name"],
-            epochs,
-            run["status"],
-            (run["started"] or "").replace("T", " ").split("+")[0][:16],
-            "" if duration is None else f"{duration:.0f}s",
-            "  ".join(f"{k} {metrics[k]:.4f}" for k in shown),
-        )
-    out.print(table)
+        cells = {
+            "run": str(path.relative_to(folder)) if path != Path(folder) else path.name,
+            "spec": run["name"],
+            "epochs": epochs,
+            "status": run["status"],
+            "started": (run["started"] or "").replace("T", " ").split("+")[0][:16],
+            "time": "" if duration is None else f"{duration:.0f}s",
+            "final metrics": "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, int | float)),
+            "result": headline(metrics),
+        }
+        table.add_row(*(cells[c] for c in columns))
+    # Wide: each row on one line, however long, for a wide terminal or a file.
+    (Console(highlight=False, width=10_000, file=out.file) if wide else out).print(table)

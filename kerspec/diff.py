@@ -35,6 +35,19 @@ PLACE_ARGS = ("name", "from", "input_shape", "type")
 GIT_TIMEOUT_SECONDS = 60
 
 
+def _jsonable(value: Any, by_alias: bool = False) -> Any:
+    """`value` as JSON data. A model goes through its own model_dump: a catalog class validated
+    only inside a union has no serializer of its own yet (deferred building), which pydantic's
+    to_jsonable_python cannot use."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", by_alias=by_alias)
+    if isinstance(value, dict):
+        return {k: _jsonable(v, by_alias) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v, by_alias) for v in value]
+    return to_jsonable_python(value, by_alias=by_alias)
+
+
 # -- reading the two specs ---------------------------------------------------------------------
 
 
@@ -417,7 +430,7 @@ def _changes(old: Any, new: Any, path: str = "", skip: tuple[str, ...] = ()) -> 
             for key in old
             for c in _changes(old[key], new[key], f"{path}.{key}" if path else str(key))
         ]
-    if _equal(to_jsonable_python(old, by_alias=True), to_jsonable_python(new, by_alias=True)):
+    if _equal(_jsonable(old, by_alias=True), _jsonable(new, by_alias=True)):
         return []
     return [Change(path, _short(old), _short(new))]
 
@@ -460,7 +473,7 @@ def _short(value: Any) -> Any:
         return {str(k): _short(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_short(v) for v in value]
-    return to_jsonable_python(value)
+    return _jsonable(value)
 
 
 def _args(model: BaseModel) -> dict:
@@ -471,7 +484,7 @@ def _args(model: BaseModel) -> dict:
         if key in PLACE_ARGS:
             continue
         value = _field(model, key)
-        if key in defaults and _equal(to_jsonable_python(value, by_alias=True), defaults[key]):
+        if key in defaults and _equal(_jsonable(value, by_alias=True), defaults[key]):
             continue
         args[key] = _short(value)
     return args
@@ -483,7 +496,7 @@ def _defaults(model: BaseModel) -> dict:
     (an Input needs `shape` or `batch_shape`), the defaults as declared."""
     cls = type(model)
     required = {
-        (f.alias or name): to_jsonable_python(getattr(model, name), by_alias=True)
+        (f.alias or name): _jsonable(getattr(model, name), by_alias=True)
         for name, f in cls.model_fields.items()
         if f.is_required() or (f.alias or name) == "type"
     }
@@ -491,12 +504,12 @@ def _defaults(model: BaseModel) -> dict:
         base = cls.model_validate(required)
     except (ValidationError, ValueError, TypeError):
         return {
-            (f.alias or name): to_jsonable_python(f.default, by_alias=True)
+            (f.alias or name): _jsonable(f.default, by_alias=True)
             for name, f in cls.model_fields.items()
             if not f.is_required() and f.default_factory is None
         }
     return {
-        key: to_jsonable_python(_field(base, key), by_alias=True)
+        key: _jsonable(_field(base, key), by_alias=True)
         for key in _fields(base)
         if key not in required
     }

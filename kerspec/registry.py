@@ -24,7 +24,7 @@ def _key(name: str) -> str:
 class Item(BaseModel):
     """Base of every catalog entry: frozen, and unknown arguments are errors, never ignored."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, defer_build=True)
 
 
 class Registry:
@@ -87,8 +87,11 @@ class Registry:
             return classes[0]
         return Annotated[Union[classes], Field(discriminator="type")]  # noqa: UP007
 
-    def normalize(self, value: Any) -> Any:
-        """Turn `"name"` into `{"type": canonical}` and canonicalise a mapping's `type`."""
+    def normalize(self, value: Any, none: str | None = None) -> Any:
+        """Turn `"name"` into `{"type": canonical}` and canonicalise a mapping's `type`; `None`
+        stands for `none` where the catalog has such a name (Keras's `activation=None`)."""
+        if value is None and none is not None:
+            return {"type": none}
         if isinstance(value, str):
             return {"type": self._checked(value)}
         if isinstance(value, dict) and isinstance(value.get("type"), str):
@@ -103,15 +106,29 @@ class Registry:
         try:
             return self.canonical(name)
         except ValueError as err:
-            raise PydanticCustomError("unknown_name", str(err)) from None
+            unknown = PydanticCustomError("unknown_name", str(err))
+        try:
+            float(name)  # `learning_rate: "1e-3"`: a number the user quoted
+        except ValueError:
+            raise unknown from None
+        raise PydanticCustomError(
+            "unknown_name",
+            "{name} is a string (quoted), not a number; write the number without quotes",
+            {"name": repr(name)},
+        ) from None
 
-    def ref(self):
-        """The field type for a catalog reference: a name, or a mapping with `type` and arguments."""
+    def ref(self, none: str | None = None):
+        """The field type for a catalog reference: a name, or a mapping with `type` and arguments;
+        with `none`, a YAML `null` means that name."""
         union = self.union()
         names = Literal[tuple(self.spellings())]
+        given = Union[names, union, None] if none else Union[names, union]  # noqa: UP007
         return Annotated[
             union,
-            BeforeValidator(self.normalize, json_schema_input_type=Union[names, union]),  # noqa: UP007
+            BeforeValidator(
+                self.normalize if none is None else lambda value: self.normalize(value, none),
+                json_schema_input_type=given,
+            ),
         ]
 
     def validator(self) -> TypeAdapter:

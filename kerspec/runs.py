@@ -159,7 +159,7 @@ class RunFolder(Callback):
         model,
         *,
         fit: dict[str, int] | None = None,
-        data: dict[str, str] | None = None,
+        data: dict | None = None,
         resume: bool = False,
         overwrite: bool = False,
         final_metrics: bool = False,
@@ -482,7 +482,7 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _resolve(model, fit: dict[str, int], data: dict[str, str]) -> dict:
+def _resolve(model, fit: dict[str, int], data: dict) -> dict:
     """The spec as run: overrides applied, the seed used, data paths made absolute."""
     raw = copy.deepcopy(model.loaded.raw)
     raw["seed"] = model.seed
@@ -491,8 +491,8 @@ def _resolve(model, fit: dict[str, int], data: dict[str, str]) -> dict:
     entries = dict(raw.get("data") or {})
     for which, entry in entries.items():
         entries[which] = _absolute(entry, model.loaded.base_dir)
-    for which, path in data.items():
-        entries[which] = str(Path(path).expanduser().absolute())
+    for which, entry in data.items():
+        entries[which] = _absolute(entry, Path.cwd())
     if entries:
         raw["data"] = entries
     return raw

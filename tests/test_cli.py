@@ -319,7 +319,7 @@ def test_init_weights_are_the_starting_point(small, tmp_path):
     before, after = weights_of(start), weights_of(tmp_path / "next" / "weights.npz")
     assert all(np.array_equal(before[k], after[k]) for k in before)
 
-    scores = json.loads(ok("evaluate", small, "--weights", start, "--json").stdout)
+    scores = json.loads(ok("evaluate", small, "--weights", start, "--json").stdout)["metrics"]
     metrics = json.loads((tmp_path / "next" / "metrics.json").read_text())
     assert scores == {"loss": metrics["test_loss"], "accuracy": metrics["test_accuracy"]}
 
@@ -366,7 +366,7 @@ def test_data_and_validation_options_replace_the_specs_data(small, tmp_path, mon
             "--json",
         ).stdout
     )
-    assert scores["loss"] == pytest.approx(history["val_loss"][-1], rel=1e-12)
+    assert scores["metrics"]["loss"] == pytest.approx(history["val_loss"][-1], rel=1e-12)
 
 
 def test_batch_size_option_matches_the_api(small, tmp_path):
@@ -412,7 +412,7 @@ def test_written_files_follow_the_umask(small, tmp_path):
         output,
     )
     assert stat.S_IMODE(output.stat().st_mode) == 0o640
-    assert output.read_text().startswith("label_0,")
+    assert output.read_text().startswith("label_class,label_0,")
 
 
 # -- evaluate and predict ----------------------------------------------------------------------
@@ -420,14 +420,17 @@ def test_written_files_follow_the_umask(small, tmp_path):
 
 def test_evaluate_scores_the_test_data_as_train_did(digits_run):
     weights = digits_run / "weights.npz"
-    scores = json.loads(ok("evaluate", DIGITS, "--weights", weights, "--json").stdout)
+    result = json.loads(ok("evaluate", DIGITS, "--weights", weights, "--json").stdout)
+    scores = result["metrics"]
     metrics = json.loads((digits_run / "metrics.json").read_text())
     assert scores == {"loss": metrics["test_loss"], "accuracy": metrics["test_accuracy"]}
+    assert result["data"] == {"which": "test", "path": os.path.relpath(DIGITS_TEST), "samples": 360}
     text = ok("evaluate", DIGITS, "--weights", weights).stdout
+    assert f"on the test data, {os.path.relpath(DIGITS_TEST)} (360 samples)" in text
     assert "loss" in text and "accuracy" in text
     other = json.loads(
         ok("evaluate", DIGITS, "--weights", weights, "--batch-size", 7, "--json").stdout
-    )
+    )["metrics"]
     assert other["loss"] == pytest.approx(scores["loss"], rel=1e-6)
     assert other["accuracy"] == scores["accuracy"]
 
@@ -446,8 +449,10 @@ def test_predict_writes_npz_npy_and_csv(digits_run, tmp_path):
         from_npz = archive["digit"]
     from_npy = np.load(outputs["npy"])
     lines = outputs["csv"].read_text().splitlines()
-    assert lines[0].split(",") == [f"digit_{i}" for i in range(10)]
-    from_csv = np.array([[float(v) for v in line.split(",")] for line in lines[1:]])
+    assert lines[0].split(",") == ["digit_class"] + [f"digit_{i}" for i in range(10)]
+    rows = [line.split(",") for line in lines[1:]]
+    from_csv = np.array([[float(v) for v in row[1:]] for row in rows])
+    assert [int(row[0]) for row in rows] == list(np.argmax(from_csv, axis=1))
     assert from_npz.dtype == from_npy.dtype == np.float32
     assert from_npz.shape == (360, 10)
     assert np.array_equal(from_npz, from_npy)
@@ -470,8 +475,9 @@ def test_predict_from_csv_with_a_text_column(tmp_path):
         target,
     )
     lines = target.read_text().splitlines()
-    assert lines[0] == "dense_1_0,dense_1_1,dense_1_2"
+    assert lines[0] == "dense_1_class,dense_1_0,dense_1_1,dense_1_2"
     assert len(lines) == 31
+    assert {line.split(",")[0] for line in lines[1:]} <= {"setosa", "versicolor", "virginica"}
 
 
 # -- bad input: exit 1, one located line, no traceback --------------------------------------------
@@ -741,7 +747,7 @@ def test_an_interrupted_run_leaves_complete_files(small, tmp_path, monkeypatch):
 
     monkeypatch.setattr(Trainer, "train_step", interrupted_in_epoch_2)
     out = tmp_path / "run"
-    result = fails("train", small, "--out", out)
+    result = fails("train", small, "--out", out, code=130)
     assert f"kerspec train {small} --resume {out}" in result.stderr
     names = [".kerspec-manifest.json", "checkpoint.npz", "history.csv", "run.json", "spec.yaml",
              "weights.npz"]
@@ -766,7 +772,7 @@ def test_predict_to_npy_needs_one_output_and_a_known_type(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["two.yaml", "w.npz", "x.npy"]
     ok("predict", spec, *common, "--output", tmp_path / "p.csv")
     header = (tmp_path / "p.csv").read_text().splitlines()[0]
-    assert header == "a_0,a_1,a_2,b"
+    assert header == "a_class,a_0,a_1,a_2,b"
 
 
 TWO_HEADS = """\

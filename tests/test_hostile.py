@@ -12,9 +12,9 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import time
 import tracemalloc
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ import kerspec
 from kerspec import errors, guards
 from kerspec import io as kio
 from kerspec.errors import DataError, GraphError, KerspecError, Problems, SpecError, WeightsError
-from kerspec.spec import parse_spec
+from kerspec.spec import parse_spec, source
 from kerspec.training.data import OutputInfo, load_dataset, load_inputs
 
 CORPUS = Path(__file__).parent / "hostile"
@@ -65,28 +65,43 @@ def test_hostile_spec(path):
     kind, matches = expectations(path)
     assert matches, f"{path.name} has no `# match:` line"
     tracemalloc.start()
-    start = time.perf_counter()
     try:
-        refused(lambda: kerspec.load(path, seed=0), kind, *matches, where=str(path))
+        with composed_nodes() as composed:
+            refused(lambda: kerspec.load(path, seed=0), kind, *matches, where=str(path))
     finally:
-        elapsed = time.perf_counter() - start
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-    # Refused fast and in bounded memory; generous bounds (tracemalloc slows the parser ~3x).
-    assert elapsed < 2.0, f"{elapsed:.2f} s"
+    # Refused in bounded work and memory: the parser never builds more nodes than the limit.
+    assert composed[0] <= source.MAX_EXPANDED_NODES + 1, composed[0]
     assert peak < 64e6, f"peak {peak / 1e6:.0f} MB"
 
 
 def test_billion_laughs_is_refused_fast_in_bounded_memory():
     path = CORPUS / "specs" / "laughs_lists.yaml"
     tracemalloc.start()
-    start = time.perf_counter()
-    with pytest.raises(SpecError, match="expands to more than"):
+    with composed_nodes() as composed, pytest.raises(SpecError, match="expands to more than"):
         kerspec.load(path)
-    elapsed = time.perf_counter() - start
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert elapsed < 2.0 and peak < 16e6, (elapsed, peak)
+    assert composed[0] < 1000 and peak < 16e6, (composed[0], peak)
+
+
+@contextmanager
+def composed_nodes():
+    """Count the YAML nodes the spec loader composes: the parser's work, bounded by its limits
+    (a count, not a time, so a loaded machine cannot make it fail)."""
+    count = [0]
+    compose = source._Loader.compose_node
+
+    def counting(self, parent, index):
+        count[0] += 1
+        return compose(self, parent, index)
+
+    source._Loader.compose_node = counting
+    try:
+        yield count
+    finally:
+        source._Loader.compose_node = compose
 
 
 def write(tmp_path: Path, name: str, data: str | bytes) -> Path:
@@ -103,18 +118,18 @@ def test_50_mb_string_is_refused_by_size(tmp_path):
     with open(path, "wb") as f:
         f.write(LAYERS.encode() + b"description: ")
         f.write(b"a" * 50_000_000)
-    start = time.perf_counter()
-    refused(lambda: kerspec.load(path), SpecError, "bytes; the limit is 1,048,576", where=str(path))
-    assert time.perf_counter() - start < 2.0
+    with composed_nodes() as composed:
+        refused(lambda: kerspec.load(path), SpecError, "bytes; the limit is 1,048,576", where=str(path))
+    assert composed[0] == 0  # refused before parsing
 
 
 def test_many_small_nodes_are_refused_before_the_parser_spends_seconds(tmp_path):
     path = write(tmp_path, "wide.yaml", LAYERS + "description: [" + "1," * 600_000 + "1]\n")
     refused(lambda: kerspec.load(path), SpecError, "bytes; the limit is", where=str(path))
     text = LAYERS + "description: [" + "1," * 250_000 + "]\n"
-    start = time.perf_counter()
-    refused(lambda: parse_spec(text, "wide.yaml"), SpecError, "more than 200,000 nodes")
-    assert time.perf_counter() - start < 15.0  # the pure-Python parser: ~30 us a node
+    with composed_nodes() as composed:
+        refused(lambda: parse_spec(text, "wide.yaml"), SpecError, "more than 200,000 nodes")
+    assert composed[0] == source.MAX_EXPANDED_NODES + 1  # stopped at the limit, not at the end
 
 
 @pytest.mark.parametrize(
@@ -129,9 +144,9 @@ def test_many_small_nodes_are_refused_before_the_parser_spends_seconds(tmp_path)
 )
 def test_10000_deep_nesting_is_refused_fast(tmp_path, text):
     path = write(tmp_path, "deep.yaml", LAYERS + text + "\n")
-    start = time.perf_counter()
-    refused(lambda: kerspec.load(path), SpecError, "nested more than 64 levels", where=str(path))
-    assert time.perf_counter() - start < 2.0
+    with composed_nodes() as composed:
+        refused(lambda: kerspec.load(path), SpecError, "nested more than 64 levels", where=str(path))
+    assert composed[0] <= 3 * source.MAX_DEPTH, composed[0]  # a key and a value a level
 
 
 def test_missing_folder_and_unreadable_spec(tmp_path):
@@ -169,14 +184,14 @@ BOMB = (
 )
 def test_hostile_overrides(option, fragment):
     kind = GraphError if "weights alone" in fragment else SpecError
-    start = time.perf_counter()
-    refused(
-        lambda: kerspec.api.Model(parse_spec(LAYERS, "m.yaml", [option]), seed=0),
-        kind,
-        fragment,
-        where=f"--set {option}",  # a guard refusal caused by the option points at it too
-    )
-    assert time.perf_counter() - start < 2.0
+    with composed_nodes() as composed:
+        refused(
+            lambda: kerspec.api.Model(parse_spec(LAYERS, "m.yaml", [option]), seed=0),
+            kind,
+            fragment,
+            where=f"--set {option}",  # a guard refusal caused by the option points at it too
+        )
+    assert composed[0] < 1000, composed[0]
 
 
 # --- resource guards -------------------------------------------------------------------------
@@ -185,7 +200,6 @@ def test_hostile_overrides(option, fragment):
 def test_guard_refuses_dense_1e9_units_without_allocating():
     text = "layers:\n  - {type: Input, shape: [64]}\n  - {type: Dense, units: 1000000000, name: huge}\n"
     tracemalloc.start()
-    start = time.perf_counter()
     err = refused(
         lambda: kerspec.api.Model(parse_spec(text, "m.yaml")),
         GraphError,
@@ -195,7 +209,7 @@ def test_guard_refuses_dense_1e9_units_without_allocating():
     )
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert time.perf_counter() - start < 1.0 and peak < 10e6
+    assert peak < 10e6
     assert "GB" in str(err)
 
 

@@ -239,7 +239,7 @@ def test_sigint_stops_after_the_batch_and_the_run_resumes_identically(tmp_path):
         time.sleep(0.02)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 1, stderr
+    assert process.returncode == 130, stderr
     assert "Traceback" not in stderr
     assert f"Resume with: kerspec train {spec} --resume {run}" in stderr
     info = json.loads((run / "run.json").read_text())

@@ -77,8 +77,11 @@ def test_runs_lists_every_run_as_json(runs):
 
 def test_runs_table(runs):
     result = cli("runs", runs)
-    for word in ("run", "spec", "epochs", "status", "tiny", "4/4", "2/2", "finished"):
+    for word in ("run", "epochs", "status", "4/4", "2/2", "finished"):
         assert word in result.stdout
+    wide = cli("runs", runs, "--wide")
+    for word in ("spec", "tiny", "val_accuracy"):
+        assert word in wide.stdout
     assert cli("runs", runs / "a", "--json").stdout.count('"folder"') == 1
     assert "no such folder" in cli("runs", runs / "missing", code=1).stderr
 

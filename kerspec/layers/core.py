@@ -23,7 +23,8 @@ from kerspec.layers.base import (
 from kerspec.regularizers import REGULARIZERS
 
 Dim = PositiveInt | None
-ActivationRef = ACTIVATIONS.ref()
+# `activation: null` is linear, as Keras's `activation=None`.
+ActivationRef = ACTIVATIONS.ref(none="linear")
 InitializerRef = INITIALIZERS.ref()
 RegularizerRef = REGULARIZERS.ref() | None
 ConstraintRef = CONSTRAINTS.ref() | None

@@ -31,7 +31,8 @@ from kerspec.initializers import INITIALIZERS, Initializer
 from kerspec.layers.base import LAYERS, Context, Layer, ShapeError, WeightSpec, format_shape
 from kerspec.regularizers import REGULARIZERS
 
-ActivationRef = ACTIVATIONS.ref()
+# `activation: null` is linear, as Keras's `activation=None`.
+ActivationRef = ACTIVATIONS.ref(none="linear")
 InitializerRef = INITIALIZERS.ref()
 RegularizerRef = REGULARIZERS.ref() | None
 ConstraintRef = CONSTRAINTS.ref() | None

@@ -356,6 +356,7 @@ class Bidirectional(Layer):
 
 
 def resolve_inner_layer() -> None:
-    """Complete TimeDistributed's `layer` field with the union of every registered layer; call
-    once, after every layer module is imported (kerspec/layers/__init__.py does)."""
-    TimeDistributed.model_rebuild(_types_namespace={"InnerLayer": LAYERS.ref()})
+    """Define `InnerLayer`, TimeDistributed's `layer` field, as the union of every registered
+    layer; call once, after every layer module is imported (kerspec/layers/__init__.py does).
+    Pydantic builds the field from this module's namespace when the class is first used."""
+    globals()["InnerLayer"] = LAYERS.ref()

@@ -27,13 +27,17 @@ __all__ = ["LoadedSpec", "Spec", "json_schema", "load_spec", "located_problems",
 
 
 class LoadedSpec:
-    """A validated spec with where it came from, so later stages can point at its lines."""
+    """A validated spec with where it came from, so later stages can point at its lines.
 
-    def __init__(self, spec: Spec, source: Source, path: Path | None, raw: Any):
+    `notes` are things said about the spec that are not problems (a Keras argument accepted
+    and ignored)."""
+
+    def __init__(self, spec: Spec, source: Source, path: Path | None, raw: Any, notes: list[KerspecError] = ()):
         self.spec = spec
         self.source = source
         self.path = path
         self.raw = raw
+        self.notes = list(notes)
 
     @property
     def base_dir(self) -> Path:
@@ -61,11 +65,69 @@ def parse_spec(
             [KerspecError("a spec must be a mapping with at least 'layers'", source.where(()))]
         )
     data, source.overrides = apply_overrides(data, overrides or [])
+    checked, notes = _ignored(data, source)
     try:
-        spec = Spec.model_validate(data)
+        spec = Spec.model_validate(checked)
     except ValidationError as err:
         raise SpecError(located_problems(err, data, source)) from None
-    return LoadedSpec(spec, source, path, data)
+    quoted = list(_quoted_numbers(data, spec, ()))
+    if quoted:
+        raise SpecError([_quoted_problem(data, source, at, text) for at, text in quoted])
+    return LoadedSpec(spec, source, path, data, notes)
+
+
+# Keras arguments kerspec accepts and ignores, with why: (section, key) -> note.
+IGNORED = {
+    ("fit", "verbose"): "fit.verbose is accepted and ignored: kerspec always shows progress on"
+    " stderr (2>/dev/null hides it; --json keeps stdout for the result)",
+}
+# Keras spellings kerspec knows under another name or place: key -> what to write instead.
+KERAS_SPELLINGS = {
+    "lr": "did you mean 'learning_rate'? (Keras's old name for it)",
+    "validation_data": "put validation data in the spec's data.validation (a file, or a mapping"
+    " with its path), or use fit.validation_split",
+    "nb_epoch": "did you mean 'epochs'? (Keras 1's name for it)",
+    "output_dim": "did you mean 'units'? (Keras 1's name for it)",
+}
+
+
+def _ignored(data: dict, source: Source) -> tuple[dict, list[KerspecError]]:
+    """The spec without the Keras arguments kerspec ignores, and a note for each one given."""
+    notes = []
+    for (section, key), note in IGNORED.items():
+        if isinstance(data.get(section), dict) and key in data[section]:
+            notes.append(KerspecError(f"note: {note}", source.where((section, key), at_key=True)))
+            data = {**data, section: {k: v for k, v in data[section].items() if k != key}}
+    return data, notes
+
+
+def _quoted_problem(data: dict, source: Source, at: tuple, text: str) -> KerspecError:
+    label, inner = _label(data, at)
+    message = f"{_dotted(inner)}: {text!r} is a string (quoted), not a number; write it without quotes"
+    return KerspecError(f"{label}: {message}" if label else message, source.where(at))
+
+
+def _quoted_numbers(raw: Any, value: Any, path: tuple):
+    """(path, text) of every string in the spec that validated into a number.
+
+    Pydantic turns `"0.5"` into 0.5 where a number is expected; a quoted number is the user
+    telling YAML "this is text", so kerspec says so rather than guess.
+    """
+    if isinstance(raw, str):
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            yield path, raw
+    elif isinstance(raw, dict) and isinstance(value, BaseModel):
+        fields = {f.alias or n: n for n, f in type(value).model_fields.items()}
+        fields.update({n: n for n in type(value).model_fields})
+        for key, item in raw.items():
+            if key in fields:
+                yield from _quoted_numbers(item, getattr(value, fields[key]), (*path, key))
+    elif isinstance(raw, dict) and isinstance(value, dict):
+        for (key, item), inner in zip(raw.items(), value.values()):
+            yield from _quoted_numbers(item, inner, (*path, key))
+    elif isinstance(raw, list) and isinstance(value, list | tuple) and len(raw) == len(value):
+        for i, (item, inner) in enumerate(zip(raw, value)):
+            yield from _quoted_numbers(item, inner, (*path, i))
 
 
 def located_problems(
@@ -76,7 +138,12 @@ def located_problems(
     error for each branch; the first says it. `sections` (path -> model) name the fields that a
     did-you-mean picks from; the spec's by default."""
     seen, kept = set(), []
-    for error in err.errors():
+    errors = err.errors()
+    # `input_shape: (4,)` in a flow mapping reads as '(4' and a key ')': one mistake, one message.
+    tupled = any(_tupled(e) for e in errors)
+    for error in errors:
+        if tupled and error["type"] == "extra_forbidden" and str(error["loc"][-1]).strip(" ,0123456789") == ")":
+            continue
         if error["type"] in ("missing", "extra_forbidden"):
             place = error["loc"]
         else:
@@ -126,13 +193,16 @@ REGISTRIES = (
 SECTIONS: dict[tuple, type[BaseModel]] = {(): Spec, ("compile",): Compile, ("fit",): Fit, ("data",): Data}
 
 
-def _fields_of(tags: list, parent: tuple, sections: dict[tuple, type[BaseModel]]) -> list[str]:
+def _fields_of(tags: list, parent: tuple, sections: dict[tuple, type[BaseModel]], data: Any = None) -> list[str]:
     """Argument names of the model that rejected a key, for a did-you-mean hint."""
+    if len(parent) == 2 and parent[0] == "layers" and isinstance(data, dict):
+        entry = data["layers"][parent[1]]
+        tags = [*(["share"] if "share" in entry else [entry.get("type")]), *tags]
     for tag in reversed(tags):
         if tag == "share":
             return _names(Shared)
         for registry in REGISTRIES:
-            if tag in registry.names():
+            if isinstance(tag, str) and tag in registry.names():
                 return _names(registry.get(tag))
     model = sections.get(parent)
     return _names(model) if model else []
@@ -152,8 +222,10 @@ def _problem(error: dict, data: Any, source: Source, sections: dict) -> KerspecE
         if kind == "missing":
             message = f"missing required argument {key!r}"
         else:
-            close = difflib.get_close_matches(str(key), _fields_of(tags, path, sections), n=1)
+            close = difflib.get_close_matches(str(key), _fields_of(tags, path, sections, data), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
+            if key in KERAS_SPELLINGS:
+                hint = f"; {KERAS_SPELLINGS[key]}"
             message = f"unknown argument {key!r}{hint}"
         if inner:
             message = f"{_dotted(inner)}: {message}"
@@ -164,6 +236,9 @@ def _problem(error: dict, data: Any, source: Source, sections: dict) -> KerspecE
         message = error["msg"]
         if kind.startswith(("union_tag", "layer_", "unknown_name", "missing_type", "distribution")):
             pass
+        elif _tupled(error):
+            items = error["input"].strip().strip("()").strip().rstrip(",")
+            message = f"YAML lists are written in brackets, [{items}], not in parentheses (read as text)"
         elif message.startswith("Value error, "):
             message = message.removeprefix("Value error, ")
         else:
@@ -172,6 +247,16 @@ def _problem(error: dict, data: Any, source: Source, sections: dict) -> KerspecE
         if inner:
             message = f"{_dotted(inner)}: {message}"
     return KerspecError(f"{label}: {message}" if label else message, where)
+
+
+def _tupled(error: dict) -> bool:
+    """A list or number expected, and text in parentheses given: `(4,)` written for `[4]`."""
+    value = error.get("input")
+    return (
+        error["type"] in ("list_type", "tuple_type", "int_parsing", "int_type", "float_parsing")
+        and isinstance(value, str)
+        and value.lstrip().startswith("(")
+    )
 
 
 def _dotted(path: tuple) -> str:

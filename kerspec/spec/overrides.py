@@ -1,13 +1,20 @@
-"""`--set KEY=VALUE`: change any spec field by dotted path before validation.
+"""Command-line changes to a spec: `--set KEY=VALUE`, and `--data`-style data entries.
 
-Layers are addressed by name or index (`layers.hidden.units=32`, `layers.0.rate=0.1`); values are
-YAML scalars or flow collections, parsed with the safe loader (`[1, 2]`, `{type: l2}`, `null`).
+`--set` changes any spec field by dotted path before validation. Layers are addressed by name or
+index (`layers.hidden.units=32`, `layers.0.rate=0.1`); values are YAML scalars or flow
+collections, parsed with the safe loader (`[1, 2]`, `{type: l2}`, `null`).
+
+`--data P` (and `--validation P`) replaces a data entry of the spec and keeps that entry's
+options (a CSV's `target`, `features`, `one_hot`; an .npz file's `x`, `y`), so the same model
+reads another file of the same kind. A YAML mapping gives them instead:
+`--data '{path: new.csv, target: label}'`; keys it leaves out are still inherited.
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
+from pathlib import PurePath
 from typing import Any
 
 from kerspec.errors import KerspecError, SpecError, Where
@@ -82,3 +89,33 @@ def _list_index(items: list, segment: str, where: Where, parent: str) -> int:
     close = difflib.get_close_matches(segment, [n for n in names if isinstance(n, str)], n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     raise KerspecError(f"no entry named {segment!r} in {parent}{hint}", where)
+
+
+# The options of a data entry that each kind of file can take.
+_DATA_OPTIONS = {".csv": ("target", "features", "one_hot"), ".npz": ("x", "y", "one_hot")}
+
+
+def data_override(given: str, option: str, replaced: Any) -> str | dict[str, Any]:
+    """The data entry for `--data given` (or `--validation`), replacing the spec's `replaced`.
+
+    `replaced` is the spec's validated entry (a PathData, RandomData or None). The result is a
+    path, or a mapping the data loader validates.
+    """
+    if not given.lstrip().startswith("{"):
+        entry: dict[str, Any] = {"path": given}
+    else:
+        try:
+            entry, _ = parse_yaml(given, option)
+        except SpecError as err:
+            reason = "; ".join(p.message for p in err.problems)
+            raise KerspecError(f"cannot read {given!r} as a YAML mapping ({reason})", option) from None
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+            raise KerspecError(
+                f"expected a file, or a mapping with its path: '{{path: FILE.csv, target: COLUMN}}'"
+                f" (received {given!r})", option)
+    options = _DATA_OPTIONS.get(PurePath(entry["path"]).suffix.lower(), ())
+    fields = getattr(replaced, "model_fields_set", set())
+    inherited = {key: getattr(replaced, key) for key in options if key in fields}
+    if not inherited and len(entry) == 1:
+        return entry["path"]
+    return {"path": entry["path"], **inherited, **entry}

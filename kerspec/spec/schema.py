@@ -11,14 +11,16 @@ from pydantic import (
     Discriminator,
     Field,
     NonNegativeInt,
+    PlainValidator,
     PositiveInt,
     Tag,
+    TypeAdapter,
 )
 from pydantic_core import PydanticCustomError
 
 from kerspec.layers import LAYERS
 from kerspec.paths import Name
-from kerspec.registry import Registry
+from kerspec.registry import Item, Registry
 from kerspec.training.callbacks import CALLBACKS
 from kerspec.training.data import DataEntry
 from kerspec.training.losses import LOSSES
@@ -28,7 +30,7 @@ from kerspec.training.optimizers import OPTIMIZERS
 
 class Section(BaseModel):
     model_config = ConfigDict(
-        extra="forbid", frozen=True, populate_by_name=True, validate_default=True
+        extra="forbid", frozen=True, populate_by_name=True, validate_default=True, defer_build=True
     )
 
 
@@ -64,14 +66,31 @@ def _normalize_layer(value: Any) -> Any:
     return LAYERS.normalize(value)
 
 
+def _validate_layer(value: Any) -> Any:
+    """A layer entry validated by its own class only: validating a spec builds the schemas of the
+    layer types it uses, not of all of them (most of a second, for `validate` and `summary`)."""
+    if isinstance(value, Item):
+        return value
+    value = _normalize_layer(value)
+    return (Shared if "share" in value else LAYERS.get(value["type"])).model_validate(value)
+
+
 def _layer_entry():
     variants = [Annotated[cls, Tag(name)] for name, cls in zip(LAYERS.names(), _classes(LAYERS))]
     variants.append(Annotated[Shared, Tag("share")])
-    return Annotated[
-        Union[tuple(variants)],  # noqa: UP007
-        Discriminator(_layer_tag),
-        BeforeValidator(_normalize_layer),
-    ]
+    every = Annotated[Union[tuple(variants)], Discriminator(_layer_tag)]  # noqa: UP007
+    return Annotated[Any, PlainValidator(_validate_layer), _EveryLayerInSchema(every)]
+
+
+class _EveryLayerInSchema:
+    """The JSON Schema of a layer entry: every layer, built only when a schema is asked for
+    (`json_schema_input_type` would build every layer's validator with the spec's)."""
+
+    def __init__(self, every: Any):
+        self.every = every
+
+    def __get_pydantic_json_schema__(self, core_schema, handler):
+        return handler(TypeAdapter(self.every).core_schema)
 
 
 def _classes(registry: Registry):

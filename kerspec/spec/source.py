@@ -8,6 +8,7 @@ exactly what the user wrote).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,16 @@ class _Loader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self.depth -= 1
+
+
+# YAML 1.1 (PyYAML) reads `1e-3`, `1e5` and `1.0e30` as strings: its floats need a dot and a
+# signed exponent. Keras users write them everywhere, so plain scalars with an exponent resolve as
+# YAML 1.2 floats. Quoted scalars are never resolved, so `"1e-3"` stays a string.
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
 
 
 def _at(display: str, mark) -> Where:

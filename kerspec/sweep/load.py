@@ -172,12 +172,20 @@ def _epochs(parameters: list[Parameter]) -> list[int]:
     return []
 
 
-def load_any(path: str | Path):
-    """A sweep file (checked as `kerspec sweep` would) or a model spec (as `kerspec train`)."""
+def sweep_file_problems(path: str | Path) -> list[KerspecError] | None:
+    """The problems of a sweep file, checked as `kerspec sweep` checks it; None when `path` is
+    not a sweep file (or cannot be read: the spec check then says why)."""
     path = Path(path)
-    data, source = parse_yaml(read_spec_text(path, str(path)), str(path))
-    if is_sweep(data):
-        return check_sweep(data, source, path)
-    from kerspec import api
-
-    return api.load(path, seed=0)
+    try:
+        data, source = parse_yaml(read_spec_text(path, str(path)), str(path))
+    except KerspecError:
+        return None
+    if not is_sweep(data):
+        return None
+    try:
+        check_sweep(data, source, path)
+    except Problems as err:
+        return list(err.problems)
+    except KerspecError as err:
+        return [err]
+    return []

@@ -13,6 +13,7 @@ executed.
 from __future__ import annotations
 
 import csv
+import difflib
 from collections.abc import Callable, Mapping
 from contextlib import closing
 from dataclasses import dataclass
@@ -563,7 +564,9 @@ class _Csv:
 
     def column(self, name: str) -> int:
         if name not in self.header:
-            raise self.file.error(f"has no column {name!r} (columns: {_names(self.header)})")
+            close = difflib.get_close_matches(name, self.header, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise self.file.error(f"has no column {name!r}{hint} (columns: {_names(self.header)})")
         return self.header.index(name)
 
     def _empty(self, j: int) -> None:
@@ -814,13 +817,15 @@ def load_inputs(
     dtype: np.dtype | str,
     base_dir: Path | None = None,
     features: list[str] | None = None,
+    exclude: tuple[str, ...] = (),
 ) -> dict[str, np.ndarray]:
     """Read model inputs for prediction from a .npy, .npz or .csv file.
 
     A .npy file feeds a single-input model. A .npz file is keyed by input names (or `x` for one
     input); other keys are ignored. A .csv file feeds a single-input model from the `features`
-    columns; by default from every column, leaving out text columns (such as a class name) when
-    every column is more than the input takes.
+    columns; by default from every column but those in `exclude` (an id column kept beside the
+    predictions), leaving out text columns (such as a class name) when every column is more than
+    the input takes.
     """
     try:
         suffix = _check_suffix(str(path))
@@ -844,10 +849,93 @@ def load_inputs(
     if features is not None:
         columns = [table.column(name) for name in features]
     else:
-        columns = list(range(len(table.header)))
+        left_out = {table.column(name) for name in exclude}
+        columns = [j for j in range(len(table.header)) if j not in left_out]
         (shape,) = inputs.values()
         if len(shape) == 1 and shape[0] is not None and shape[0] < len(columns):
             numeric = [j for j in columns if table.numbers(j) is not None]
             if len(numeric) == shape[0]:
                 columns = numeric
     return _csv_inputs(table, columns, inputs, dtype)
+
+
+def read_csv_columns(path: Path | str, names: list[str], base_dir: Path | None = None) -> dict[str, list[str]]:
+    """The text of some columns of a CSV file (an id column, text labels), by column name."""
+    table = _Csv(_File(path, base_dir))
+    return {name: list(table.columns[table.column(name)]) for name in names}
+
+
+def csv_text_labels(entry: PathData, column: str, base_dir: Path) -> list[str] | None:
+    """The text labels of a CSV target column in class-index order (sorted), as training mapped
+    them; None when the column holds numbers or the file cannot be read."""
+    try:
+        (cells,) = read_csv_columns(entry.path, [column], base_dir).values()
+    except DataError:
+        return None
+    if all(_is_number(cell) for cell in cells):
+        return None
+    return sorted(set(cells))
+
+
+class _Given:
+    """Arrays handed to the Python API, named in errors as the call that gave them."""
+
+    def __init__(self, where: str):
+        self.where = where
+
+    def error(self, message: str) -> DataError:
+        return DataError(message, where=self.where)
+
+
+def _by_name(given: Any, names: list[str], what: str, where: _Given) -> dict[str, Any]:
+    """An array (one name), a list in `names` order, or a mapping by name."""
+    def quoted(items: list) -> str:  # a name may be a plain word such as input
+        return ", ".join(repr(str(item)) for item in items)
+
+    if isinstance(given, Mapping):
+        unknown = [k for k in given if k not in names]
+        missing = [n for n in names if n not in given]
+        if unknown or missing:
+            raise where.error(
+                f"expected {what} arrays keyed by {quoted(names)}"
+                + (f"; no {what} named {quoted(unknown)}" if unknown else "")
+                + (f"; missing {quoted(missing)}" if missing else "")
+            )
+        return dict(given)
+    if isinstance(given, list | tuple) and len(names) > 1:
+        if len(given) != len(names):
+            raise where.error(f"expected {len(names)} {what} arrays ({quoted(names)}); received {len(given)}")
+        return dict(zip(names, given))
+    if len(names) > 1:
+        raise where.error(f"the model has {len(names)} {what}s ({quoted(names)}): pass a list or a dict of arrays")
+    return {names[0]: given}
+
+
+def _array(value: Any, label: str, where: _Given) -> np.ndarray:
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError) as error:
+        raise where.error(f"{label} is not an array: {error}") from None
+
+
+def arrays_dataset(
+    x: Any,
+    y: Any,
+    *,
+    inputs: dict[str, Shape],
+    outputs: dict[str, OutputInfo],
+    dtype: np.dtype | str,
+    where: str,
+) -> Dataset:
+    """A Dataset from arrays (`model.fit(x, y)`), checked as a data file's arrays are."""
+    given, dtype = _Given(where), np.dtype(dtype)
+    xs = {
+        name: _fit_input(given, f"x[{name!r}]", _array(a, f"x[{name!r}]", given), name, inputs[name], dtype)
+        for name, a in _by_name(x, list(inputs), "input", given).items()
+    }
+    ys = {
+        name: _fit_target(given, f"y[{name!r}]", _array(a, f"y[{name!r}]", given), name, outputs[name], False, dtype)
+        for name, a in _by_name(y, list(outputs), "output", given).items()
+    }
+    _check_samples(given, {f"x[{k!r}]": v for k, v in xs.items()} | {f"y[{k!r}]": v for k, v in ys.items()})
+    return Dataset(x=xs, y=ys, source=where)

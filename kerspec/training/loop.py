@@ -29,11 +29,17 @@ from kerspec.training.trainer import NonFiniteLoss, NonFiniteWeights, Trainer
 
 
 class Interrupted(RunError):
-    """Training was stopped by Ctrl-C or SIGTERM; the weights are the last finished epoch's."""
+    """Training was stopped by Ctrl-C or SIGTERM; the weights are the last finished epoch's.
 
-    def __init__(self, epochs_done: int, epochs: int):
-        super().__init__(f"interrupted after {epochs_done} of {epochs} epochs")
-        self.epochs_done, self.epochs = epochs_done, epochs
+    `signum` is the signal that stopped it (SIGINT for a KeyboardInterrupt)."""
+
+    def __init__(self, epochs_done: int, epochs: int, signum: int = signal.SIGINT):
+        if epochs_done:
+            message = f"interrupted after {epochs_done} of {epochs} epochs"
+        else:
+            message = f"interrupted during the first of {epochs} epochs, before any epoch finished"
+        super().__init__(message)
+        self.epochs_done, self.epochs, self.signum = epochs_done, epochs, signum
 
 
 def split_validation(data: Dataset, fraction: float) -> tuple[Dataset, Dataset]:
@@ -83,6 +89,7 @@ class Session:
     epoch: int = 0
     stop_training: bool = False
     interrupt: bool = False
+    signum: int = signal.SIGINT
     status: str = "running"
     notes: list[str] = field(default_factory=list)
 
@@ -159,6 +166,7 @@ def _interruptible(session: Session):
         if session.interrupt:
             raise KeyboardInterrupt
         session.interrupt = True
+        session.signum = signum
 
     previous = {s: signal.signal(s, ask_to_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -236,7 +244,7 @@ def fit(
                 message = f"interrupted during epoch {epoch + 1}"
                 for callback in every:
                     callback.on_train_stopped("interrupted", message)
-                raise Interrupted(session.epoch, epochs) from None
+                raise Interrupted(session.epoch, epochs, session.signum) from None
             session.epoch = epoch + 1
             for callback in every:
                 callback.on_epoch_end(epoch, logs)
@@ -244,7 +252,7 @@ def fit(
                 session.status = "interrupted"
                 for callback in every:
                     callback.on_train_stopped("interrupted", f"interrupted after epoch {epoch + 1}")
-                raise Interrupted(session.epoch, epochs)
+                raise Interrupted(session.epoch, epochs, session.signum)
     session.status = "stopped" if session.epoch < epochs else "finished"
     for callback in every:
         callback.on_train_end(history.last())
