@@ -27,15 +27,17 @@ from kerspec.training.schedules import SCHEDULES, Schedule
 OPTIMIZERS = Registry("optimizer")
 
 PositiveFloat = Annotated[float, Field(gt=0.0)]
+NonNegativeFloat = Annotated[float, Field(ge=0.0)]
 
 
 def _rate_tag(value: Any) -> str:
     return "schedule" if isinstance(value, dict | str | Schedule) else "rate"
 
 
-# A learning rate: a positive number, or a schedule evaluated at the iteration count.
+# A learning rate: a number, or a schedule evaluated at the iteration count. 0 is allowed, as in
+# Keras: the trainable weights stay as they are while BatchNormalization's statistics still move.
 LearningRate = Annotated[
-    Union[Annotated[PositiveFloat, Tag("rate")], Annotated[SCHEDULES.ref(), Tag("schedule")]],  # noqa: UP007
+    Union[Annotated[NonNegativeFloat, Tag("rate")], Annotated[SCHEDULES.ref(), Tag("schedule")]],  # noqa: UP007
     Discriminator(_rate_tag),
 ]
 UnitFloat = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -60,7 +62,7 @@ class Optimizer(Item):
     """
 
     learning_rate: LearningRate = 0.001
-    weight_decay: Annotated[float, Field(ge=0.0)] | None = None
+    weight_decay: NonNegativeFloat | None = None
     clipnorm: PositiveFloat | None = None
     clipvalue: PositiveFloat | None = None
     global_clipnorm: PositiveFloat | None = None
@@ -264,7 +266,7 @@ class AdamW(Adam):
     """Adam with decoupled weight decay, `weight_decay` 0.004 by default and required."""
 
     type: Literal["adamw"] = "adamw"
-    weight_decay: Annotated[float, Field(ge=0.0)] = 0.004
+    weight_decay: NonNegativeFloat = 0.004
 
 
 @OPTIMIZERS.register("adagrad")
@@ -273,7 +275,7 @@ class Adagrad(Optimizer):
     `initial_accumulator_value`."""
 
     type: Literal["adagrad"] = "adagrad"
-    initial_accumulator_value: Annotated[float, Field(ge=0.0)] = 0.1
+    initial_accumulator_value: NonNegativeFloat = 0.1
     epsilon: float = 1e-7
 
     def slots(self):
