@@ -41,6 +41,8 @@ LearningRate = Annotated[
     Discriminator(_rate_tag),
 ]
 UnitFloat = Annotated[float, Field(ge=0.0, le=1.0)]
+# A decay that divides by 1 - beta**t: Keras accepts 1 and turns every weight into NaN at step 1.
+DecayBelowOne = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 # Keras optimizer arguments kerspec refuses by name, so the message says what is missing.
 UNSUPPORTED = (
@@ -230,7 +232,7 @@ class Adam(Optimizer):
     `alpha = lr * sqrt(1 - beta_2**t) / (1 - beta_1**t)`."""
 
     type: Literal["adam"] = "adam"
-    beta_1: UnitFloat = 0.9
+    beta_1: DecayBelowOne = 0.9
     beta_2: UnitFloat = 0.999
     epsilon: float = 1e-7
     amsgrad: bool = False
@@ -322,7 +324,7 @@ class Adamax(Optimizer):
     `w -= lr * m / ((1 - beta_1**t) * (u + epsilon))`."""
 
     type: Literal["adamax"] = "adamax"
-    beta_1: UnitFloat = 0.9
+    beta_1: DecayBelowOne = 0.9
     beta_2: UnitFloat = 0.999
     epsilon: float = 1e-7
 
@@ -348,7 +350,7 @@ class Nadam(Optimizer):
 
     type: Literal["nadam"] = "nadam"
     beta_1: UnitFloat = 0.9
-    beta_2: UnitFloat = 0.999
+    beta_2: DecayBelowOne = 0.999
     epsilon: float = 1e-7
 
     def slots(self):
