@@ -20,6 +20,7 @@ from kerspec.layers.base import (
     format_shape,
     require_known,
 )
+from kerspec.layers.noise import keep_mask
 from kerspec.regularizers import REGULARIZERS
 
 Dim = PositiveInt | None
@@ -156,7 +157,7 @@ class Dropout(SimpleLayer):
 
     type: Literal["Dropout"] = "Dropout"
     supports_masking: ClassVar[bool] = True
-    rate: float = Field(ge=0.0, lt=1.0)
+    rate: float = Field(ge=0.0, le=1.0)
     noise_shape: list[Dim] | None = Field(
         None, description="Mask shape including the batch axis; None entries follow the input."
     )
@@ -177,9 +178,7 @@ class Dropout(SimpleLayer):
         if self.noise_shape is not None:
             shape = tuple(d if n is None else n for n, d in zip(self.noise_shape, x.shape))
         rng = ctx.rng if self.seed is None else ctx.seeded_rng(self, self.seed)
-        keep = 1.0 - self.rate
-        mask = (rng.random(shape, dtype=np.float32) < keep).astype(x.dtype)
-        mask *= x.dtype.type(1.0 / keep)
+        mask = keep_mask(rng, self.rate, shape, x.dtype)
         y = x * mask
 
         def backprop(dy):

@@ -24,6 +24,22 @@ def _identity(dy):
     return dy, {}
 
 
+def keep_mask(
+    rng: np.random.Generator, rate: float, shape: tuple[int, ...], dtype
+) -> np.ndarray | None:
+    """A dropout mask: 0 with probability `rate`, else 1 / (1 - rate); None when `rate` is 0.
+
+    Rate 1, which Keras accepts, drops everything: the mask is all 0.
+    """
+    if rate == 0.0:
+        return None
+    keep = 1.0 - rate
+    mask = (rng.random(shape, dtype=np.float32) < keep).astype(dtype)
+    if keep > 0.0:
+        mask *= 1.0 / keep
+    return mask
+
+
 class _Random(SimpleLayer):
     # As in Keras, a mask passes through unchanged.
     supports_masking: ClassVar[bool] = True
@@ -44,7 +60,7 @@ class _SpatialDropout(_Random):
     *spatial) for channels_first.
     """
 
-    rate: float = Field(ge=0.0, lt=1.0)
+    rate: float = Field(ge=0.0, le=1.0)
     spatial: ClassVar[int]
 
     def _channels_first(self) -> bool:
@@ -64,9 +80,7 @@ class _SpatialDropout(_Random):
             noise_shape = (x.shape[0], x.shape[1], *(1,) * self.spatial)
         else:
             noise_shape = (x.shape[0], *(1,) * self.spatial, x.shape[-1])
-        keep = 1.0 - self.rate
-        mask = (self._rng(ctx).random(noise_shape, dtype=np.float32) < keep).astype(x.dtype)
-        mask *= x.dtype.type(1.0 / keep)
+        mask = keep_mask(self._rng(ctx), self.rate, noise_shape, x.dtype)
         y = x * mask
 
         def backprop(dy):

@@ -65,7 +65,7 @@ def _affine(x_hat: np.ndarray, gamma: np.ndarray | None, beta: np.ndarray | None
 class _Normalization(SimpleLayer):
     """The arguments and weights gamma and beta that both layers share."""
 
-    epsilon: float = Field(1e-3, gt=0.0)
+    epsilon: float = Field(1e-3, ge=0.0)
     center: bool = True
     scale: bool = True
     beta_initializer: InitializerRef = "zeros"

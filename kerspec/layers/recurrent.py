@@ -29,6 +29,7 @@ from kerspec.activations import ACTIVATIONS, Sigmoid, Tanh
 from kerspec.constraints import CONSTRAINTS
 from kerspec.initializers import INITIALIZERS, Initializer
 from kerspec.layers.base import LAYERS, Context, Layer, ShapeError, WeightSpec, format_shape
+from kerspec.layers.noise import keep_mask
 from kerspec.regularizers import REGULARIZERS
 
 # `activation: null` is linear, as Keras's `activation=None`.
@@ -62,18 +63,6 @@ class UnitForgetBias(Initializer):
                 self.base((2 * units,), rng, dtype),
             ]
         )
-
-
-def keep_mask(
-    rng: np.random.Generator, rate: float, shape: tuple[int, ...], dtype
-) -> np.ndarray | None:
-    """A dropout mask: 0 with probability `rate`, else 1 / (1 - rate); None when `rate` is 0."""
-    if rate == 0.0:
-        return None
-    keep = 1.0 - rate
-    mask = (rng.random(shape, dtype=np.float32) < keep).astype(dtype)
-    mask *= 1.0 / keep
-    return mask
 
 
 def hold(new: np.ndarray, old: np.ndarray, step: np.ndarray) -> None:
@@ -146,6 +135,8 @@ class Recurrent(Layer):
     kernel_constraint: ConstraintRef = None
     recurrent_constraint: ConstraintRef = None
     bias_constraint: ConstraintRef = None
+    # Keras clamps these to [0, 1], and at 1 its LSTM and GRU drop nothing when
+    # recurrent_dropout is set (their cells check 0 < rate < 1) but every input otherwise.
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     recurrent_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     seed: int | None = Field(None, ge=0, description="Seed of the dropout masks.")

@@ -188,10 +188,10 @@ class ModelCheckpointConfig(MonitorConfig):
 @CALLBACKS.register("ReduceLROnPlateau", "reduce_lr_on_plateau")
 class ReduceLROnPlateauConfig(MonitorConfig):
     """Multiply the learning rate by `factor` when `monitor` has not improved for `patience`
-    epochs, then wait `cooldown` epochs; never below `min_lr`."""
+    epochs, then wait `cooldown` epochs; never below `min_lr` (factor 0 drops it to `min_lr`)."""
 
     type: Literal["ReduceLROnPlateau"] = "ReduceLROnPlateau"
-    factor: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+    factor: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
     patience: Annotated[int, Field(ge=0)] = 10
     min_delta: float = 1e-4
     cooldown: Annotated[int, Field(ge=0)] = 0

@@ -27,18 +27,22 @@ from kerspec.training.schedules import SCHEDULES, Schedule
 OPTIMIZERS = Registry("optimizer")
 
 PositiveFloat = Annotated[float, Field(gt=0.0)]
+NonNegativeFloat = Annotated[float, Field(ge=0.0)]
 
 
 def _rate_tag(value: Any) -> str:
     return "schedule" if isinstance(value, dict | str | Schedule) else "rate"
 
 
-# A learning rate: a positive number, or a schedule evaluated at the iteration count.
+# A learning rate: a number, or a schedule evaluated at the iteration count. 0 is allowed, as in
+# Keras: the trainable weights stay as they are while BatchNormalization's statistics still move.
 LearningRate = Annotated[
-    Union[Annotated[PositiveFloat, Tag("rate")], Annotated[SCHEDULES.ref(), Tag("schedule")]],  # noqa: UP007
+    Union[Annotated[NonNegativeFloat, Tag("rate")], Annotated[SCHEDULES.ref(), Tag("schedule")]],  # noqa: UP007
     Discriminator(_rate_tag),
 ]
 UnitFloat = Annotated[float, Field(ge=0.0, le=1.0)]
+# A decay that divides by 1 - beta**t: Keras accepts 1 and turns every weight into NaN at step 1.
+DecayBelowOne = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 # Keras optimizer arguments kerspec refuses by name, so the message says what is missing.
 UNSUPPORTED = (
@@ -60,7 +64,7 @@ class Optimizer(Item):
     """
 
     learning_rate: LearningRate = 0.001
-    weight_decay: Annotated[float, Field(ge=0.0)] | None = None
+    weight_decay: NonNegativeFloat | None = None
     clipnorm: PositiveFloat | None = None
     clipvalue: PositiveFloat | None = None
     global_clipnorm: PositiveFloat | None = None
@@ -228,7 +232,7 @@ class Adam(Optimizer):
     `alpha = lr * sqrt(1 - beta_2**t) / (1 - beta_1**t)`."""
 
     type: Literal["adam"] = "adam"
-    beta_1: UnitFloat = 0.9
+    beta_1: DecayBelowOne = 0.9
     beta_2: UnitFloat = 0.999
     epsilon: float = 1e-7
     amsgrad: bool = False
@@ -264,7 +268,7 @@ class AdamW(Adam):
     """Adam with decoupled weight decay, `weight_decay` 0.004 by default and required."""
 
     type: Literal["adamw"] = "adamw"
-    weight_decay: Annotated[float, Field(ge=0.0)] = 0.004
+    weight_decay: NonNegativeFloat = 0.004
 
 
 @OPTIMIZERS.register("adagrad")
@@ -273,7 +277,7 @@ class Adagrad(Optimizer):
     `initial_accumulator_value`."""
 
     type: Literal["adagrad"] = "adagrad"
-    initial_accumulator_value: Annotated[float, Field(ge=0.0)] = 0.1
+    initial_accumulator_value: NonNegativeFloat = 0.1
     epsilon: float = 1e-7
 
     def slots(self):
@@ -320,7 +324,7 @@ class Adamax(Optimizer):
     `w -= lr * m / ((1 - beta_1**t) * (u + epsilon))`."""
 
     type: Literal["adamax"] = "adamax"
-    beta_1: UnitFloat = 0.9
+    beta_1: DecayBelowOne = 0.9
     beta_2: UnitFloat = 0.999
     epsilon: float = 1e-7
 
@@ -346,7 +350,7 @@ class Nadam(Optimizer):
 
     type: Literal["nadam"] = "nadam"
     beta_1: UnitFloat = 0.9
-    beta_2: UnitFloat = 0.999
+    beta_2: DecayBelowOne = 0.999
     epsilon: float = 1e-7
 
     def slots(self):

@@ -17,7 +17,7 @@ from kerspec.registry import Item, Registry
 
 SCHEDULES = Registry("learning-rate schedule")
 
-PositiveFloat = Annotated[float, Field(gt=0.0)]
+NonNegativeFloat = Annotated[float, Field(ge=0.0)]
 F = np.float32
 
 
@@ -32,9 +32,10 @@ class ExponentialDecay(Schedule):
     `staircase`."""
 
     type: Literal["exponential_decay"] = "exponential_decay"
-    initial_learning_rate: PositiveFloat
+    initial_learning_rate: NonNegativeFloat
     decay_steps: Annotated[float, Field(gt=0.0)]
-    decay_rate: float
+    # Keras accepts a negative rate and returns NaN (or a rate of alternating sign) from step 1.
+    decay_rate: NonNegativeFloat
     staircase: bool = False
 
     def __call__(self, step):
@@ -51,10 +52,10 @@ class CosineDecay(Schedule):
     with `s` capped at `decay_steps` and `lr` the warmup target (else the initial rate)."""
 
     type: Literal["cosine_decay"] = "cosine_decay"
-    initial_learning_rate: Annotated[float, Field(ge=0.0)]
+    initial_learning_rate: NonNegativeFloat
     decay_steps: Annotated[int, Field(gt=0)]
     alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
-    warmup_target: Annotated[float, Field(ge=0.0)] | None = None
+    warmup_target: NonNegativeFloat | None = None
     warmup_steps: Annotated[int, Field(ge=0)] = 0
 
     def _decay(self, step, decay_from):
@@ -81,7 +82,7 @@ class PiecewiseConstant(Schedule):
 
     type: Literal["piecewise_constant"] = "piecewise_constant"
     boundaries: list[float] = Field(min_length=1)
-    values: list[Annotated[float, Field(ge=0.0)]] = Field(min_length=2)
+    values: list[NonNegativeFloat] = Field(min_length=2)
 
     @model_validator(mode="after")
     def _lengths(self):
