@@ -48,6 +48,10 @@ GRAD_CASES = {
         ({"type": "BatchNormalization", "axis": 1}, (3, 2, 4), False),
         ({"type": "BatchNormalization", "center": False}, (2, 3, 2), True),
         ({"type": "BatchNormalization", "scale": False, "axis": -2}, (3, 2, 2), True),
+        # A convolution's output: channels last over a 2-D (rows, channels) view.
+        ({"type": "BatchNormalization"}, (2, 3, 2, 3), True),
+        ({"type": "BatchNormalization"}, (2, 3, 2, 3), False),
+        ({"type": "BatchNormalization", "axis": 1, "center": False, "scale": False}, (3, 2, 4), True),
     ],
     "LayerNormalization": [
         ({"type": "LayerNormalization"}, (3, 4), None),
@@ -95,6 +99,37 @@ def test_batch_normalization_updates_moving_statistics_in_training_only():
     np.testing.assert_allclose(w["moving_variance"], expected_var, rtol=1e-6)
     # The batch statistics normalise the output in training.
     np.testing.assert_allclose(((y - w["beta"]) / w["gamma"]).mean(0), 0, atol=1e-5)
+
+
+def test_batch_normalization_of_a_constant_channel_is_finite():
+    # E[x^2] - E[x]^2 of a channel far from zero with no spread can round below zero in float32;
+    # the variance is clipped at 0, so the output is beta, not NaN (up to the rounding of
+    # x * scale + shift: float32 epsilon times mean * scale, 1000 * 31.6 here).
+    layer = build({"type": "BatchNormalization"})
+    x = np.full((64, 2), 1000.1, np.float32)
+    x[:, 1] = np.linspace(-1, 1, 64)
+    w = bn_weights(layer, x.shape, np.random.default_rng(5), np.float32)
+    (y,), backprop = layer.forward(w, [x], Context(training=True, rng=np.random.default_rng(0)))
+    (dx,), grads = backprop([np.ones_like(x)])
+    assert np.isfinite(y).all() and np.isfinite(dx).all()
+    np.testing.assert_allclose(y[:, 0], w["beta"][0], atol=0.02)
+    assert w["moving_variance"][0] >= 0
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_normalization_gradient_of_a_strided_dy(training):
+    # The backward writes dx over dy: a dy that is a strided view must get it too.
+    rng = np.random.default_rng(6)
+    layer = build({"type": "BatchNormalization"})
+    x = rng.standard_normal((4, 3, 5))
+    w = bn_weights(layer, x.shape, rng)
+    dy = rng.standard_normal((4, 5, 3))
+    dxs = []
+    for given in (dy.transpose(0, 2, 1), np.ascontiguousarray(dy.transpose(0, 2, 1))):
+        ctx = Context(training=training, rng=rng)
+        _, backprop = layer.forward({k: v.copy() for k, v in w.items()}, [x], ctx)
+        dxs.append(backprop([given.copy() if given.flags.c_contiguous else given])[0][0])
+    np.testing.assert_allclose(dxs[0], dxs[1], rtol=1e-12)
 
 
 def test_frozen_batch_normalization_uses_moving_statistics_in_training():
@@ -175,6 +210,8 @@ def keras_batch_normalization(keras, config, w, x, r, training):
         ({"type": "BatchNormalization"}, (6, 3)),
         ({"type": "BatchNormalization", "axis": 1, "momentum": 0.8, "epsilon": 0.01}, (4, 3, 2)),
         ({"type": "BatchNormalization", "center": False}, (5, 2, 3)),
+        ({"type": "BatchNormalization"}, (8, 6, 5, 4)),
+        ({"type": "BatchNormalization", "axis": 1, "scale": False}, (8, 3, 5, 2)),
     ],
 )
 def test_batch_normalization_matches_keras(config, shape, training):
