@@ -26,6 +26,7 @@ from kerspec.layers import Context
 from kerspec.runs import RunFolder
 from kerspec.spec import LoadedSpec, load_spec, parse_spec
 from kerspec.summary import render_summary, summary_rows
+from kerspec.threads import BlasThreads
 from kerspec.training import loop
 from kerspec.training.callbacks import Callback, History
 from kerspec.training.data import Dataset, OutputInfo, load_dataset, load_inputs
@@ -345,7 +346,7 @@ class Model:
                 )
             data = self.dataset("test" if section.test is not None else "validation")
         self._require_targets(data)
-        with self._inference() as ctx:
+        with self._inference() as ctx, BlasThreads():
             return loop.evaluate(
                 self.trainer,
                 data,
@@ -388,7 +389,7 @@ class Model:
         xs = [np.asarray(x[name], dtype=self.dtype) for name in self.input_names]
         n = len(xs[0])
         results: list[np.ndarray] | None = None
-        with self._inference() as ctx:
+        with self._inference() as ctx, BlasThreads():
             for start in range(0, n, batch_size):
                 batch = [a[start : start + batch_size] for a in xs]
                 outputs = self.plan.forward(self.params, batch, ctx, record=False).outputs
