@@ -39,6 +39,14 @@ CONV1D = [
     ),
     # One channel and long output rows: the columns are stored offset-major.
     ({"type": "Conv1D", "filters": 2, "kernel_size": 3, "padding": "same"}, [(2, 9, 1)]),
+    # Fewer filters than channels: the input gradient from the output gradient's windows.
+    ({"type": "Conv1D", "filters": 2, "kernel_size": 4, "padding": "same"}, [(2, 7, 5)]),
+    ({"type": "Conv1D", "filters": 1, "kernel_size": 3, "padding": "causal"}, [(2, 5, 3)]),
+    ({"type": "Conv1D", "filters": 2, "kernel_size": 5, "padding": "same"}, [(2, 2, 3)]),
+    (
+        {"type": "Conv1D", "filters": 2, "kernel_size": 2, "data_format": "channels_first"},
+        [(2, 4, 5)],
+    ),
 ]
 CONV2D = [
     ({"type": "Conv2D", "filters": 2, "kernel_size": 3}, [(2, 5, 6, 2)]),
@@ -278,6 +286,7 @@ def test_padding_is_case_insensitive_as_in_keras():
             None,
         ),
         ({"type": "Conv1D", "filters": 3, "kernel_size": 3, "dilation_rate": 2}, (5, 9, 2), None),
+        ({"type": "Conv1D", "filters": 3, "kernel_size": 4, "padding": "same"}, (5, 9, 6), None),
         ({"type": "Conv2D", "filters": 3, "kernel_size": 3}, (5, 6, 10, 1), None),  # offset-major
         # Output split into 2x2 pooling windows (an odd edge left out), as the plan makes it.
         ({"type": "Conv2D", "filters": 4, "kernel_size": 3, "activation": "relu"}, (5, 9, 8, 3), (2, 2)),
