@@ -165,10 +165,11 @@ class BatchNormalization(_Normalization):
         inv = 1.0 / np.sqrt(var + dtype(self.epsilon))
         # y = x * scale + shift, with scale = gamma / sqrt(v + epsilon) and shift = beta -
         # mean * scale: the normalisation and the affine map in one multiply and one add, into
-        # a buffer reused batch after batch.
+        # a buffer reused batch after batch in training. Inference keeps none: its batches are
+        # large (predict's 1,024) and the plan frees y after its last reader.
         scale = inv if gamma is None else inv * gamma
         shift = -mean * scale if beta is None else beta - mean * scale
-        y = ctx.buffer("y", x.shape, x.dtype)
+        y = ctx.buffer("y", x.shape, x.dtype) if ctx.record else np.empty(x.shape, x.dtype)
         ym = _channels_last(y, axis)
         np.multiply(xm, scale, out=ym)
         ym += shift
