@@ -21,6 +21,7 @@ import numpy as np
 from kerspec import io
 from kerspec.errors import DataError, GraphError, KerspecError, RunError, SpecError
 from kerspec.graph import Graph, Params, Plan, compile_spec
+from kerspec.graph.fusions import fold_batch_norm, folded_params
 from kerspec.guards import check_model
 from kerspec.layers import Context
 from kerspec.runs import RunFolder
@@ -50,6 +51,9 @@ class Model:
         self.spec = loaded.spec
         self.graph: Graph = compile_spec(loaded)
         self.plan = Plan(self.graph)
+        # predict's plan, with BatchNormalization folded into the layer before it (made at the
+        # first predict).
+        self._folded: tuple[Plan, list] | None = None
         self.dtype = np.dtype(self.spec.dtype)
         if seed is None:
             seed = self.spec.seed
@@ -389,10 +393,14 @@ class Model:
         xs = [np.asarray(x[name], dtype=self.dtype) for name in self.input_names]
         n = len(xs[0])
         results: list[np.ndarray] | None = None
+        if self._folded is None:
+            self._folded = fold_batch_norm(self.plan)
+        plan, folds = self._folded
+        params = folded_params(self.params, folds)
         with self._inference() as ctx, BlasThreads():
             for start in range(0, n, batch_size):
                 batch = [a[start : start + batch_size] for a in xs]
-                outputs = self.plan.forward(self.params, batch, ctx, record=False).outputs
+                outputs = plan.forward(params, batch, ctx, record=False).outputs
                 if results is None:
                     results = [np.empty((n, *o.shape[1:]), o.dtype) for o in outputs]
                 for result, output in zip(results, outputs):
