@@ -106,6 +106,14 @@ _last: Reading | None = None
 _choice = 0
 
 
+def _apply(threads: int) -> None:
+    global _applied
+    if threads != _applied:
+        for lib, _ in _original:
+            lib.set_num_threads(threads)
+        _applied = threads
+
+
 class BlasThreads:
     """`with BlasThreads() as threads:` around kerspec's work; `threads.adjust()` between
     epochs. Only the outermost of nested or concurrent uses sets and restores the count."""
@@ -122,28 +130,28 @@ class BlasThreads:
     def adjust(self) -> None:
         """Choose the thread count again from how busy the machine has been since the last
         reading; with none recent enough and no earlier choice, over FIRST_INTERVAL from now."""
-        global _applied, _choice, _last
+        global _choice, _last
         with _lock:
             if not _original:
                 return
             most = max(n for _, n in _original)
-            now = read_machine()
-            if now is None:
-                return
-            if _last is None or (now.wall - _last.wall < MIN_INTERVAL and not _choice):
-                _last = now
-                time.sleep(FIRST_INTERVAL)
+            # Too soon after the last reading to learn anything (epochs of a few ms: R1's are
+            # one batch): the last choice stands, without reading /proc/stat.
+            recent = _last is not None and time.monotonic() - _last.wall < MIN_INTERVAL
+            if not (_choice and recent):
                 now = read_machine()
                 if now is None:
                     return
-            if now.wall - _last.wall >= MIN_INTERVAL or not _choice:
-                _choice = threads_for(_last, now, len(_cpus()), most)
-                _last = now
-            threads = min(_choice, most)
-            if threads != _applied:
-                for lib, _ in _original:
-                    lib.set_num_threads(threads)
-                _applied = threads
+                if _last is None or (now.wall - _last.wall < MIN_INTERVAL and not _choice):
+                    _last = now
+                    time.sleep(FIRST_INTERVAL)
+                    now = read_machine()
+                    if now is None:
+                        return
+                if now.wall - _last.wall >= MIN_INTERVAL or not _choice:
+                    _choice = threads_for(_last, now, len(_cpus()), most)
+                    _last = now
+            _apply(min(_choice, most))
 
     def __exit__(self, *exc) -> None:
         global _active, _applied

@@ -139,3 +139,26 @@ def test_fit_and_predict_run_on_the_free_cores_and_restore_the_count(machine, mo
     model.predict(x, batch_size=8)
     assert during == [1, 1]
     assert blas_threads_now() == 2
+
+
+def test_a_choice_stands_without_reading_the_machine_until_it_can_say_something_new(
+    machine, monkeypatch
+):
+    reads = []
+    read = threads.read_machine
+
+    def counted():
+        reads.append(1)
+        return read()
+
+    monkeypatch.setattr(threads, "read_machine", counted)
+    clock = {"now": 0.0}
+    monkeypatch.setattr(threads.time, "monotonic", lambda: clock["now"])
+    with threads.BlasThreads() as blas:
+        first = len(reads)
+        clock["now"] = machine["wall"] + threads.MIN_INTERVAL / 2  # an epoch of a few ms later
+        blas.adjust()
+        assert len(reads) == first
+        clock["now"] = machine["wall"] + threads.MIN_INTERVAL
+        blas.adjust()
+        assert len(reads) == first + 1
