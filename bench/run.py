@@ -410,6 +410,8 @@ def child_main(framework: str, workload: str, samples: int, epochs: int) -> None
 
 def child_env(keep_openblas_env: bool) -> dict[str, str]:
     env = dict(os.environ)
+    # The children measure the kerspec of this checkout, whatever an editable install points at.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(BENCH.parent), env.get("PYTHONPATH")) if p)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(THREADS)
     if not keep_openblas_env:
