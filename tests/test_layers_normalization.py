@@ -118,7 +118,7 @@ def test_batch_normalization_of_a_constant_channel_is_finite():
 
 @pytest.mark.parametrize("training", [True, False])
 def test_batch_normalization_gradient_of_a_strided_dy(training):
-    # The backward writes dx over dy: a dy that is a strided view must get it too.
+    # dy as a strided view (a channels_first layer's, a transpose) gives the same dx.
     rng = np.random.default_rng(6)
     layer = build({"type": "BatchNormalization"})
     x = rng.standard_normal((4, 3, 5))
@@ -275,3 +275,43 @@ def test_layer_normalization_over_a_middle_axis():
     expected = (x - mean) / np.sqrt(var + 1e-3) * gamma[:, None] + beta[:, None]
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
     assert y.dtype == np.float32
+
+
+BRANCH = """
+dtype: float64
+seed: 1
+layers:
+  - {type: Input, shape: [3], name: a}
+  - {type: Dense, units: 5, name: d0}
+  - {type: Dense, units: 5, name: d1}
+  - {type: BatchNormalization, name: bn}
+  - {type: Add, from: [bn, d0], name: merge}
+  - {type: Dense, units: 2, name: head}
+"""
+
+
+def test_whole_plan_gradients_with_batch_normalization_before_add():
+    """Add hands one dy to both of its inputs: BatchNormalization's backward must not write its
+    dx over it (R4's residual blocks), or the other branch's gradient is wrong."""
+    import kerspec
+
+    model = kerspec.from_yaml(BRANCH)
+    xs = [np.random.default_rng(0).standard_normal((6, 3))]
+    wrt = {
+        f"{o}/{n}": w
+        for o, ws in model.params.items()
+        for n, w in ws.items()
+        if not n.startswith("moving")
+    }
+
+    def forward():
+        ctx = Context(training=True, rng=np.random.default_rng(0))
+        run = model.plan.forward(model.params, xs, ctx, record=True)
+
+        def backprop(dy):
+            grads = model.plan.backward(run.tape, [dy])
+            return {f"{o}/{n}": g for o, gs in grads.items() for n, g in gs.items()}
+
+        return run.outputs[0], backprop
+
+    check_grads(forward, wrt)

@@ -175,7 +175,9 @@ class BatchNormalization(_Normalization):
         ym += shift
         count = dtype(xm.size // xm.shape[-1])
         need_dx = ctx.need_dx
-        scratch = ctx.buffer("scratch", x.shape, x.dtype) if training and need_dx and ctx.record else None
+        keep = need_dx and ctx.record
+        scratch = ctx.buffer("scratch", x.shape, x.dtype) if training and keep else None
+        dx_buffer = ctx.buffer("dx", x.shape, x.dtype) if keep else None
 
         def backprop(dy):
             # Two reductions over dy: s1 = sum(dy) and sum(dy * x), from which
@@ -191,8 +193,11 @@ class BatchNormalization(_Normalization):
                 grads["beta"] = s1
             if not need_dx:
                 return None, grads
-            # dy is this backprop's to overwrite (it owns the dys it is handed).
-            np.multiply(dym, scale, out=dym)
+            # dx in a buffer of its own, not over dy: a merge (Add) may hand the same dy to
+            # another branch.
+            dx = dx_buffer if dx_buffer is not None else np.empty(x.shape, x.dtype)
+            dxm = _channels_last(dx, axis).reshape(dym.shape)
+            np.multiply(dym, scale, out=dxm)
             if training:
                 # dx = scale * (dy - s1 / N - x_hat * s2 / N), with x_hat = (x - mean) * inv:
                 # scale * dy - x * (scale * k) + scale * (mean * k - s1 / N), k = inv * s2 / N.
@@ -200,9 +205,9 @@ class BatchNormalization(_Normalization):
                 t = _channels_last(scratch if scratch is not None else np.empty_like(x), axis)
                 t = t.reshape(dym.shape)
                 np.multiply(xd, scale * k, out=t)
-                dym -= t
-                dym += scale * (mean * k - s1 / count)
-            return dy, grads
+                dxm -= t
+                dxm += scale * (mean * k - s1 / count)
+            return dx, grads
 
         return y, backprop
 
