@@ -56,7 +56,7 @@ def main() -> None:
     if args.lines:
         return lines_profile(w.name, args.top)
     runner = KerspecRunner(w, w.samples)
-    runner.train_epoch()  # warm-up
+    runner.train_round()  # warm-up
     if args.spy_target:  # the process py-spy samples
         return _spy_epochs(runner)
 
@@ -64,13 +64,16 @@ def main() -> None:
 
     profiler = Profiler(interval=0.001)
     profiler.start()
-    runner.train_epoch()
+    runner.train_round()
     session = profiler.stop()
     root = session.root_frame()
     self_times, inclusive = defaultdict(float), defaultdict(float)
     _walk(root, frozenset(), self_times, inclusive)
     total = root.time
-    print(f"{w.name} {w.title}: one training epoch, {w.samples} samples, {total:.2f} s profiled\n")
+    print(
+        f"{w.name} {w.title}: one training round ({w.epochs} epoch(s) of {w.samples} samples),"
+        f" {total:.2f} s profiled\n"
+    )
     print("self time (function, file:line, % of the epoch)")
     for (func, path, line), t in sorted(self_times.items(), key=lambda kv: -kv[1])[: args.top]:
         print(f"  {100 * t / total:5.1f}%  {func}  {path}:{line}")
@@ -84,8 +87,8 @@ def main() -> None:
 
 def _spy_epochs(runner: KerspecRunner) -> None:
     """The two epochs that --lines counts (the warm-up before them is left out by this name)."""
-    runner.train_epoch()
-    runner.train_epoch()
+    runner.train_round()
+    runner.train_round()
 
 
 def lines_profile(workload: str, top: int) -> None:

@@ -1,19 +1,23 @@
-"""kerspec beside PyTorch on the CPU: train and predict throughput, peak memory (issue 6).
+"""kerspec beside PyTorch on the CPU: train and predict throughput, peak memory, and the slowdown
+with another process busy on one core (issues 6 and 17).
 
-    python bench/run.py                          # W1-W4, warm-up + 5 timed rounds each
-    python bench/run.py --workloads W1,W3 --epochs 3
+    python bench/run.py                          # W1-W4 and R1-R5, idle then loaded, 5 rounds each
+    python bench/run.py --only R1,R3 --epochs 3  # a subset (--workloads is the same option)
     python bench/run.py --quick                  # 1/8 of the samples, 1 round: a smoke run
+    python bench/run.py --no-load                # idle rounds only
     python bench/run.py --json results.json      # also write every measurement
 
 For each workload the parent starts two child processes, one for kerspec and one for PyTorch,
 each with 2 threads, and drives them in turn over a pipe: only one of them computes at any
-moment, the other waits on its pipe. Each child builds its model and its synthetic data (same
-seed, same numbers in both), runs a warm-up epoch and a warm-up predict, then the rounds: one
-training epoch and one predict pass over all samples each, kerspec first in even rounds and
-PyTorch first in odd ones, so that drift in the machine's speed hits both. A child times its own
-calls; data generation is never timed. kerspec trains through its public API, one whole epoch as
-a user runs it: `kerspec.load(spec).fit(Dataset(...), epochs=1)`; predict is
-`model.predict(x, batch_size=1024)`.
+moment, the other waits on its pipe. Each child builds its model and its data (same seed, same
+numbers in both: synthetic, or the shipped .npz that R2's and R3's specs train on), runs a
+warm-up round and a warm-up predict, then the rounds: one training round (one epoch, or several
+short ones: R1-R3) and one predict pass each, kerspec first in even rounds and PyTorch first in
+odd ones, so that drift in the machine's speed hits both. Then the same rounds again with a
+competing `python -c "while True: pass"` running (the loaded column). A child times its own
+calls; data generation is never timed. kerspec trains through its public API as a user runs it:
+`kerspec.load(spec).fit(Dataset(...), epochs=N)`; predict is `model.predict(x,
+batch_size=1024)` over the training inputs repeated to `predict_samples`.
 
 Reported per workload: median train and predict samples/s, the median over rounds of the
 per-round ratio kerspec/PyTorch (min-max in brackets), and each process's peak RSS
@@ -51,6 +55,7 @@ BENCH = Path(__file__).resolve().parent
 SEED = 20240601
 THREADS = 2
 PREDICT_BATCH = 1024
+PREDICTING = ("kerspec", "torch")
 OPENBLAS_WORKAROUNDS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
@@ -58,26 +63,52 @@ OPENBLAS_WORKAROUNDS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 class Workload:
     name: str
     title: str
-    spec: str
+    spec: str  # from the repository root
     input_shape: tuple[int, ...]
     classes: int  # 1: a binary target
-    samples: int
+    samples: int  # a training epoch's samples
     batch_size: int
-    # (train ratio, predict ratio) targets of issue 6: kerspec/PyTorch at least this much
+    # (train ratio, predict ratio) targets: kerspec/PyTorch at least this much
     targets: tuple[float, float]
+    epochs: int = 1  # training epochs a round (short epochs are timed several at a time)
+    predict_samples: int = 0  # samples predicted a round (the training inputs repeated); 0: samples
+    sparse: bool = False  # class-index targets (sparse_categorical_crossentropy) instead of one-hot
+    tokens: int = 0  # token ids below this (0 is padding), random lengths 20-100, instead of floats
+    data: str = ""  # the shipped .npz the spec trains on (from the repository root), else synthetic
+    torch_axes: tuple[int, ...] | None = None  # the input's axes in PyTorch's layout
+
+
+def _w(name, title, spec, *args, **kwargs) -> Workload:
+    return Workload(name, title, f"bench/specs/{spec}", *args, **kwargs)
 
 
 WORKLOADS = {
     w.name: w
     for w in (
-        Workload("W1", "MLP 784-512-256-10", "w1_mlp.yaml", (784,), 10, 16_384, 128, (1.0, 1.0)),
-        Workload("W2", "CNN 28x28x1", "w2_cnn.yaml", (28, 28, 1), 10, 8_192, 128, (0.7, 1.0)),
-        Workload("W3", "LSTM 100x1 -> 32", "w3_lstm.yaml", (100, 1), 1, 4_096, 64, (0.6, 0.8)),
-        Workload(
-            "W4", "LSTM 50x32 -> 128", "w4_lstm_wide.yaml", (50, 32), 10, 4_096, 64, (0.8, 0.8)
-        ),
+        _w("W1", "MLP 784-512-256-10", "w1_mlp.yaml", (784,), 10, 16_384, 128, (1.0, 1.0)),
+        _w("W2", "CNN 28x28x1", "w2_cnn.yaml", (28, 28, 1), 10, 8_192, 128, (0.7, 1.0),
+           torch_axes=(0, 3, 1, 2)),
+        _w("W3", "LSTM 100x1 -> 32", "w3_lstm.yaml", (100, 1), 1, 4_096, 64, (0.6, 0.8)),
+        _w("W4", "LSTM 50x32 -> 128", "w4_lstm_wide.yaml", (50, 32), 10, 4_096, 64, (0.8, 0.8)),
+        # Issue 17's real models.
+        _w("R1", "FCN 150x1, 3 x Conv1D+BN", "r1_fcn.yaml", (150, 1), 2, 50, 50, (1.0, 1.0),
+           epochs=100, predict_samples=4_096, sparse=True, torch_axes=(0, 2, 1)),
+        Workload("R2", "digits_cnn 8x8x1 (shipped)", "specs/digits_cnn.yaml", (64,), 10, 1_437,
+                 32, (0.8, 1.0), epochs=3, predict_samples=4_096, sparse=True,
+                 data="datasets/digits/train.npz"),
+        Workload("R3", "vowels_lstm, masked (shipped)", "specs/vowels_lstm.yaml", (29, 12), 9,
+                 270, 16, (0.8, 1.0), epochs=10, predict_samples=4_096, sparse=True,
+                 data="datasets/japanese_vowels/train.npz"),
+        _w("R4", "residual CNN 32x32x3, BN", "r4_resnet.yaml", (32, 32, 3), 10, 512, 64,
+           (0.8, 1.0), predict_samples=1_024, sparse=True, torch_axes=(0, 3, 1, 2)),
+        _w("R5", "Embedding -> BiGRU 64, masked", "r5_text.yaml", (100,), 1, 1_024, 32,
+           (0.8, 1.0), predict_samples=2_048, tokens=10_000),
     )
-}
+}  # fmt: skip
+# The competing process of the loaded rounds: one core kept busy.
+SPINNER = "while True: pass"
+# Under load, kerspec's slowdown (loaded / idle time) must not exceed PyTorch's, nor this.
+MAX_SLOWDOWN = 2.5
 
 # W1's Dense layers (inputs, units), for counting its training FLOPs.
 W1_DENSE = ((784, 512), (512, 256), (256, 10))
@@ -93,12 +124,37 @@ def w1_train_flops_per_sample() -> int:
     return 2 * forward + input_grads
 
 
-def make_data(w: Workload, samples: int) -> tuple[np.ndarray, np.ndarray]:
-    """Inputs (float32, standard normal) and labels (class index, or 0/1), the same every run."""
-    rng = np.random.default_rng([SEED, int(w.name[1:])])
-    x = rng.standard_normal((samples, *w.input_shape), dtype=np.float32)
+def make_data(w: Workload, samples: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Inputs, labels (class index, or 0/1) and sequence lengths (None unless the inputs are
+    padded sequences), the same every run: the shipped data's first `samples`, else synthetic
+    from a fixed seed (standard normal floats, or token ids after which come zeros)."""
+    if w.data:
+        with np.load(BENCH.parent / w.data) as f:
+            lengths = f["lengths"][:samples] if "lengths" in f else None
+            return f["x"][:samples].astype(np.float32), f["y"][:samples], lengths
+    # W1-W4 keep the numbers of earlier runs; R1-R5 draw from seeds of their own.
+    rng = np.random.default_rng([SEED, int(w.name[1:]) + (100 if w.name[0] == "R" else 0)])
     labels = rng.integers(0, max(w.classes, 2), samples)
-    return x, labels
+    if w.tokens:
+        steps = w.input_shape[0]
+        lengths = rng.integers(20, steps + 1, samples)
+        x = rng.integers(1, w.tokens, (samples, steps))
+        x[np.arange(steps) >= lengths[:, None]] = 0
+        return x.astype(np.float32), labels, lengths
+    x = rng.standard_normal((samples, *w.input_shape), dtype=np.float32)
+    return x, labels, None
+
+
+def len_predict(w: Workload, samples: int) -> int:
+    """How many samples a predict round runs over (the training inputs, repeated)."""
+    if not w.predict_samples:
+        return samples
+    return max(PREDICT_BATCH, w.predict_samples * samples // w.samples)
+
+
+def repeated(a: np.ndarray, n: int) -> np.ndarray:
+    """The first n rows of a repeated (the predicted samples: the training inputs, over again)."""
+    return a[np.arange(n) % len(a)]
 
 
 # -- children ------------------------------------------------------------------------------------
@@ -126,19 +182,26 @@ class KerspecRunner:
         import kerspec
         from kerspec.training.data import Dataset
 
-        x, labels = make_data(w, samples)
+        x, labels, _ = make_data(w, samples)
         if w.classes == 1:
             y = labels.astype(np.float32)[:, None]
+        elif w.sparse:
+            y = labels
         else:
             y = np.eye(w.classes, dtype=np.float32)[labels]
-        self.x = x
-        self.data = Dataset({"x": x}, {"y": y}, source="bench synthetic data")
-        self.model = kerspec.load(BENCH / "specs" / w.spec, seed=0)
+        self.model = kerspec.load(BENCH.parent / w.spec, seed=0)
+        self.x = repeated(x, len_predict(w, samples))
+        self.data = Dataset(
+            {self.model.input_names[0]: x},
+            {self.model.output_names[0]: y},
+            source="bench data",
+        )
+        self.epochs = w.epochs
         self.version = kerspec.__version__
 
-    def train_epoch(self) -> float:
+    def train_round(self) -> float:
         start = time.perf_counter()
-        history = self.model.fit(self.data, epochs=1)
+        history = self.model.fit(self.data, epochs=self.epochs)
         elapsed = time.perf_counter() - start
         self.loss = history.last()["loss"]
         return elapsed
@@ -160,10 +223,10 @@ class NumpyRunner:
         sys.path.insert(0, str(BENCH))
         from numpy_w1 import NumpyW1
 
-        x, labels = make_data(w, samples)
+        x, labels, _ = make_data(w, samples)
         self.model = NumpyW1(x, labels, W1_DENSE, w.batch_size)
 
-    def train_epoch(self) -> float:
+    def train_round(self) -> float:
         seconds, self.loss = self.model.train_epoch()
         return seconds
 
@@ -178,37 +241,53 @@ class TorchRunner:
         torch.set_num_threads(THREADS)
         torch.manual_seed(0)
         self.torch = torch
-        x, labels = make_data(w, samples)
-        if len(w.input_shape) == 3:  # NHWC -> NCHW, PyTorch's image layout
-            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        x, labels, lengths = make_data(w, samples)
+        if w.tokens:
+            x = x.astype(np.int64)
+        if w.torch_axes:  # e.g. NHWC -> NCHW, PyTorch's image layout
+            x = np.ascontiguousarray(x.transpose(w.torch_axes))
         self.x = torch.from_numpy(x)
+        self.x_predict = torch.from_numpy(repeated(x, len_predict(w, samples)))
+        # Padded sequences go in packed (pack_padded_sequence needs the lengths on the CPU).
+        self.lengths = self.lengths_predict = None
+        if lengths is not None:
+            self.lengths = torch.from_numpy(lengths.astype(np.int64))
+            self.lengths_predict = torch.from_numpy(
+                repeated(lengths, len_predict(w, samples)).astype(np.int64)
+            )
         if w.classes == 1:
             self.y = torch.from_numpy(labels.astype(np.float32)[:, None])
         else:
             self.y = torch.from_numpy(labels.astype(np.int64))
-        self.samples, self.batch_size = samples, w.batch_size
-        self.model, self.loss_fn, activation = build(w.name)
+        self.samples, self.batch_size, self.epochs = samples, w.batch_size, w.epochs
+        self.model, self.loss_fn, activation, learning_rate = build(w.name)
         self.activation = (
             torch.sigmoid if activation == "sigmoid" else lambda z: torch.softmax(z, -1)
         )
         self.outputs = w.classes
         # Keras's Adam epsilon is 1e-7 (PyTorch's default is 1e-8).
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3, eps=1e-7)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=learning_rate, eps=1e-7)
         self.generator = torch.Generator().manual_seed(0)
 
-    def train_epoch(self) -> float:
+    def _forward(self, x, lengths, index):
+        if lengths is None:
+            return self.model(x[index])
+        return self.model(x[index], lengths[index])
+
+    def train_round(self) -> float:
         torch = self.torch
         start = time.perf_counter()
         self.model.train()
-        order = torch.randperm(self.samples, generator=self.generator)
-        total = 0.0
-        for begin in range(0, self.samples, self.batch_size):
-            index = order[begin : begin + self.batch_size]
-            self.optimizer.zero_grad(set_to_none=True)
-            loss = self.loss_fn(self.model(self.x[index]), self.y[index])
-            loss.backward()
-            self.optimizer.step()
-            total += loss.item() * len(index)
+        for _ in range(self.epochs):
+            order = torch.randperm(self.samples, generator=self.generator)
+            total = 0.0
+            for begin in range(0, self.samples, self.batch_size):
+                index = order[begin : begin + self.batch_size]
+                self.optimizer.zero_grad(set_to_none=True)
+                loss = self.loss_fn(self._forward(self.x, self.lengths, index), self.y[index])
+                loss.backward()
+                self.optimizer.step()
+                total += loss.item() * len(index)
         elapsed = time.perf_counter() - start
         self.loss = total / self.samples
         return elapsed
@@ -217,12 +296,12 @@ class TorchRunner:
         torch = self.torch
         start = time.perf_counter()
         self.model.eval()
+        n = len(self.x_predict)
         with torch.inference_mode():
-            out = torch.empty(self.samples, self.outputs)
-            for begin in range(0, self.samples, PREDICT_BATCH):
-                out[begin : begin + PREDICT_BATCH] = self.activation(
-                    self.model(self.x[begin : begin + PREDICT_BATCH])
-                )
+            out = torch.empty(n, self.outputs)
+            for begin in range(0, n, PREDICT_BATCH):
+                rows = slice(begin, begin + PREDICT_BATCH)
+                out[rows] = self.activation(self._forward(self.x_predict, self.lengths_predict, rows))
             out.numpy()
         return time.perf_counter() - start
 
@@ -288,7 +367,7 @@ def w1_gemm_seconds(batch: int, seconds: float = 0.2) -> float:
     return total
 
 
-def child_main(framework: str, workload: str, samples: int) -> None:
+def child_main(framework: str, workload: str, samples: int, epochs: int) -> None:
     """Serve commands from the parent, one JSON line back per command."""
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # anything a library prints goes to stderr, never into the protocol
@@ -309,11 +388,12 @@ def child_main(framework: str, workload: str, samples: int) -> None:
     w = WORKLOADS[workload]
     runners = {"kerspec": KerspecRunner, "torch": TorchRunner, "numpy": NumpyRunner}
     runner = runners[framework](w, samples)
+    runner.epochs = epochs
     reply(ready=True, rss_setup_kib=_rss_now_kib())
     for line in sys.stdin:
         command = line.strip()
         if command == "train":
-            reply(seconds=runner.train_epoch(), loss=float(runner.loss))
+            reply(seconds=runner.train_round(), loss=float(runner.loss))
         elif command == "predict":
             reply(seconds=runner.predict())
         elif command == "gemm":  # numpy's GEMM rate, in this process, between W1's epochs
@@ -330,6 +410,8 @@ def child_main(framework: str, workload: str, samples: int) -> None:
 
 def child_env(keep_openblas_env: bool) -> dict[str, str]:
     env = dict(os.environ)
+    # The children measure the kerspec of this checkout, whatever an editable install points at.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(BENCH.parent), env.get("PYTHONPATH")) if p)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(THREADS)
     if not keep_openblas_env:
@@ -339,11 +421,13 @@ def child_env(keep_openblas_env: bool) -> dict[str, str]:
 
 
 class Child:
-    def __init__(self, framework: str, workload: str, samples: int, env: dict[str, str]):
+    def __init__(
+        self, framework: str, workload: str, samples: int, env: dict[str, str], epochs: int = 1
+    ):
         self.framework = framework
         self.proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "--child", framework, workload,
-             "--samples", str(samples)],
+             "--samples", str(samples), "--round-epochs", str(epochs)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True, bufsize=1,
         )  # fmt: skip
 
@@ -379,69 +463,102 @@ def run_gemm(env: dict[str, str]) -> dict:
     return result
 
 
-def run_workload(w: Workload, samples: int, rounds: int, env: dict[str, str]) -> dict:
+class Spinner:
+    """The competing process of the loaded rounds: `python -c "while True: pass"`, one core busy."""
+
+    def __enter__(self):
+        self.proc = subprocess.Popen([sys.executable, "-c", SPINNER])
+        time.sleep(0.5)  # let it reach the scheduler's steady state
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.kill()
+        self.proc.wait()
+
+
+def run_rounds(w: Workload, children: dict[str, Child], rounds: int, label: str) -> dict:
+    """Timed rounds, one training round then one predict per framework, the order rotating."""
+    frameworks = list(children)
+    train = {f: [] for f in children}
+    predict = {f: [] for f in PREDICTING}
+    losses = {f: [] for f in children}
+    gemm = []
+    for r in range(rounds):
+        # Each framework goes first in turn, so that drift in the machine's speed hits all.
+        shift = r % len(frameworks)
+        order = frameworks[shift:] + frameworks[:shift]
+        for framework in order:
+            answer = children[framework].ask("train")
+            train[framework].append(answer["seconds"])
+            losses[framework].append(answer["loss"])
+        for framework in order:
+            if framework in PREDICTING:
+                predict[framework].append(children[framework].ask("predict")["seconds"])
+        if w.name == "W1" and label == "idle":
+            gemm.append(children["kerspec"].ask("gemm")["gflops"])
+        log(
+            f"{w.name} {label} round {r + 1}/{rounds}: train s kerspec {train['kerspec'][-1]:.3f}"
+            f" torch {train['torch'][-1]:.3f}"
+            + (f" numpy {train['numpy'][-1]:.3f}" if "numpy" in train else "")
+            + f"; predict s kerspec {predict['kerspec'][-1]:.3f}"
+            f" torch {predict['torch'][-1]:.3f}"
+        )
+    return {"train": train, "predict": predict, "loss": losses, "gemm": gemm}
+
+
+def run_workload(
+    w: Workload, samples: int, epochs: int, rounds: int, env: dict[str, str], loaded: bool
+) -> dict:
     # W1 also trains its plain-NumPy yardstick (numpy_w1.py) in the same rounds; it only trains.
     frameworks = ["kerspec", "torch"] + (["numpy"] if w.name == "W1" else [])
-    predicting = ("kerspec", "torch")
     children = {}
     setup = {}
     for framework in frameworks:  # one at a time, so that no setup is disturbed
-        children[framework] = Child(framework, w.name, samples, env)
+        children[framework] = Child(framework, w.name, samples, env, epochs)
         setup[framework] = children[framework].read()["rss_setup_kib"]
     try:
         for framework, child in children.items():
             log(f"{w.name} {framework}: warm-up")
             child.ask("train")
-            if framework in predicting:
+            if framework in PREDICTING:
                 child.ask("predict")
-        train = {f: [] for f in children}
-        predict = {f: [] for f in predicting}
-        losses = {f: [] for f in children}
-        gemm = []
-        for r in range(rounds):
-            # Each framework goes first in turn, so that drift in the machine's speed hits all.
-            shift = r % len(frameworks)
-            order = frameworks[shift:] + frameworks[:shift]
-            for framework in order:
-                answer = children[framework].ask("train")
-                train[framework].append(answer["seconds"])
-                losses[framework].append(answer["loss"])
-            for framework in order:
-                if framework in predicting:
-                    predict[framework].append(children[framework].ask("predict")["seconds"])
-            if w.name == "W1":
-                gemm.append(children["kerspec"].ask("gemm")["gflops"])
-            log(
-                f"{w.name} round {r + 1}/{rounds}: train s kerspec {train['kerspec'][-1]:.3f}"
-                f" torch {train['torch'][-1]:.3f}"
-                + (f" numpy {train['numpy'][-1]:.3f}" if "numpy" in train else "")
-                + f"; predict s kerspec {predict['kerspec'][-1]:.3f}"
-                f" torch {predict['torch'][-1]:.3f}"
-            )
-        stats = {f: children[f].ask("stats") for f in predicting}
+        idle = run_rounds(w, children, rounds, "idle")
+        under_load = None
+        if loaded:
+            with Spinner():
+                under_load = run_rounds(w, children, rounds, "loaded")
+        stats = {f: children[f].ask("stats") for f in PREDICTING}
     finally:
         for child in children.values():
             child.close()
     return {
         "workload": w.name,
         "samples": samples,
+        "epochs": epochs,
+        "predict_samples": len_predict(w, samples),
         "rounds": rounds,
-        "train_seconds": train,
-        "predict_seconds": predict,
-        "loss": losses,
-        "gemm_gflops": gemm,
-        "rss_setup_kib": {f: setup[f] for f in predicting},
+        "train_seconds": idle["train"],
+        "predict_seconds": idle["predict"],
+        "loss": idle["loss"],
+        "gemm_gflops": idle["gemm"],
+        "loaded": None if under_load is None else {
+            "train_seconds": under_load["train"], "predict_seconds": under_load["predict"]
+        },
+        "rss_setup_kib": {f: setup[f] for f in PREDICTING},
         "peak_rss_kib": {f: s["peak_rss_kib"] for f, s in stats.items()},
         "info": {f: s["info"] for f, s in stats.items()},
     }
 
 
 def summarize(result: dict) -> dict:
-    n = result["samples"]
+    counts = {
+        "train": result["samples"] * result["epochs"],
+        "predict": result["predict_samples"],
+    }
     out = {}
     for kind in ("train", "predict"):
         seconds = result[f"{kind}_seconds"]
-        rates = {f: [n / s for s in seconds[f]] for f in seconds}
+        rates = {f: [counts[kind] / s for s in seconds[f]] for f in seconds}
         ratios = [k / t for k, t in zip(rates["kerspec"], rates["torch"])]
         out[kind] = {
             "kerspec": statistics.median(rates["kerspec"]),
@@ -459,6 +576,16 @@ def summarize(result: dict) -> dict:
         "kerspec_setup": setup["kerspec"] / 1024,
         "torch_setup": setup["torch"] / 1024,
     }
+    if result["loaded"] is not None:
+        # The slowdown under load: the median loaded round's time over the median idle one's.
+        out["loaded"] = {
+            kind: {
+                f: statistics.median(result["loaded"][f"{kind}_seconds"][f])
+                / statistics.median(result[f"{kind}_seconds"][f])
+                for f in PREDICTING
+            }
+            for kind in ("train", "predict")
+        }
     return out
 
 
@@ -512,6 +639,7 @@ def render(results: list[dict], gemm: dict, header: dict) -> str:
             f"  {result['workload']}: train {s['train']['best_ratio']:.2f},"
             f" predict {s['predict']['best_ratio']:.2f}"
         )
+    lines += render_loaded(results)
     m_, k_, n_ = GEMM_SHAPE
     lines += [
         "",
@@ -524,6 +652,33 @@ def render(results: list[dict], gemm: dict, header: dict) -> str:
     if w1 is not None:
         lines += w1_gemm_fraction(w1, gemm)
     return "\n".join(lines)
+
+
+def render_loaded(results: list[dict]) -> list[str]:
+    """The loaded column: each framework's slowdown (loaded / idle median time) with a competing
+    process busy on one core; kerspec's must not exceed PyTorch's, nor MAX_SLOWDOWN."""
+    loaded = [(r["workload"], summarize(r)["loaded"]) for r in results if r["loaded"]]
+    if not loaded:
+        return []
+    lines = [
+        "",
+        f"under load (`python -c \"{SPINNER}\"` busy on one core): slowdown = median loaded"
+        " time / median idle time",
+        "",
+    ]
+    head = (
+        "| workload | train kerspec | train torch | target | "
+        "predict kerspec | predict torch | target |"
+    )
+    lines += [head, "|" + " --- |" * (head.count("|") - 1)]
+    for name, s in loaded:
+        cells = []
+        for kind in ("train", "predict"):
+            k, t = s[kind]["kerspec"], s[kind]["torch"]
+            ok = k <= t and k <= MAX_SLOWDOWN
+            cells += [f"{k:.2f}x", f"{t:.2f}x", f"<= torch's, <= {MAX_SLOWDOWN} {met(ok, True)}"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def w1_gemm_fraction(w1: dict, own: dict) -> list[str]:
@@ -561,7 +716,12 @@ def w1_gemm_fraction(w1: dict, own: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workloads", default="W1,W2,W3,W4", help="comma-separated, e.g. W1,W3")
+    parser.add_argument(
+        "--workloads",
+        "--only",
+        default=",".join(WORKLOADS),
+        help="comma-separated, e.g. R1,R3 (default: all)",
+    )
     parser.add_argument(
         "--epochs",
         type=int,
@@ -571,7 +731,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="1/8 of the samples and 1 round (unless --epochs): a smoke run",
+        help="1/8 of the samples and of R1-R3's epochs a round, 1 round (unless --epochs):"
+        " a smoke run",
+    )
+    parser.add_argument(
+        "--no-load",
+        action="store_true",
+        help="skip the loaded rounds (the same rounds again beside a process busy on one core)",
     )
     parser.add_argument("--json", type=Path, help="also write every measurement to this file")
     parser.add_argument(
@@ -583,9 +749,10 @@ def main(argv: list[str] | None = None) -> None:
         "--child", nargs=2, metavar=("FRAMEWORK", "WORKLOAD"), help=argparse.SUPPRESS
     )
     parser.add_argument("--samples", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--round-epochs", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        child_main(args.child[0], args.child[1], args.samples)
+        child_main(args.child[0], args.child[1], args.samples, args.round_epochs)
         return
 
     names = [n.strip().upper() for n in args.workloads.split(",") if n.strip()]
@@ -615,7 +782,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in names:
         w = WORKLOADS[name]
         samples = max(w.batch_size, w.samples // 8) if args.quick else w.samples
-        results.append(run_workload(w, samples, rounds, env))
+        epochs = max(1, w.epochs // 8) if args.quick else w.epochs
+        results.append(run_workload(w, samples, epochs, rounds, env, loaded=not args.no_load))
     info = results[0]["info"] if results else {"kerspec": {}, "torch": {}}
     blas = "; ".join(
         ", ".join(f"{k}={v}" for k, v in b.items() if k != "prefix") for b in gemm["blas"]

@@ -23,12 +23,14 @@ from kerspec.errors import DataError, GraphError, KerspecError, RunError, SpecEr
 from kerspec.folders import OutputFolder
 from kerspec.paths import pattern_fields
 from kerspec.graph import Graph, Params, Plan, compile_spec
+from kerspec.graph.fusions import fold_batch_norm, folded_params
 from kerspec.guards import check_model
 from kerspec.layers import Context
 from kerspec.runs import RunFolder
 from kerspec.spec import LoadedSpec, load_spec, parse_spec
 from kerspec.spec.overrides import data_override
 from kerspec.summary import render_summary, summary_rows
+from kerspec.threads import BlasThreads
 from kerspec.training import loop
 from kerspec.training.callbacks import Callback, History
 from kerspec.training.data import Dataset, OutputInfo, arrays_dataset, load_dataset, load_inputs
@@ -52,6 +54,9 @@ class Model:
         self.spec = loaded.spec
         self.graph: Graph = compile_spec(loaded)
         self.plan = Plan(self.graph)
+        # predict's plan, with BatchNormalization folded into the layer before it (made at the
+        # first predict).
+        self._folded: tuple[Plan, list] | None = None
         self.dtype = np.dtype(self.spec.dtype)
         if seed is None:
             seed = self.spec.seed
@@ -430,7 +435,7 @@ class Model:
         if data is None:
             _, data = self.evaluation_data()
         self._require_targets(data)
-        with self._inference() as ctx:
+        with self._inference() as ctx, BlasThreads():
             return loop.evaluate(
                 self.trainer,
                 data,
@@ -489,10 +494,14 @@ class Model:
         xs = [np.asarray(x[name], dtype=self.dtype) for name in self.input_names]
         n = len(xs[0])
         results: list[np.ndarray] | None = None
-        with self._inference() as ctx:
+        if self._folded is None:
+            self._folded = fold_batch_norm(self.plan)
+        plan, folds = self._folded
+        params = folded_params(self.params, folds)
+        with self._inference() as ctx, BlasThreads():
             for start in range(0, n, batch_size):
                 batch = [a[start : start + batch_size] for a in xs]
-                outputs = self.plan.forward(self.params, batch, ctx, record=False).outputs
+                outputs = plan.forward(params, batch, ctx, record=False).outputs
                 if results is None:
                     results = [np.empty((n, *o.shape[1:]), o.dtype) for o in outputs]
                 for result, output in zip(results, outputs):

@@ -39,6 +39,14 @@ CONV1D = [
     ),
     # One channel and long output rows: the columns are stored offset-major.
     ({"type": "Conv1D", "filters": 2, "kernel_size": 3, "padding": "same"}, [(2, 9, 1)]),
+    # Fewer filters than channels: the input gradient from the output gradient's windows.
+    ({"type": "Conv1D", "filters": 2, "kernel_size": 4, "padding": "same"}, [(2, 7, 5)]),
+    ({"type": "Conv1D", "filters": 1, "kernel_size": 3, "padding": "causal"}, [(2, 5, 3)]),
+    ({"type": "Conv1D", "filters": 2, "kernel_size": 5, "padding": "same"}, [(2, 2, 3)]),
+    (
+        {"type": "Conv1D", "filters": 2, "kernel_size": 2, "data_format": "channels_first"},
+        [(2, 4, 5)],
+    ),
 ]
 CONV2D = [
     ({"type": "Conv2D", "filters": 2, "kernel_size": 3}, [(2, 5, 6, 2)]),
@@ -278,6 +286,7 @@ def test_padding_is_case_insensitive_as_in_keras():
             None,
         ),
         ({"type": "Conv1D", "filters": 3, "kernel_size": 3, "dilation_rate": 2}, (5, 9, 2), None),
+        ({"type": "Conv1D", "filters": 3, "kernel_size": 4, "padding": "same"}, (5, 9, 6), None),
         ({"type": "Conv2D", "filters": 3, "kernel_size": 3}, (5, 6, 10, 1), None),  # offset-major
         # Output split into 2x2 pooling windows (an odd edge left out), as the plan makes it.
         ({"type": "Conv2D", "filters": 4, "kernel_size": 3, "activation": "relu"}, (5, 9, 8, 3), (2, 2)),
@@ -380,3 +389,29 @@ def test_bias_inside_and_after_the_gemm_agree(monkeypatch):
     for a, b in zip(*results):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
         assert b.dtype == np.float32
+
+
+def test_convolutions_sharing_the_inference_padding_buffer_predict_as_in_training_mode():
+    """Inference pads every convolution's input into one shared buffer: each convolution must be
+    done with it before the next writes it (three same-shaped `same` convolutions, one after the
+    other and one beside them, read by Add)."""
+    import kerspec
+    from kerspec.layers import Context
+
+    model = kerspec.from_yaml(
+        """
+name: shared_padding
+seed: 0
+layers:
+  - {type: Input, shape: [6, 5, 4], name: x}
+  - {type: Conv2D, filters: 4, kernel_size: 3, padding: same, name: a}
+  - {type: Conv2D, filters: 4, kernel_size: 3, padding: same, name: b}
+  - {type: Conv2D, filters: 4, kernel_size: 3, padding: same, from: x, name: c}
+  - {type: Add, from: [b, c], name: y}
+"""
+    )
+    x = np.random.default_rng(0).standard_normal((3, 6, 5, 4)).astype(np.float32)
+    predicted = model.predict(x)["y"]
+    ctx = Context(training=False, rng=np.random.default_rng(0))
+    (recorded,) = model.plan.forward(model.params, [x], ctx, record=True).outputs
+    np.testing.assert_allclose(predicted, recorded, rtol=1e-6, atol=1e-6)

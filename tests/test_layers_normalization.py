@@ -48,6 +48,10 @@ GRAD_CASES = {
         ({"type": "BatchNormalization", "axis": 1}, (3, 2, 4), False),
         ({"type": "BatchNormalization", "center": False}, (2, 3, 2), True),
         ({"type": "BatchNormalization", "scale": False, "axis": -2}, (3, 2, 2), True),
+        # A convolution's output: channels last over a 2-D (rows, channels) view.
+        ({"type": "BatchNormalization"}, (2, 3, 2, 3), True),
+        ({"type": "BatchNormalization"}, (2, 3, 2, 3), False),
+        ({"type": "BatchNormalization", "axis": 1, "center": False, "scale": False}, (3, 2, 4), True),
     ],
     "LayerNormalization": [
         ({"type": "LayerNormalization"}, (3, 4), None),
@@ -95,6 +99,37 @@ def test_batch_normalization_updates_moving_statistics_in_training_only():
     np.testing.assert_allclose(w["moving_variance"], expected_var, rtol=1e-6)
     # The batch statistics normalise the output in training.
     np.testing.assert_allclose(((y - w["beta"]) / w["gamma"]).mean(0), 0, atol=1e-5)
+
+
+def test_batch_normalization_of_a_constant_channel_is_finite():
+    # E[x^2] - E[x]^2 of a channel far from zero with no spread can round below zero in float32;
+    # the variance is clipped at 0, so the output is beta, not NaN (up to the rounding of
+    # x * scale + shift: float32 epsilon times mean * scale, 1000 * 31.6 here).
+    layer = build({"type": "BatchNormalization"})
+    x = np.full((64, 2), 1000.1, np.float32)
+    x[:, 1] = np.linspace(-1, 1, 64)
+    w = bn_weights(layer, x.shape, np.random.default_rng(5), np.float32)
+    (y,), backprop = layer.forward(w, [x], Context(training=True, rng=np.random.default_rng(0)))
+    (dx,), grads = backprop([np.ones_like(x)])
+    assert np.isfinite(y).all() and np.isfinite(dx).all()
+    np.testing.assert_allclose(y[:, 0], w["beta"][0], atol=0.02)
+    assert w["moving_variance"][0] >= 0
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_normalization_gradient_of_a_strided_dy(training):
+    # dy as a strided view (a channels_first layer's, a transpose) gives the same dx.
+    rng = np.random.default_rng(6)
+    layer = build({"type": "BatchNormalization"})
+    x = rng.standard_normal((4, 3, 5))
+    w = bn_weights(layer, x.shape, rng)
+    dy = rng.standard_normal((4, 5, 3))
+    dxs = []
+    for given in (dy.transpose(0, 2, 1), np.ascontiguousarray(dy.transpose(0, 2, 1))):
+        ctx = Context(training=training, rng=rng)
+        _, backprop = layer.forward({k: v.copy() for k, v in w.items()}, [x], ctx)
+        dxs.append(backprop([given.copy() if given.flags.c_contiguous else given])[0][0])
+    np.testing.assert_allclose(dxs[0], dxs[1], rtol=1e-12)
 
 
 def test_frozen_batch_normalization_uses_moving_statistics_in_training():
@@ -175,6 +210,8 @@ def keras_batch_normalization(keras, config, w, x, r, training):
         ({"type": "BatchNormalization"}, (6, 3)),
         ({"type": "BatchNormalization", "axis": 1, "momentum": 0.8, "epsilon": 0.01}, (4, 3, 2)),
         ({"type": "BatchNormalization", "center": False}, (5, 2, 3)),
+        ({"type": "BatchNormalization"}, (8, 6, 5, 4)),
+        ({"type": "BatchNormalization", "axis": 1, "scale": False}, (8, 3, 5, 2)),
     ],
 )
 def test_batch_normalization_matches_keras(config, shape, training):
@@ -238,3 +275,43 @@ def test_layer_normalization_over_a_middle_axis():
     expected = (x - mean) / np.sqrt(var + 1e-3) * gamma[:, None] + beta[:, None]
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
     assert y.dtype == np.float32
+
+
+BRANCH = """
+dtype: float64
+seed: 1
+layers:
+  - {type: Input, shape: [3], name: a}
+  - {type: Dense, units: 5, name: d0}
+  - {type: Dense, units: 5, name: d1}
+  - {type: BatchNormalization, name: bn}
+  - {type: Add, from: [bn, d0], name: merge}
+  - {type: Dense, units: 2, name: head}
+"""
+
+
+def test_whole_plan_gradients_with_batch_normalization_before_add():
+    """Add hands one dy to both of its inputs: BatchNormalization's backward must not write its
+    dx over it (R4's residual blocks), or the other branch's gradient is wrong."""
+    import kerspec
+
+    model = kerspec.from_yaml(BRANCH)
+    xs = [np.random.default_rng(0).standard_normal((6, 3))]
+    wrt = {
+        f"{o}/{n}": w
+        for o, ws in model.params.items()
+        for n, w in ws.items()
+        if not n.startswith("moving")
+    }
+
+    def forward():
+        ctx = Context(training=True, rng=np.random.default_rng(0))
+        run = model.plan.forward(model.params, xs, ctx, record=True)
+
+        def backprop(dy):
+            grads = model.plan.backward(run.tape, [dy])
+            return {f"{o}/{n}": g for o, gs in grads.items() for n, g in gs.items()}
+
+        return run.outputs[0], backprop
+
+    check_grads(forward, wrt)

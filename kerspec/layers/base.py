@@ -80,8 +80,10 @@ class Context:
             rng = self.seeded[id(owner)] = np.random.default_rng(seed)
         return rng
 
-    def buffer(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
-        key = (self.node, name, shape, dtype)
+    def buffer(self, name: str, shape: tuple[int, ...], dtype, *, shared: bool = False) -> np.ndarray:
+        """An array kept for this node's `name`; `shared`: one array for every node's `name`,
+        for scratch that is dead once the layer's forward returns (and no backward follows)."""
+        key = (None if shared else self.node, name, shape, dtype)
         array = self.buffers.get(key)
         if array is None:
             array = self.buffers[key] = np.empty(shape, dtype)

@@ -130,8 +130,9 @@ def out_sizes(layer, spatial, pads: Pads, kernel, strides, dilation) -> tuple[in
     return tuple(sizes)
 
 
-def padded(x: np.ndarray, pads: Pads, fill: float, ctx, name: str) -> np.ndarray:
-    """x (batch, *spatial, ...) with its spatial axes padded by `fill`; x itself without padding."""
+def padded(x: np.ndarray, pads: Pads, fill: float, ctx, name: str, shared: bool = False) -> np.ndarray:
+    """x (batch, *spatial, ...) with its spatial axes padded by `fill`; x itself without padding.
+    `shared`: in the context's buffer that every layer shares (see Context.buffer)."""
     if not any(lo or hi for lo, hi in pads):
         return x
     shape = (
@@ -139,7 +140,7 @@ def padded(x: np.ndarray, pads: Pads, fill: float, ctx, name: str) -> np.ndarray
         *(n + lo + hi for n, (lo, hi) in zip(x.shape[1:], pads)),
         *x.shape[1 + len(pads) :],
     )
-    xp = ctx.buffer(name, shape, x.dtype)
+    xp = ctx.buffer(name, shape, x.dtype, shared=shared)
     xp.fill(fill)
     xp[interior(pads, x.shape[1:])] = x
     return xp
@@ -298,7 +299,9 @@ class BaseConv(KernelBiasLayer):
         in_group, out_group = channels // groups, filters // groups
         rows, depth = batch * math.prod(span), math.prod(kernel_size) * in_group
 
-        xp = padded(xl, pads, 0.0, ctx, "padded")
+        # Inference reads the padded input only inside this call (no backward follows): one
+        # buffer serves every convolution of the plan (R4 at batch 1,024: 7 x 126 MB -> 126 MB).
+        xp = padded(xl, pads, 0.0, ctx, "padded", shared=not ctx.record)
         grouped = xp.reshape(*xp.shape[:-1], groups, in_group)
         # (batch, *placed, groups, in_group, *kernel) -> (groups, batch, *placed, *kernel,
         # in_group), the row-major order of the kernel's (*kernel, in_group) axes.
@@ -390,7 +393,19 @@ class BaseConv(KernelBiasLayer):
         n_offsets = math.prod(kernel_size)
         dcols_shape = (n_offsets, groups, dx_step * per_sample, in_group)
         natural_shape = (groups, dx_step * per_sample, out_group)
-        if need_dx and training:
+        # A plain 1-D convolution with fewer filters than input channels takes its input
+        # gradient as one GEMM over the output gradient's windows (see _dx_from_dz_windows):
+        # those windows are kernel * filters wide, the window gradients kernel * channels.
+        from_dz_windows = (
+            rank == 1 and groups == 1 and blocks is None and strides == (1,)
+            and dilation == (1,) and filters < channels
+        )  # fmt: skip
+        dz_windows_buffer = dx_direct_buffer = None
+        if need_dx and training and from_dz_windows:
+            dz_windows_buffer = ctx.buffer("dz_windows", (batch, *spatial, n_offsets, filters), x.dtype)
+            dx_direct_buffer = ctx.buffer("dx", xl.shape, x.dtype)
+            dcols_buffer = natural_buffer = dxp_buffer = None
+        elif need_dx and training:
             dcols_buffer = ctx.buffer("dcols", dcols_shape, x.dtype)
             natural_buffer = ctx.buffer("dz_natural", natural_shape, x.dtype) if blocks else None
             dxp_buffer = ctx.buffer("dx", (batch, *grouped.shape[1:]), x.dtype)
@@ -426,6 +441,12 @@ class BaseConv(KernelBiasLayer):
                 grads["bias"] = np.ones(rows, dz.dtype) @ dz
             if not need_dx:
                 return None, grads
+            if from_dz_windows:
+                dx = _dx_from_dz_windows(
+                    dzg[0].reshape(batch, *out, filters), w["kernel"], pads[0][0], spatial[0],
+                    dz_windows_buffer, dx_direct_buffer,
+                )
+                return from_last(self, dx), grads
             # The window gradients one kernel offset at a time, (offsets, groups, rows, in_group),
             # with the rows in natural position order: each offset's block is then contiguous,
             # and so is each output row of its region in dx, and the col2im adds run along whole
@@ -477,6 +498,32 @@ class BaseConv(KernelBiasLayer):
             return from_last(self, dx), grads
 
         return from_last(self, y.reshape(batch, *placed, filters)), backprop
+
+
+def _dx_from_dz_windows(dz, kernel, before: int, steps: int, windows=None, dx=None):
+    """The input gradient of a 1-D convolution with strides and dilation 1 as one GEMM: input
+    step s gets sum_j dz[s - j + before] @ kernel[j].T, so with u = k - 1 - j it is the
+    windows of dz (rows s + u - (k - 1) + before, zero outside dz) times the kernel flipped
+    along its steps. The windows are copied one offset at a time from dz itself, no padded copy.
+
+    dz (batch, out_steps, filters), kernel (k, channels, filters) -> dx (batch, steps, channels).
+    """
+    batch, out_steps, filters = dz.shape
+    k, channels, _ = kernel.shape
+    if windows is None:
+        windows = np.empty((batch, steps, k, filters), dz.dtype)
+    if dx is None:
+        dx = np.empty((batch, steps, channels), dz.dtype)
+    for u in range(k):
+        shift = u - (k - 1) + before
+        lo = max(0, -shift)
+        hi = max(lo, min(steps, out_steps - shift))
+        windows[:, lo:hi, u] = dz[:, lo + shift : hi + shift]
+        windows[:, :lo, u] = 0
+        windows[:, hi:, u] = 0
+    flipped = np.ascontiguousarray(kernel[::-1].transpose(0, 2, 1)).reshape(k * filters, channels)
+    np.matmul(windows.reshape(batch * steps, k * filters), flipped, out=dx.reshape(-1, channels))
+    return dx
 
 
 @LAYERS.register("Conv1D", "Convolution1D")

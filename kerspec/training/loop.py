@@ -22,6 +22,7 @@ import numpy as np
 
 from kerspec.errors import RunError
 from kerspec.layers import Context
+from kerspec.threads import BlasThreads
 from kerspec.training.callbacks import Arrays, Callback, History
 from kerspec.training.checkpoint import CHECKPOINT_FORMAT, check_checkpoint
 from kerspec.training.data import Dataset
@@ -217,8 +218,9 @@ def fit(
         session.restore(resume)
     steps = math.ceil(train.samples / batch_size)
     terminate_on_nan = any(getattr(c, "terminates", False) for c in every)
-    with _interruptible(session):
+    with _interruptible(session), BlasThreads() as blas_threads:
         while session.epoch < epochs and not session.stop_training:
+            blas_threads.adjust()  # the machine's load may have changed since the last epoch
             epoch = session.epoch
             good = session.checkpoint()
             try:

@@ -1,0 +1,164 @@
+"""BLAS threads chosen from the cores other processes leave free, set and restored around
+kerspec's work (fit, evaluate, predict).
+
+A multi-threaded GEMM waits for its slowest thread: with another process busy on one of two
+cores, OpenBLAS's two threads take turns with it and the product runs several times slower than
+on one thread. So at the start of the work and again at each epoch, kerspec reads how busy the
+allowed cores were (/proc/stat, less this process's own CPU time) and runs BLAS on the cores
+left, never more threads than BLAS had when the work began (the user's OPENBLAS_NUM_THREADS and
+the like still cap it). The count goes back to what it was when the work ends.
+
+Setting threads needs threadpoolctl (the `threads` extra: pip install 'kerspec[threads]').
+Without it, or off Linux, BLAS keeps its own count and kerspec runs as before.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+# With other processes using `busy` cores of `cores`, run on floor(cores - busy + SLACK)
+# threads: a core is taken as free when at most this much of it is busy.
+SLACK = 0.25
+# Readings closer together than this say too little (/proc/stat counts in 10 ms ticks): the
+# last choice stands.
+MIN_INTERVAL = 0.1
+# The first choice of a process has no earlier reading: it reads twice, this far apart.
+FIRST_INTERVAL = 0.05
+
+
+@dataclass(frozen=True)
+class Reading:
+    """The machine at one moment: the wall clock, the CPU time (seconds) spent on the cores this
+    process may use by everyone, and this process's own CPU time."""
+
+    wall: float
+    busy: float
+    own: float
+
+
+def parse_stat(text: str, cpus: set[int], ticks_per_second: float) -> float:
+    """Seconds the CPUs `cpus` have been busy, from /proc/stat's per-CPU lines: everything but
+    idle and iowait (steal counts as busy: the hypervisor gave that time to someone else)."""
+    busy = 0
+    for line in text.splitlines():
+        name, *fields = line.split()
+        if not name.startswith("cpu") or name == "cpu" or int(name[3:]) not in cpus:
+            continue
+        values = [int(v) for v in fields[:8]]
+        idle = values[3] + values[4]  # idle, iowait
+        busy += sum(values) - idle
+    return busy / ticks_per_second
+
+
+def threads_for(before: Reading, after: Reading, cores: int, most: int) -> int:
+    """BLAS threads for the cores other processes left free between two readings (at least 1,
+    at most `most`)."""
+    wall = after.wall - before.wall
+    others = max(0.0, (after.busy - before.busy) - (after.own - before.own)) / wall
+    free = cores - others
+    return max(1, min(most, int(free + SLACK)))
+
+
+def read_machine() -> Reading | None:
+    """A Reading of this machine, or None where /proc/stat cannot be read."""
+    try:
+        with open("/proc/stat") as f:
+            text = f.read()
+        busy = parse_stat(text, _cpus(), os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+    times = os.times()
+    return Reading(time.monotonic(), busy, times.user + times.system)
+
+
+def _cpus() -> set[int]:
+    try:
+        return os.sched_getaffinity(0)
+    except AttributeError:
+        return set(range(os.cpu_count() or 1))
+
+
+def _blas_libraries() -> list:
+    """threadpoolctl's controllers of the BLAS libraries loaded (numpy's), or [] without it."""
+    global _controller
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return []
+    if _controller is None:
+        _controller = ThreadpoolController()
+    return _controller.select(user_api="blas").lib_controllers
+
+
+_controller = None
+_lock = threading.Lock()
+# How many fit / evaluate / predict calls are inside a BlasThreads now (threads, nested calls):
+# the first one in sets the count, the last one out restores it.
+_active = 0
+_original: list[tuple[object, int]] = []  # (library, its thread count before)
+_applied = 0  # the count set now (0: the original ones)
+# The last reading and the choice made from it; both outlive a BlasThreads, so that predict
+# called again and again reads the machine over the whole time since the last choice.
+_last: Reading | None = None
+_choice = 0
+
+
+def _apply(threads: int) -> None:
+    global _applied
+    if threads != _applied:
+        for lib, _ in _original:
+            lib.set_num_threads(threads)
+        _applied = threads
+
+
+class BlasThreads:
+    """`with BlasThreads() as threads:` around kerspec's work; `threads.adjust()` between
+    epochs. Only the outermost of nested or concurrent uses sets and restores the count."""
+
+    def __enter__(self) -> BlasThreads:
+        global _active, _original
+        with _lock:
+            _active += 1
+            if _active == 1:
+                _original = [(lib, lib.num_threads) for lib in _blas_libraries()]
+        self.adjust()
+        return self
+
+    def adjust(self) -> None:
+        """Choose the thread count again from how busy the machine has been since the last
+        reading; with none recent enough and no earlier choice, over FIRST_INTERVAL from now."""
+        global _choice, _last
+        with _lock:
+            if not _original:
+                return
+            most = max(n for _, n in _original)
+            # Too soon after the last reading to learn anything (epochs of a few ms: R1's are
+            # one batch): the last choice stands, without reading /proc/stat.
+            recent = _last is not None and time.monotonic() - _last.wall < MIN_INTERVAL
+            if not (_choice and recent):
+                now = read_machine()
+                if now is None:
+                    return
+                if _last is None or (now.wall - _last.wall < MIN_INTERVAL and not _choice):
+                    _last = now
+                    time.sleep(FIRST_INTERVAL)
+                    now = read_machine()
+                    if now is None:
+                        return
+                if now.wall - _last.wall >= MIN_INTERVAL or not _choice:
+                    _choice = threads_for(_last, now, len(_cpus()), most)
+                    _last = now
+            _apply(min(_choice, most))
+
+    def __exit__(self, *exc) -> None:
+        global _active, _applied
+        with _lock:
+            _active -= 1
+            if _active == 0:
+                for lib, threads in _original:
+                    lib.set_num_threads(threads)
+                _original.clear()
+                _applied = 0
