@@ -29,13 +29,14 @@ def batch_lists(model: kerspec.Model, data, n: int):
 
 
 def unzero(model: kerspec.Model, rng) -> None:
-    """Weights initialised to zeros (biases) drawn small and random instead: with zero biases,
-    exact zeros in the data (the digits' background) put pre-activations exactly on ReLU's kink,
-    where central differences see half a slope that no implementation computes."""
+    """Weights initialised to zero (biases, an LSTM's gates but its forget gate's) drawn small
+    and random instead: with a zero bias, exact zeros in the data (the digits' background, padded
+    steps) put pre-activations exactly on ReLU's kink, where central differences see half a slope
+    that no implementation computes."""
     for weights in model.params.values():
         for w in weights.values():
-            if not w.any():
-                w[...] = rng.normal(0.0, 0.1, w.shape)
+            zero = w == 0
+            w[zero] = rng.normal(0.0, 0.1, int(zero.sum()))
 
 
 def check_training_gradients(
