@@ -315,3 +315,26 @@ def test_whole_plan_gradients_with_batch_normalization_before_add():
         return run.outputs[0], backprop
 
     check_grads(forward, wrt)
+
+
+CROPPED = """
+dtype: float64
+layers:
+  - {type: Input, shape: [4, 4, 1], name: x}
+  - {type: Cropping2D, cropping: 1, name: crop}
+  - {type: BatchNormalization, name: bn}
+  - {type: Flatten, name: flat}
+  - {type: Dense, units: 2, name: head}
+compile: {optimizer: sgd, loss: mse}
+"""
+
+
+def test_batch_normalization_of_a_strided_view_trains():
+    """A Cropping2D's output is a strided view of its input; BatchNormalization's contiguous
+    output buffer must take it in training (found by tests/test_plan_fuzz.py)."""
+    import kerspec
+    from tests.wholeplan import check_training_gradients
+
+    model = kerspec.from_yaml(CROPPED)
+    rng = np.random.default_rng(0)
+    check_training_gradients(model, [rng.standard_normal((3, 4, 4, 1))], [rng.standard_normal((3, 2))])

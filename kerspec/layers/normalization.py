@@ -170,7 +170,8 @@ class BatchNormalization(_Normalization):
         scale = inv if gamma is None else inv * gamma
         shift = -mean * scale if beta is None else beta - mean * scale
         y = ctx.buffer("y", x.shape, x.dtype) if ctx.record else np.empty(x.shape, x.dtype)
-        ym = _channels_last(y, axis)
+        # y is contiguous, x may be a strided view (a Cropping2D's output): y shaped as x's view.
+        ym = _channels_last(y, axis).reshape(xm.shape)
         np.multiply(xm, scale, out=ym)
         ym += shift
         count = dtype(xm.size // xm.shape[-1])
