@@ -7,10 +7,12 @@ regularizers. `KERSPEC_FUZZ=long` runs thousands of graphs."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
-from hypothesis import given
+import pytest
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kerspec
@@ -137,7 +139,8 @@ def sequence_op(g: Graph, t: Tensor) -> None:
         sequences = g.pick(st.booleans())
         inner = {"type": cell, "units": units, "return_sequences": sequences}
         if g.pick(st.booleans()):
-            inner["activation"] = g.activation(elementwise_only=True)
+            # Not `exponential`: exp of a state fed back through the steps overflows.
+            inner["activation"] = g.pick(st.sampled_from([a for a in ELEMENTWISE if a != "exponential"]))
         if cell == "GRU":
             inner["reset_after"] = g.pick(st.booleans())
         if choice == "rnn":
@@ -319,11 +322,35 @@ def batch_for(model: kerspec.Model, heads: dict, rng, n: int = 3):
     return xs, ys, weights
 
 
-@FUZZ
+# The same graphs in every CI run (a fuzz failure there is a finding, not a flake);
+# KERSPEC_FUZZ=long draws new ones each time.
+@settings(parent=FUZZ, derandomize=os.environ.get("KERSPEC_FUZZ") != "long")
 @given(random_graphs(), st.integers(0, 2**16))
 def test_random_graph_gradients(graph, seed):
     text, heads = graph
     model = kerspec.from_yaml(text)
     rng = np.random.default_rng(seed)
     xs, ys, weights = batch_for(model, heads, rng)
+    check_training_gradients(model, xs, ys, weights, rng=rng)
+
+
+KNOWN_BIDIRECTIONAL_MASK_BUG = """
+dtype: float64
+seed: 183
+layers:
+  - {type: Input, shape: [3, 2], name: x}
+  - {type: Masking, mask_value: 0.0}
+  - {type: Bidirectional, layer: {type: SimpleRNN, units: 3, activation: hard_tanh}, name: bi}
+  - {type: Dense, units: 2, name: head}
+compile: {optimizer: sgd, loss: mse}
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="found by this fuzz, not fixed yet: the forward direction's"
+                   " gradients of a masked Bidirectional SimpleRNN with hard_tanh are wrong by"
+                   " up to 30% (unmasked, unidirectional, or tanh: right)")
+def test_masked_bidirectional_simple_rnn_with_hard_tanh():
+    model = kerspec.from_yaml(KNOWN_BIDIRECTIONAL_MASK_BUG)
+    rng = np.random.default_rng(5)
+    xs, ys, weights = batch_for(model, {"head": ("mse", (2,))}, rng)
     check_training_gradients(model, xs, ys, weights, rng=rng)
