@@ -311,3 +311,14 @@ def test_dropout_only_in_training_and_seeded(kind):
     assert not np.allclose(run(layer, True), run(plain, True))
     seeded = build({"type": kind, "units": 3, "seed": 5, **DROPOUT})
     np.testing.assert_array_equal(run(seeded, True, seed=0), run(seeded, True, seed=1))
+
+
+def test_hold_leaves_the_real_steps_states_exact():
+    """Masked rows get the previous state back; real rows keep theirs bit for bit (a blend
+    old + step * (new - old) would round 1.0 to 0.9999999999999999)."""
+    from kerspec.layers.recurrent import hold
+
+    new = np.array([[1.0, -1.0], [0.5, 0.25]])
+    old = np.array([[0.3, 0.9], [0.1, 0.9]])  # (-1.0 - 0.9) + 0.9 is not -1.0
+    hold(new, old, np.array([[1.0], [0.0]]))
+    assert new.tolist() == [[1.0, -1.0], [0.1, 0.9]]

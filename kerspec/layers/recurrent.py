@@ -66,10 +66,11 @@ class UnitForgetBias(Initializer):
 
 
 def hold(new: np.ndarray, old: np.ndarray, step: np.ndarray) -> None:
-    """Where `step` is 0 (a masked step), put the previous state back: new = old + step*(new-old)."""
-    new -= old
-    new *= step
-    new += old
+    """Where `step` is 0 (a masked step), put the previous state back. A copy, not the blend
+    old + step * (new - old): that rounds a real step's state (1.0 - a + a is not 1.0), and an
+    activation that tells its flat parts from its output (hard_tanh at exactly 1) then took a
+    saturated unit for a live one."""
+    np.copyto(new, old, where=step == 0)
 
 
 def column_sums(a: np.ndarray) -> np.ndarray:
