@@ -100,6 +100,8 @@ def read_run_info(path: Path) -> RunInfo | None:
 
 
 _RUN_INFO = TypeAdapter(RunInfo)
+# A JSON file read back whole, to be updated and written again (a sweep's run.json, sweep.json).
+JSON_OBJECT = TypeAdapter(dict[str, Any])
 
 
 def new_run_dir(root: Path, name: str) -> Path:

@@ -18,6 +18,7 @@ import yaml
 
 from kerspec import __version__, io
 from kerspec.errors import KerspecError
+from kerspec.runs import JSON_OBJECT, MAX_RUN_JSON_BYTES
 from kerspec.spec.source import Source
 from kerspec.sweep.load import LoadedSweep, check_sweep, load_sweep
 from kerspec.sweep.results import (
@@ -229,12 +230,5 @@ def _manifest(loaded: LoadedSweep, address: str | None) -> dict[str, Any]:
 
 
 def _read_manifest(folder: Path) -> dict[str, Any]:
-    import json
-
-    try:
-        data = json.loads((folder / "sweep.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise KerspecError(f"cannot read sweep.json: {err}", str(folder)) from None
-    if not isinstance(data, dict):
-        raise KerspecError("sweep.json is not a mapping", str(folder))
-    return data
+    """sweep.json, read back as every kerspec JSON file is: its size capped, a mapping."""
+    return io.read_json_as(folder / "sweep.json", JSON_OBJECT, MAX_RUN_JSON_BYTES, "a kerspec sweep.json")

@@ -17,7 +17,7 @@ from typing import Any
 
 from kerspec import io
 from kerspec.errors import KerspecError, RunError
-from kerspec.runs import CHECKPOINT, describe_run
+from kerspec.runs import CHECKPOINT, JSON_OBJECT, MAX_RUN_JSON_BYTES, describe_run, read_run_info
 from kerspec.sweep.load import set_option
 
 TOP_CURVES = 5
@@ -68,15 +68,11 @@ def close_stopped(folder: Path, message: str) -> None:
 
 
 def _read_info(folder: Path) -> dict:
-    import json
-
-    try:
-        info = json.loads((folder / "run.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise RunError(f"cannot read run.json: {err}", str(folder)) from None
-    if not isinstance(info, dict):
-        raise RunError("run.json is not a mapping", str(folder))
-    return info
+    """A trial's run.json as written (its every field, to update and write back), after the
+    checks every run.json read back gets: its size, then its schema (kerspec.runs)."""
+    if read_run_info(folder) is None:
+        raise RunError("has no run.json", str(folder))
+    return io.read_json_as(folder / "run.json", JSON_OBJECT, MAX_RUN_JSON_BYTES, "a kerspec run.json")
 
 
 def _now() -> str:
