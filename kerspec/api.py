@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kerspec import io
+from kerspec import io, threads
 from kerspec.errors import DataError, GraphError, KerspecError, RunError, SpecError
 from kerspec.folders import OutputFolder
 from kerspec.paths import pattern_fields
@@ -30,7 +30,6 @@ from kerspec.runs import RunFolder
 from kerspec.spec import LoadedSpec, load_spec, parse_spec
 from kerspec.spec.overrides import data_override
 from kerspec.summary import render_summary, summary_rows
-from kerspec.threads import BlasThreads
 from kerspec.training import loop
 from kerspec.training.callbacks import Callback, History
 from kerspec.training.data import Dataset, OutputInfo, arrays_dataset, load_dataset, load_inputs
@@ -435,7 +434,7 @@ class Model:
         if data is None:
             _, data = self.evaluation_data()
         self._require_targets(data)
-        with self._inference() as ctx, BlasThreads():
+        with self._inference() as ctx, threads.BlasThreads():
             return loop.evaluate(
                 self.trainer,
                 data,
@@ -498,7 +497,7 @@ class Model:
             self._folded = fold_batch_norm(self.plan)
         plan, folds = self._folded
         params = folded_params(self.params, folds)
-        with self._inference() as ctx, BlasThreads():
+        with self._inference() as ctx, threads.BlasThreads():
             for start in range(0, n, batch_size):
                 batch = [a[start : start + batch_size] for a in xs]
                 outputs = plan.forward(params, batch, ctx, record=False).outputs
@@ -506,6 +505,7 @@ class Model:
                     results = [np.empty((n, *o.shape[1:]), o.dtype) for o in outputs]
                 for result, output in zip(results, outputs):
                     result[start : start + len(output)] = output
+                threads.after_batch()
         if results is None:
             raise RunError("no samples to predict")
         return dict(zip(self.output_names, results))

@@ -3,10 +3,14 @@ kerspec's work (fit, evaluate, predict).
 
 A multi-threaded GEMM waits for its slowest thread: with another process busy on one of two
 cores, OpenBLAS's two threads take turns with it and the product runs several times slower than
-on one thread. So at the start of the work and again at each epoch, kerspec reads how busy the
-allowed cores were (/proc/stat, less this process's own CPU time) and runs BLAS on the cores
-left, never more threads than BLAS had when the work began (the user's OPENBLAS_NUM_THREADS and
-the like still cap it). The count goes back to what it was when the work ends.
+on one thread. So kerspec reads how busy the allowed cores are (/proc/stat, less this process's
+own CPU time) while its own work runs: once when the work begins and again after each batch once
+INTERVAL has passed, and runs BLAS on the cores the others left free over that stretch. Only
+stretches of kerspec's own work count: what ran before the call (another program, or the PyTorch
+round of a benchmark) says nothing about the machine now. The work starts on the count the last
+reading chose (BLAS's own count the first time), never more threads than BLAS had when the work
+began (the user's OPENBLAS_NUM_THREADS and the like still cap it), and the count goes back to
+what it was when the work ends.
 
 Setting threads needs threadpoolctl (the `threads` extra: pip install 'kerspec[threads]').
 Without it, or off Linux, BLAS keeps its own count and kerspec runs as before.
@@ -22,11 +26,9 @@ from dataclasses import dataclass
 # With other processes using `busy` cores of `cores`, run on floor(cores - busy + SLACK)
 # threads: a core is taken as free when at most this much of it is busy.
 SLACK = 0.25
-# Readings closer together than this say too little (/proc/stat counts in 10 ms ticks): the
-# last choice stands.
-MIN_INTERVAL = 0.1
-# The first choice of a process has no earlier reading: it reads twice, this far apart.
-FIRST_INTERVAL = 0.05
+# The shortest stretch of work a choice is made from (/proc/stat counts in 10 ms ticks: 40 ticks
+# on two cores).
+INTERVAL = 0.2
 
 
 @dataclass(frozen=True)
@@ -100,9 +102,10 @@ _lock = threading.Lock()
 _active = 0
 _original: list[tuple[object, int]] = []  # (library, its thread count before)
 _applied = 0  # the count set now (0: the original ones)
-# The last reading and the choice made from it; both outlive a BlasThreads, so that predict
-# called again and again reads the machine over the whole time since the last choice.
+# The reading the next choice is made from (taken during the work now running), when the next
+# reading is due, and the last choice, which outlives a BlasThreads: the next work starts on it.
 _last: Reading | None = None
+_due = 0.0
 _choice = 0
 
 
@@ -114,9 +117,32 @@ def _apply(threads: int) -> None:
         _applied = threads
 
 
+def _read() -> None:
+    global _last, _due
+    _last = read_machine()
+    _due = time.monotonic() + INTERVAL
+
+
+def after_batch() -> None:
+    """After a batch: once INTERVAL of work has passed since the last reading, choose the thread
+    count again from how busy the others kept the machine over it."""
+    global _choice
+    if time.monotonic() < _due:
+        return
+    with _lock:
+        if not _original or _last is None:
+            return
+        before = _last
+        _read()
+        if _last is None:
+            return
+        _choice = threads_for(before, _last, len(_cpus()), max(n for _, n in _original))
+        _apply(_choice)
+
+
 class BlasThreads:
-    """`with BlasThreads() as threads:` around kerspec's work; `threads.adjust()` between
-    epochs. Only the outermost of nested or concurrent uses sets and restores the count."""
+    """`with BlasThreads():` around kerspec's work, `after_batch()` after each batch. Only the outermost
+    of nested or concurrent uses sets and restores the count."""
 
     def __enter__(self) -> BlasThreads:
         global _active, _original
@@ -124,37 +150,14 @@ class BlasThreads:
             _active += 1
             if _active == 1:
                 _original = [(lib, lib.num_threads) for lib in _blas_libraries()]
-        self.adjust()
+                if _original:
+                    most = max(n for _, n in _original)
+                    _apply(min(_choice, most) if _choice else most)
+                    _read()
         return self
 
-    def adjust(self) -> None:
-        """Choose the thread count again from how busy the machine has been since the last
-        reading; with none recent enough and no earlier choice, over FIRST_INTERVAL from now."""
-        global _choice, _last
-        with _lock:
-            if not _original:
-                return
-            most = max(n for _, n in _original)
-            # Too soon after the last reading to learn anything (epochs of a few ms: R1's are
-            # one batch): the last choice stands, without reading /proc/stat.
-            recent = _last is not None and time.monotonic() - _last.wall < MIN_INTERVAL
-            if not (_choice and recent):
-                now = read_machine()
-                if now is None:
-                    return
-                if _last is None or (now.wall - _last.wall < MIN_INTERVAL and not _choice):
-                    _last = now
-                    time.sleep(FIRST_INTERVAL)
-                    now = read_machine()
-                    if now is None:
-                        return
-                if now.wall - _last.wall >= MIN_INTERVAL or not _choice:
-                    _choice = threads_for(_last, now, len(_cpus()), most)
-                    _last = now
-            _apply(min(_choice, most))
-
     def __exit__(self, *exc) -> None:
-        global _active, _applied
+        global _active, _applied, _last
         with _lock:
             _active -= 1
             if _active == 0:
@@ -162,3 +165,4 @@ class BlasThreads:
                     lib.set_num_threads(threads)
                 _original.clear()
                 _applied = 0
+                _last = None

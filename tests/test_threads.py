@@ -78,17 +78,21 @@ def machine(monkeypatch):
     monkeypatch.setattr(threads, "_cpus", lambda: {0, 1})
     monkeypatch.setattr(threads, "_last", None)
     monkeypatch.setattr(threads, "_choice", 0)
-    monkeypatch.setattr(threads, "FIRST_INTERVAL", 0.0)
+    monkeypatch.setattr(threads, "INTERVAL", 0.0)  # every batch long enough to learn from
     with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
         if blas_threads_now() != 2:
             pytest.skip("this BLAS does not take a thread count")
         yield state
 
 
-def test_nested_uses_set_once_and_restore_at_the_outermost(machine):
+def test_work_starts_on_blas_own_count_then_nested_uses_set_once_and_restore_at_the_outermost(machine):
     with threads.BlasThreads():
+        assert blas_threads_now() == 2  # nothing read of the machine yet
+        threads.after_batch()
         assert blas_threads_now() == 1
         with threads.BlasThreads():
+            assert blas_threads_now() == 1
+            threads.after_batch()
             assert blas_threads_now() == 1
         assert blas_threads_now() == 1
     assert blas_threads_now() == 2
@@ -136,14 +140,23 @@ def test_fit_and_predict_run_on_the_free_cores_and_restore_the_count(machine, mo
         return forward(*args, **kwargs)
 
     monkeypatch.setattr(model.plan, "forward", looking_forward)
-    model.predict(x, batch_size=8)
-    assert during == [1, 1]
+    model.predict(x, batch_size=4)
+    assert during == [2, 1, 1, 1]  # the last choice, until a batch shows the machine busy
     assert blas_threads_now() == 2
 
 
-def test_a_choice_stands_without_reading_the_machine_until_it_can_say_something_new(
-    machine, monkeypatch
-):
+def test_what_ran_between_two_calls_does_not_choose_the_count(machine):
+    machine["others"] = 0.0
+    with threads.BlasThreads():
+        threads.after_batch()
+        assert blas_threads_now() == 2
+    machine["busy"] += 50.0  # another program had both cores while kerspec was not working
+    with threads.BlasThreads():
+        threads.after_batch()
+        assert blas_threads_now() == 2
+
+
+def test_the_machine_is_read_again_only_once_an_interval_of_work_has_passed(machine, monkeypatch):
     reads = []
     read = threads.read_machine
 
@@ -152,13 +165,14 @@ def test_a_choice_stands_without_reading_the_machine_until_it_can_say_something_
         return read()
 
     monkeypatch.setattr(threads, "read_machine", counted)
-    clock = {"now": 0.0}
+    monkeypatch.setattr(threads, "INTERVAL", 0.25)
+    clock = {"now": 100.0}
     monkeypatch.setattr(threads.time, "monotonic", lambda: clock["now"])
-    with threads.BlasThreads() as blas:
-        first = len(reads)
-        clock["now"] = machine["wall"] + threads.MIN_INTERVAL / 2  # an epoch of a few ms later
-        blas.adjust()
-        assert len(reads) == first
-        clock["now"] = machine["wall"] + threads.MIN_INTERVAL
-        blas.adjust()
-        assert len(reads) == first + 1
+    with threads.BlasThreads():
+        assert len(reads) == 1
+        clock["now"] += 0.125  # batches of a few ms: nothing to learn yet
+        threads.after_batch()
+        assert len(reads) == 1 and blas_threads_now() == 2
+        clock["now"] += 0.125
+        threads.after_batch()
+        assert len(reads) == 2 and blas_threads_now() == 1

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from kerspec import threads
 from kerspec.errors import RunError
 from kerspec.layers import Context
-from kerspec.threads import BlasThreads
 from kerspec.training.callbacks import Arrays, Callback, History
 from kerspec.training.checkpoint import CHECKPOINT_FORMAT, check_checkpoint
 from kerspec.training.data import Dataset
@@ -218,9 +218,8 @@ def fit(
         session.restore(resume)
     steps = math.ceil(train.samples / batch_size)
     terminate_on_nan = any(getattr(c, "terminates", False) for c in every)
-    with _interruptible(session), BlasThreads() as blas_threads:
+    with _interruptible(session), threads.BlasThreads():
         while session.epoch < epochs and not session.stop_training:
-            blas_threads.adjust()  # the machine's load may have changed since the last epoch
             epoch = session.epoch
             good = session.checkpoint()
             try:
@@ -284,6 +283,7 @@ def _epoch(session, train, inputs, outputs, batch_size, shuffle, validation, eve
             raise
         except RunError as err:
             raise RunError(f"epoch {epoch + 1}, batch {batch + 1}: {err.message}") from None
+        threads.after_batch()
         logs = trainer.results()
         for callback in every:
             callback.on_train_batch_end(batch, logs)
@@ -311,6 +311,7 @@ def evaluate(
         for index in _batches(data.samples, batch_size, None):
             xs, ys = _take(data.x, inputs, index), _take(data.y, outputs, index)
             trainer.test_step(xs, ys, ctx, _take_weights(data, outputs, index))
+            threads.after_batch()
         return trainer.results()
     finally:
         ctx.training = training
