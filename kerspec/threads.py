@@ -4,13 +4,18 @@ kerspec's work (fit, evaluate, predict).
 A multi-threaded GEMM waits for its slowest thread: with another process busy on one of two
 cores, OpenBLAS's two threads take turns with it and the product runs several times slower than
 on one thread. So kerspec reads how busy the allowed cores are (/proc/stat, less this process's
-own CPU time) while its own work runs: once when the work begins and again after each batch once
+own CPU time) while its own work runs: when the work begins and again after each batch once
 INTERVAL has passed, and runs BLAS on the cores the others left free over that stretch. Only
 stretches of kerspec's own work count: what ran before the call (another program, or the PyTorch
-round of a benchmark) says nothing about the machine now. The work starts on the count the last
-reading chose (BLAS's own count the first time), never more threads than BLAS had when the work
-began (the user's OPENBLAS_NUM_THREADS and the like still cap it), and the count goes back to
-what it was when the work ends.
+round of a benchmark) says nothing about the machine now. Never more threads than BLAS had when
+the work began (the user's OPENBLAS_NUM_THREADS and the like still cap it); the count goes back
+to what it was when the work ends.
+
+Evaluate and predict may change the count after any batch. A training run keeps one count from
+its first step to its last, because the weights depend on it (OpenBLAS sums a GEMM's products in
+another order on another count): it starts on the last choice if that is recent, else on one
+read over FIRST_INTERVAL before its first step, and the count goes into its checkpoints so that
+a resumed run carries on with it, bit for bit.
 
 Setting threads needs threadpoolctl (the `threads` extra: pip install 'kerspec[threads]').
 Without it, or off Linux, BLAS keeps its own count and kerspec runs as before.
@@ -18,6 +23,7 @@ Without it, or off Linux, BLAS keeps its own count and kerspec runs as before.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -29,6 +35,10 @@ SLACK = 0.25
 # The shortest stretch of work a choice is made from (/proc/stat counts in 10 ms ticks: 40 ticks
 # on two cores).
 INTERVAL = 0.2
+# A run takes the last choice if it is at most this old, else reads the machine over
+# FIRST_INTERVAL before its first step.
+RECENT = 30.0
+FIRST_INTERVAL = 0.05
 
 
 @dataclass(frozen=True)
@@ -102,11 +112,14 @@ _lock = threading.Lock()
 _active = 0
 _original: list[tuple[object, int]] = []  # (library, its thread count before)
 _applied = 0  # the count set now (0: the original ones)
-# The reading the next choice is made from (taken during the work now running), when the next
-# reading is due, and the last choice, which outlives a BlasThreads: the next work starts on it.
+_fixed = False  # the outermost use is a run, which keeps one count throughout
+# The reading the next choice is made from (taken during the work now running) and when the next
+# reading is due; the last choice and when it was made, which outlive a BlasThreads: the next
+# work starts on that choice.
 _last: Reading | None = None
 _due = 0.0
 _choice = 0
+_chosen_at = -math.inf
 
 
 def _apply(threads: int) -> None:
@@ -123,10 +136,17 @@ def _read() -> None:
     _due = time.monotonic() + INTERVAL
 
 
+def _choose(before: Reading, after: Reading, most: int) -> int:
+    global _choice, _chosen_at
+    _choice = threads_for(before, after, len(_cpus()), most)
+    _chosen_at = time.monotonic()
+    return _choice
+
+
 def after_batch() -> None:
     """After a batch: once INTERVAL of work has passed since the last reading, choose the thread
-    count again from how busy the others kept the machine over it."""
-    global _choice
+    count again from how busy the others kept the machine over it (a run keeps its count; the
+    choice waits for the next work)."""
     if time.monotonic() < _due:
         return
     with _lock:
@@ -136,28 +156,54 @@ def after_batch() -> None:
         _read()
         if _last is None:
             return
-        _choice = threads_for(before, _last, len(_cpus()), max(n for _, n in _original))
-        _apply(_choice)
+        threads = _choose(before, _last, max(n for _, n in _original))
+        if not _fixed:
+            _apply(threads)
+
+
+def _count_for_a_run(most: int) -> int:
+    """A recent choice from kerspec's own work, else one from the machine over FIRST_INTERVAL
+    from now; BLAS's own count where the machine cannot be read."""
+    if _choice and time.monotonic() - _chosen_at < RECENT:
+        return min(_choice, most)
+    before = read_machine()
+    time.sleep(FIRST_INTERVAL)
+    after = read_machine()
+    if before is None or after is None:
+        return most
+    return _choose(before, after, most)
 
 
 class BlasThreads:
-    """`with BlasThreads():` around kerspec's work, `after_batch()` after each batch. Only the outermost
-    of nested or concurrent uses sets and restores the count."""
+    """`with BlasThreads():` around evaluate and predict, which choose again after any batch
+    (`after_batch()`); `with BlasThreads(run=True, count=n):` around fit, which keeps one count
+    for the whole run: `n` when resuming a run that recorded it, else chosen as the run starts.
+    Results depend on the count (a GEMM splits its sums by threads), so a run on one count
+    resumes bit for bit. `count` is then the count set (0: BLAS's own, without threadpoolctl).
+    Only the outermost of nested or concurrent uses sets and restores the count."""
+
+    def __init__(self, *, run: bool = False, count: int = 0) -> None:
+        self.run, self.count = run, count
 
     def __enter__(self) -> BlasThreads:
-        global _active, _original
+        global _active, _original, _fixed
         with _lock:
             _active += 1
             if _active == 1:
                 _original = [(lib, lib.num_threads) for lib in _blas_libraries()]
                 if _original:
                     most = max(n for _, n in _original)
-                    _apply(min(_choice, most) if _choice else most)
+                    _fixed = self.run
+                    if self.run:
+                        _apply(min(self.count, most) if self.count else _count_for_a_run(most))
+                    else:
+                        _apply(min(_choice, most) if _choice else most)
                     _read()
+            self.count = _applied
         return self
 
     def __exit__(self, *exc) -> None:
-        global _active, _applied, _last
+        global _active, _applied, _last, _fixed
         with _lock:
             _active -= 1
             if _active == 0:
@@ -166,3 +212,4 @@ class BlasThreads:
                 _original.clear()
                 _applied = 0
                 _last = None
+                _fixed = False

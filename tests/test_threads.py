@@ -3,6 +3,8 @@ and through fit and predict, that kerspec sets the count during its work and res
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -11,6 +13,7 @@ from kerspec import threads
 from kerspec.threads import Reading, parse_stat, threads_for
 from kerspec.training.callbacks import Callback
 from kerspec.training.data import Dataset
+from kerspec.training.loop import Interrupted
 
 STAT = """\
 cpu  900 0 300 5000 20 0 10 30 0 0
@@ -117,7 +120,7 @@ class SeenThreads(Callback):
         self.seen.append(blas_threads_now())
 
 
-def test_fit_and_predict_run_on_the_free_cores_and_restore_the_count(machine, monkeypatch):
+def test_a_run_keeps_the_count_it_started_on_and_predict_follows_the_machine(machine, monkeypatch):
     model = kerspec.from_yaml(SPEC)
     rng = np.random.default_rng(0)
     x = rng.random((16, 4), dtype=np.float32)
@@ -125,10 +128,10 @@ def test_fit_and_predict_run_on_the_free_cores_and_restore_the_count(machine, mo
 
     class FreeAfterFirstEpoch(Callback):
         def on_epoch_end(self, epoch, logs):
-            machine["others"] = 0.0  # the other process ends: the next epoch takes both cores
+            machine["others"] = 0.0  # the other process ends: a later run may take both cores
 
     model.fit(Dataset({"x": x}, {"y": np.arange(16) % 3}, "test"), callbacks=[seen, FreeAfterFirstEpoch()])
-    assert seen.seen == [1, 2, 2]
+    assert seen.seen == [1, 1, 1]  # the weights depend on the count: one count per run
     assert blas_threads_now() == 2
 
     machine["others"] = 1.0
@@ -143,6 +146,32 @@ def test_fit_and_predict_run_on_the_free_cores_and_restore_the_count(machine, mo
     model.predict(x, batch_size=4)
     assert during == [2, 1, 1, 1]  # the last choice, until a batch shows the machine busy
     assert blas_threads_now() == 2
+
+
+class CtrlCInSecondEpoch(Callback):
+    def on_epoch_begin(self, epoch, steps):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs):
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+
+
+def test_a_resumed_run_carries_on_with_the_count_its_checkpoint_recorded(machine, tmp_path):
+    data = Dataset({"x": np.ones((16, 4), np.float32)}, {"y": np.arange(16) % 3}, "test")
+    with pytest.raises(Interrupted):
+        kerspec.from_yaml(SPEC).fit(data, run_dir=tmp_path / "run", callbacks=[CtrlCInSecondEpoch()])
+    assert json.loads(str(np.load(tmp_path / "run" / "checkpoint.npz")["meta"]))["blas_threads"] == 1
+
+    machine["others"] = 0.0  # idle now: a fresh run would take two threads
+    threads._choice = 0  # and nothing recent to go by
+    seen = SeenThreads()
+    kerspec.from_yaml(SPEC).fit(data, run_dir=tmp_path / "run", resume=True, callbacks=[seen])
+    assert seen.seen == [1, 1]
+    threads._choice = 0
+    fresh = SeenThreads()
+    kerspec.from_yaml(SPEC).fit(data, callbacks=[fresh])
+    assert fresh.seen == [2, 2, 2]
 
 
 def test_what_ran_between_two_calls_does_not_choose_the_count(machine):

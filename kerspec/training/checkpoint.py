@@ -51,6 +51,8 @@ class CheckpointMeta(_Strict):
     shuffle_rng: GeneratorState
     noise_rng: GeneratorState
     callbacks: dict[str, dict[str, Any]]
+    # Absent from checkpoints of kerspec before it kept a run on one count: chosen afresh then.
+    blas_threads: NonNegativeInt = Field(0, le=4096)
 
 
 def checkpoint_meta(arrays: dict[str, np.ndarray], file: str) -> CheckpointMeta:

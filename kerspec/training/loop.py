@@ -93,6 +93,7 @@ class Session:
     signum: int = signal.SIGINT
     status: str = "running"
     notes: list[str] = field(default_factory=list)
+    blas_threads: int = 0  # the run's BLAS thread count (0: BLAS's own), kept by checkpoints
 
     @property
     def learning_rate(self) -> float:
@@ -127,6 +128,7 @@ class Session:
             "shuffle_rng": self.shuffle_rng.bit_generator.state,
             "noise_rng": self.ctx.rng.bit_generator.state,
             "callbacks": states,
+            "blas_threads": self.blas_threads,
         }
         arrays["meta"] = np.array(json.dumps(meta))
         return arrays
@@ -148,6 +150,7 @@ class Session:
         self.ctx.rng.bit_generator.state = meta["noise_rng"]
         self.epoch = meta["epoch"]
         self.stop_training = meta["stop_training"]
+        self.blas_threads = meta.get("blas_threads", 0)
 
     def stateful(self) -> Iterator[tuple[str, Callback]]:
         yield "history", self.history
@@ -211,53 +214,62 @@ def fit(
     for callback in every:
         callback.bind(session)
     if resume is not None:
-        check_checkpoint(resume, session, resume_file)
-    for callback in every:
-        callback.on_train_begin()
-    if resume is not None:
-        session.restore(resume)
-    steps = math.ceil(train.samples / batch_size)
-    terminate_on_nan = any(getattr(c, "terminates", False) for c in every)
-    with _interruptible(session), threads.BlasThreads():
-        while session.epoch < epochs and not session.stop_training:
-            epoch = session.epoch
-            good = session.checkpoint()
-            try:
-                logs = _epoch(session, train, inputs, outputs, batch_size, shuffle, validation, every, steps)
-                _check_finite(trainer)
-            except NonFiniteLoss as err:
-                session.restore(good)
-                message = (
-                    f"epoch {epoch + 1}, {err.what.format(batch=err.batch + 1)}; "
-                    + (f"kept the weights of epoch {epoch}, the last good one" if epoch else
-                       "kept the initial weights")
-                )
-                if terminate_on_nan:
-                    session.notes.append(f"TerminateOnNaN: {message}")
-                    break
-                session.status = "failed"
-                for callback in every:
-                    callback.on_train_stopped("failed", message)
-                raise RunError(message) from None
-            except KeyboardInterrupt:
-                session.restore(good)
-                session.status = "interrupted"
-                message = f"interrupted during epoch {epoch + 1}"
-                for callback in every:
-                    callback.on_train_stopped("interrupted", message)
-                raise Interrupted(session.epoch, epochs, session.signum) from None
-            session.epoch = epoch + 1
-            for callback in every:
-                callback.on_epoch_end(epoch, logs)
-            if session.interrupt:  # asked during validation or the callbacks: the epoch is done
-                session.status = "interrupted"
-                for callback in every:
-                    callback.on_train_stopped("interrupted", f"interrupted after epoch {epoch + 1}")
-                raise Interrupted(session.epoch, epochs, session.signum)
+        session.blas_threads = check_checkpoint(resume, session, resume_file).blas_threads
+    # The count is chosen before the first callback begins: a checkpoint written at the start
+    # already holds it.
+    with threads.BlasThreads(run=True, count=session.blas_threads) as blas:
+        session.blas_threads = blas.count
+        for callback in every:
+            callback.on_train_begin()
+        if resume is not None:
+            session.restore(resume)
+        with _interruptible(session):
+            _epochs(session, train, inputs, outputs, batch_size, shuffle, validation, every)
     session.status = "stopped" if session.epoch < epochs else "finished"
     for callback in every:
         callback.on_train_end(history.last())
     return history
+
+
+def _epochs(session, train, inputs, outputs, batch_size, shuffle, validation, every):
+    trainer, epochs = session.trainer, session.epochs
+    steps = math.ceil(train.samples / batch_size)
+    terminate_on_nan = any(getattr(c, "terminates", False) for c in every)
+    while session.epoch < epochs and not session.stop_training:
+        epoch = session.epoch
+        good = session.checkpoint()
+        try:
+            logs = _epoch(session, train, inputs, outputs, batch_size, shuffle, validation, every, steps)
+            _check_finite(trainer)
+        except NonFiniteLoss as err:
+            session.restore(good)
+            message = (
+                f"epoch {epoch + 1}, {err.what.format(batch=err.batch + 1)}; "
+                + (f"kept the weights of epoch {epoch}, the last good one" if epoch else
+                   "kept the initial weights")
+            )
+            if terminate_on_nan:
+                session.notes.append(f"TerminateOnNaN: {message}")
+                break
+            session.status = "failed"
+            for callback in every:
+                callback.on_train_stopped("failed", message)
+            raise RunError(message) from None
+        except KeyboardInterrupt:
+            session.restore(good)
+            session.status = "interrupted"
+            message = f"interrupted during epoch {epoch + 1}"
+            for callback in every:
+                callback.on_train_stopped("interrupted", message)
+            raise Interrupted(session.epoch, epochs, session.signum) from None
+        session.epoch = epoch + 1
+        for callback in every:
+            callback.on_epoch_end(epoch, logs)
+        if session.interrupt:  # asked during validation or the callbacks: the epoch is done
+            session.status = "interrupted"
+            for callback in every:
+                callback.on_train_stopped("interrupted", f"interrupted after epoch {epoch + 1}")
+            raise Interrupted(session.epoch, epochs, session.signum)
 
 
 def _check_finite(trainer: Trainer) -> None:

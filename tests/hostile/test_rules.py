@@ -324,6 +324,7 @@ class TestReadBackIsHostile:
         (lambda a: a.update({"meta": np.array("{not json")}), "its meta entry is damaged"),
         (lambda a: set_meta(a, epoch=-1), "its meta entry is damaged (epoch:"),
         (lambda a: set_meta(a, format=2), "written by another kerspec version"),
+        (lambda a: set_meta(a, blas_threads=10**9), "its meta entry is damaged (blas_threads:"),
         (lambda a: set_meta(a, shuffle_rng={"bit_generator": "MT19937"}), "shuffle_rng"),
         (lambda a: set_meta(a, callbacks={"history": {"epochs": "x", "history": {}}}), "callback history"),
     ])
