@@ -6,6 +6,7 @@ with another process busy on one core (issues 6 and 17).
     python bench/run.py --quick                  # 1/8 of the samples, 1 round: a smoke run
     python bench/run.py --no-load                # idle rounds only
     python bench/run.py --json results.json      # also write every measurement
+    python bench/run.py --baseline ../old-tree   # also this kerspec against another checkout's
 
 For each workload the parent starts two child processes, one for kerspec and one for PyTorch,
 each with 2 threads, and drives them in turn over a pipe: only one of them computes at any
@@ -55,7 +56,7 @@ BENCH = Path(__file__).resolve().parent
 SEED = 20240601
 THREADS = 2
 PREDICT_BATCH = 1024
-PREDICTING = ("kerspec", "torch")
+PREDICTING = ("kerspec", "torch", "baseline")
 OPENBLAS_WORKAROUNDS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
@@ -386,7 +387,8 @@ def child_main(framework: str, workload: str, samples: int, epochs: int) -> None
         )
         return
     w = WORKLOADS[workload]
-    runners = {"kerspec": KerspecRunner, "torch": TorchRunner, "numpy": NumpyRunner}
+    # The baseline is kerspec from another checkout (its child's PYTHONPATH names it).
+    runners = {"kerspec": KerspecRunner, "baseline": KerspecRunner, "torch": TorchRunner, "numpy": NumpyRunner}
     runner = runners[framework](w, samples)
     runner.epochs = epochs
     reply(ready=True, rss_setup_kib=_rss_now_kib())
@@ -480,7 +482,7 @@ def run_rounds(w: Workload, children: dict[str, Child], rounds: int, label: str)
     """Timed rounds, one training round then one predict per framework, the order rotating."""
     frameworks = list(children)
     train = {f: [] for f in children}
-    predict = {f: [] for f in PREDICTING}
+    predict = {f: [] for f in PREDICTING if f in children}
     losses = {f: [] for f in children}
     gemm = []
     for r in range(rounds):
@@ -500,21 +502,26 @@ def run_rounds(w: Workload, children: dict[str, Child], rounds: int, label: str)
             f"{w.name} {label} round {r + 1}/{rounds}: train s kerspec {train['kerspec'][-1]:.3f}"
             f" torch {train['torch'][-1]:.3f}"
             + (f" numpy {train['numpy'][-1]:.3f}" if "numpy" in train else "")
+            + (f" baseline {train['baseline'][-1]:.3f}" if "baseline" in train else "")
             + f"; predict s kerspec {predict['kerspec'][-1]:.3f}"
             f" torch {predict['torch'][-1]:.3f}"
+            + (f" baseline {predict['baseline'][-1]:.3f}" if "baseline" in predict else "")
         )
     return {"train": train, "predict": predict, "loss": losses, "gemm": gemm}
 
 
 def run_workload(
-    w: Workload, samples: int, epochs: int, rounds: int, env: dict[str, str], loaded: bool
+    w: Workload, samples: int, epochs: int, rounds: int, env: dict[str, str], loaded: bool,
+    baseline_env: dict[str, str] | None = None,
 ) -> dict:
     # W1 also trains its plain-NumPy yardstick (numpy_w1.py) in the same rounds; it only trains.
     frameworks = ["kerspec", "torch"] + (["numpy"] if w.name == "W1" else [])
+    frameworks += ["baseline"] if baseline_env is not None else []
     children = {}
     setup = {}
     for framework in frameworks:  # one at a time, so that no setup is disturbed
-        children[framework] = Child(framework, w.name, samples, env, epochs)
+        child_env_ = baseline_env if framework == "baseline" else env
+        children[framework] = Child(framework, w.name, samples, child_env_, epochs)
         setup[framework] = children[framework].read()["rss_setup_kib"]
     try:
         for framework, child in children.items():
@@ -527,7 +534,7 @@ def run_workload(
         if loaded:
             with Spinner():
                 under_load = run_rounds(w, children, rounds, "loaded")
-        stats = {f: children[f].ask("stats") for f in PREDICTING}
+        stats = {f: children[f].ask("stats") for f in PREDICTING if f in children}
     finally:
         for child in children.values():
             child.close()
@@ -544,7 +551,7 @@ def run_workload(
         "loaded": None if under_load is None else {
             "train_seconds": under_load["train"], "predict_seconds": under_load["predict"]
         },
-        "rss_setup_kib": {f: setup[f] for f in PREDICTING},
+        "rss_setup_kib": {f: setup[f] for f in PREDICTING if f in setup},
         "peak_rss_kib": {f: s["peak_rss_kib"] for f, s in stats.items()},
         "info": {f: s["info"] for f, s in stats.items()},
     }
@@ -583,6 +590,7 @@ def summarize(result: dict) -> dict:
                 f: statistics.median(result["loaded"][f"{kind}_seconds"][f])
                 / statistics.median(result[f"{kind}_seconds"][f])
                 for f in PREDICTING
+                if f in result["train_seconds"]
             }
             for kind in ("train", "predict")
         }
@@ -640,6 +648,7 @@ def render(results: list[dict], gemm: dict, header: dict) -> str:
             f" predict {s['predict']['best_ratio']:.2f}"
         )
     lines += render_loaded(results)
+    lines += render_baseline(results)
     m_, k_, n_ = GEMM_SHAPE
     lines += [
         "",
@@ -678,6 +687,33 @@ def render_loaded(results: list[dict]) -> list[str]:
             ok = k <= t and k <= MAX_SLOWDOWN
             cells += [f"{k:.2f}x", f"{t:.2f}x", f"<= torch's, <= {MAX_SLOWDOWN} {met(ok, True)}"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_baseline(results: list[dict]) -> list[str]:
+    """This checkout's kerspec against the baseline checkout's, in the same rounds: the median
+    over rounds of baseline time / this time (above 1: this tree is faster)."""
+    if not results or "baseline" not in results[0]["train_seconds"]:
+        return []
+    lines = [
+        "",
+        "this tree against --baseline, same rounds: median over rounds of baseline time / this"
+        " tree's time [min-max] (above 1.00: this tree is faster)",
+        "",
+        "| workload | train | predict | train loaded | predict loaded |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for result in results:
+        cells = []
+        for rounds in (result, result["loaded"]):
+            for kind in ("train", "predict"):
+                if rounds is None:
+                    cells.append("-")
+                    continue
+                seconds = rounds[f"{kind}_seconds"]
+                ratios = [b / k for b, k in zip(seconds["baseline"], seconds["kerspec"])]
+                cells.append(f"{statistics.median(ratios):.3f} [{min(ratios):.2f}-{max(ratios):.2f}]")
+        lines.append(f"| {result['workload']} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -741,6 +777,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--json", type=Path, help="also write every measurement to this file")
     parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another kerspec checkout (a folder holding kerspec/), run in the same rounds",
+    )
+    parser.add_argument(
         "--keep-openblas-env",
         action="store_true",
         help="keep OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE in the children's environment",
@@ -772,6 +813,11 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     env = child_env(args.keep_openblas_env)
+    baseline_env = None
+    if args.baseline is not None:
+        if not (args.baseline / "kerspec" / "__init__.py").is_file():
+            parser.error(f"--baseline {args.baseline}: no kerspec/ package in that folder")
+        baseline_env = dict(env, PYTHONPATH=os.pathsep.join([str(args.baseline.resolve()), env["PYTHONPATH"]]))
     dropped = [v for v in OPENBLAS_WORKAROUNDS if v in os.environ and v not in env]
     if dropped:
         log(f"benchmark children run without {', '.join(dropped)} (--keep-openblas-env keeps them)")
@@ -783,7 +829,9 @@ def main(argv: list[str] | None = None) -> None:
         w = WORKLOADS[name]
         samples = max(w.batch_size, w.samples // 8) if args.quick else w.samples
         epochs = max(1, w.epochs // 8) if args.quick else w.epochs
-        results.append(run_workload(w, samples, epochs, rounds, env, loaded=not args.no_load))
+        results.append(
+            run_workload(w, samples, epochs, rounds, env, loaded=not args.no_load, baseline_env=baseline_env)
+        )
     info = results[0]["info"] if results else {"kerspec": {}, "torch": {}}
     blas = "; ".join(
         ", ".join(f"{k}={v}" for k, v in b.items() if k != "prefix") for b in gemm["blas"]
