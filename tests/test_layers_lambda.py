@@ -6,8 +6,9 @@ from pydantic import ValidationError
 
 import kerspec
 from kerspec.errors import SpecError
+from kerspec.expression import FUNCTIONS
+from kerspec.expression.parse import _parse_cached
 from kerspec.layers import Context, ShapeError
-from kerspec.layers.expression import FUNCTIONS, _parse_cached
 from kerspec.spec import parse_spec
 from tests.harness import build, check_layer_grads, compare_with_keras
 
