@@ -7,11 +7,13 @@ twice (`x * x`) gets both contributions.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
 import numpy as np
 
+from kerspec.activations import ACTIVATIONS, Activation
 from kerspec.errors import ShapeError, format_shape
 from kerspec.expression.shapes import permutation
 from kerspec.expression.tree import REDUCTIONS, Node, Program
@@ -26,25 +28,33 @@ def _unbroadcast(g: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return g.sum(axis=axes, keepdims=True).reshape(shape) if axes else g.reshape(shape)
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return np.exp(-np.logaddexp(0, -x))
+# The functions that are also activations, by their activation name: their forward and
+# derivative come from the activations catalog, so each formula has one home.
+ACTIVATIONS_BY_FUNCTION = {
+    "exp": "exponential",
+    "relu": "relu",
+    "sigmoid": "sigmoid",
+    "softplus": "softplus",
+    "tanh": "tanh",
+}
 
-
-# name: (forward(x), vjp(x, y, dy)); derivatives in terms of the output where that is cheaper.
+# The other element-wise functions: (forward(x), vjp(x, y, dy)), derivatives in terms of the
+# output where that is cheaper.
 ELEMENTWISE = {
     "abs": (np.abs, lambda x, y, dy: dy * np.sign(x)),
-    "exp": (np.exp, lambda x, y, dy: dy * y),
     "log": (np.log, lambda x, y, dy: dy / x),
     "sqrt": (np.sqrt, lambda x, y, dy: dy / (y + y)),
     "square": (np.square, lambda x, y, dy: dy * (x + x)),
-    "tanh": (np.tanh, lambda x, y, dy: dy * (1 - y * y)),
-    "sigmoid": (_sigmoid, lambda x, y, dy: dy * y * (1 - y)),
-    "relu": (lambda x: np.maximum(x, 0), lambda x, y, dy: dy * (x > 0)),
-    "softplus": (lambda x: np.logaddexp(0, x), lambda x, y, dy: dy * _sigmoid(x)),
     "sin": (np.sin, lambda x, y, dy: dy * np.cos(x)),
     "cos": (np.cos, lambda x, y, dy: -dy * np.sin(x)),
     "neg": (np.negative, lambda x, y, dy: -dy),
 }
+
+
+@functools.cache
+def _activation(function: str) -> Activation:
+    # Built on first use, not at import: building a catalog entry validates it.
+    return ACTIVATIONS.create(ACTIVATIONS_BY_FUNCTION[function])
 
 
 def _forward(node: Node, values: list, xs: list[np.ndarray], dtype):
@@ -54,6 +64,13 @@ def _forward(node: Node, values: list, xs: list[np.ndarray], dtype):
         return xs[p], None
     if op == "const":
         return np.asarray(p, dtype), None
+    if op in ACTIVATIONS_BY_FUNCTION:
+        (x,) = values
+        activation = _activation(op)
+        y = activation.forward(x)
+        # An activation's backward may overwrite its dy, which here can be another node's
+        # gradient too (`+` hands one dy to both of its sides).
+        return y, lambda dy: [activation.backward(x, y, dy.copy())]
     if op in ELEMENTWISE:
         (x,) = values
         fn, grad = ELEMENTWISE[op]
