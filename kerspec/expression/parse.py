@@ -73,9 +73,10 @@ REFUSED_NODES = {
 }
 
 
-def parse_expression(text: str, constants: tuple[tuple[str, float], ...] = ()) -> Program:
-    """Check `text` against the whitelist and build its operation tree (cached per text)."""
-    return _parse_cached(text, constants)
+def parse_expression(text: str, constants: dict[str, float] | None = None) -> Program:
+    """Check `text` against the whitelist and build its operation tree, given the named
+    constants it may use (cached per text and constants)."""
+    return _parse_cached(text, tuple(sorted((k, float(v)) for k, v in (constants or {}).items())))
 
 
 @functools.lru_cache(maxsize=512)

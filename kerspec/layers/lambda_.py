@@ -60,12 +60,12 @@ class Lambda(Layer):
     def _whitelisted(cls, expression: str, info) -> str:
         if "arguments" not in info.data:
             return expression  # `arguments` failed: its names are unknown, so skip until fixed
-        parse_expression(expression, _constants(info.data["arguments"]))
+        parse_expression(expression, info.data["arguments"])
         return expression
 
     @property
     def program(self) -> Program:
-        return parse_expression(self.expression, _constants(self.arguments))
+        return parse_expression(self.expression, self.arguments)
 
     @property
     def arity(self) -> int:
@@ -110,7 +110,3 @@ class Lambda(Layer):
             return backprop(dys[0]), {}
 
         return [y], backprop_list
-
-
-def _constants(arguments: dict[str, float] | None) -> tuple[tuple[str, float], ...]:
-    return tuple(sorted((k, float(v)) for k, v in (arguments or {}).items()))
