@@ -67,6 +67,20 @@ class RunError(KerspecError):
     """A training run failed (non-finite loss) or a run folder cannot be used."""
 
 
+class ShapeError(ValueError):
+    """A layer cannot take the shapes it is given; the compiler adds the spec entry's place.
+
+    Here rather than in `kerspec.layers` so that the Lambda expression language, which the
+    layers import, raises the same error without importing them.
+    """
+
+
+def format_shape(shape: tuple[int | None, ...]) -> str:
+    """A shape as Keras prints it, with the batch dimension: (None, 8, 8, 1)."""
+    dims = ["None", *("None" if d is None else str(d) for d in shape)]
+    return "(" + ", ".join(dims) + (",)" if len(dims) == 1 else ")")
+
+
 def first_error(err: ValidationError) -> str:
     """`field.path: what is wrong` for the first error of a file read back (run.json, ...)."""
     first = err.errors()[0]

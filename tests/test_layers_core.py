@@ -48,7 +48,7 @@ def test_every_layer_family_has_a_coverage_test():
         "kerspec.layers.normalization": "test_layers_normalization",
         "kerspec.layers.embedding": "test_layers_embedding",
         "kerspec.layers.noise": "test_layers_noise",
-        "kerspec.layers.expression": "test_layers_lambda",
+        "kerspec.layers.lambda_": "test_layers_lambda",
         "kerspec.layers.wrappers": "test_layers_wrappers",
     }
     modules = {LAYERS.get(n).__module__ for n in LAYERS.names()}

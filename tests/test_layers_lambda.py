@@ -6,8 +6,9 @@ from pydantic import ValidationError
 
 import kerspec
 from kerspec.errors import SpecError
+from kerspec.expression import FUNCTIONS
+from kerspec.expression.parse import _parse_cached
 from kerspec.layers import Context, ShapeError
-from kerspec.layers.expression import FUNCTIONS, _parse_cached
 from kerspec.spec import parse_spec
 from tests.harness import build, check_layer_grads, compare_with_keras
 
@@ -264,6 +265,9 @@ GRAD_CASES = [
     (lam("x0 - x1"), [(2, 3, 4), (2, 3, 1)], None),
     (lam("maximum(x0, x1) + minimum(x0, x1 * 2)"), [(2, 3), (2, 3)], None),
     (lam("x1 * 2"), [(2, 3), (2, 3)], None),
+    # one dy reaching two activations, whose backward may overwrite it
+    (lam("tanh(x0) + exp(x1)"), [(2, 3), (2, 3)], None),
+    (lam("sigmoid(x) - relu(x) + softplus(x)"), [(3, 4)], None),
 ]
 
 
@@ -281,6 +285,19 @@ def test_every_function_and_operator_has_a_gradient_case():
         op for op in (" + ", " - ", " * ", " / ", " ** ", " @ ", "-x", "[") if op not in expressions
     ]
     assert not missing
+
+
+def test_functions_that_are_activations_take_the_activations_formulas():
+    """One home per formula: a function named like an activation is served by the catalog."""
+    from kerspec.activations import ACTIVATIONS
+    from kerspec.expression.grad import ACTIVATIONS_BY_FUNCTION, ELEMENTWISE
+    from kerspec.expression.tree import UNARY_FUNCTIONS
+
+    assert not set(ACTIVATIONS_BY_FUNCTION) & set(ELEMENTWISE)
+    assert set(UNARY_FUNCTIONS) <= set(ACTIVATIONS_BY_FUNCTION) | set(ELEMENTWISE)
+    assert set(UNARY_FUNCTIONS) & set(ACTIVATIONS.names()) <= set(ACTIVATIONS_BY_FUNCTION)
+    for name in ACTIVATIONS_BY_FUNCTION.values():
+        ACTIVATIONS.get(name)
 
 
 def test_unused_input_gets_a_zero_gradient():

@@ -559,8 +559,8 @@ ONNX_REDUCE = {"sum": "ReduceSum", "mean": "ReduceMean", "max": "ReduceMax", "mi
 
 
 def expression(b: Builder, node, xs: list[str], ndims: list[int], hint: str) -> str:
-    """A Lambda's parsed formula (kerspec.layers.expression) as ONNX operators."""
-    from kerspec.layers.expression import _permutation
+    """A Lambda's parsed formula (kerspec.expression) as ONNX operators."""
+    from kerspec.expression import permutation
 
     values = []
 
@@ -594,7 +594,7 @@ def expression(b: Builder, node, xs: list[str], ndims: list[int], hint: str) -> 
         if op == "concatenate":
             return b.op("Concat", args, hint, axis=p)
         if op == "transpose":
-            return b.op("Transpose", args, hint, perm=list(_permutation(n, _rank(n, ndims))))
+            return b.op("Transpose", args, hint, perm=list(permutation(n, _rank(n, ndims))))
         raise ExportError(f"the expression's {n.where()} has no ONNX translation in kerspec")
 
     return visit(node)

@@ -4,7 +4,7 @@ from kerspec.layers import (  # noqa: F401
     conv,
     core,
     embedding,
-    expression,
+    lambda_,
     merge,
     noise,
     normalization,

@@ -28,6 +28,7 @@ import numpy as np
 from pydantic import ConfigDict, Field, PositiveInt
 
 from kerspec.constraints import Constraint
+from kerspec.errors import ShapeError, format_shape
 from kerspec.initializers import Initializer
 from kerspec.paths import Name
 from kerspec.registry import Item, Registry
@@ -39,10 +40,6 @@ Shape = tuple[int | None, ...]
 Arrays = list[np.ndarray]
 # backprop(d_outputs) -> (d_inputs, d_weights); an unused output's gradient comes in as None.
 Backprop = Callable[[list[np.ndarray | None]], tuple[list[np.ndarray | None], dict[str, np.ndarray]]]
-
-
-class ShapeError(ValueError):
-    """A layer cannot take the shapes it is given; the compiler adds the spec entry's place."""
 
 
 @dataclass(frozen=True)
@@ -202,9 +199,3 @@ def require_known(shape: Shape, what: str) -> None:
     """Refuse an unknown (None) dimension where weights depend on it."""
     if any(d is None for d in shape):
         raise ShapeError(f"{what} must be known to build weights; received shape {format_shape(shape)}")
-
-
-def format_shape(shape: Shape) -> str:
-    """A shape as Keras prints it, with the batch dimension: (None, 8, 8, 1)."""
-    dims = ["None", *("None" if d is None else str(d) for d in shape)]
-    return "(" + ", ".join(dims) + (",)" if len(dims) == 1 else ")")
