@@ -34,13 +34,8 @@ from pydantic import (
 )
 
 from kerspec.errors import DataError
-from kerspec.guards import (
-    READ_ERRORS,
-    check_allocation,
-    check_npy_file,
-    describe_read_error,
-    read_npz_array,
-)
+from kerspec.guards import check_allocation
+from kerspec.io.npz import READ_ERRORS, check_npy_file, describe_read_error, read_npz_array
 
 Shape = tuple[int | None, ...]
 Kind = Literal["sparse", "categorical", "binary", "real"]

@@ -21,7 +21,7 @@ import numpy as np
 from pydantic import TypeAdapter, ValidationError
 
 from kerspec.errors import DataError, KerspecError, RunError, WeightsError, first_error
-from kerspec.guards import READ_ERRORS, check_npy_file, describe_read_error, read_npz_array
+from kerspec.io.npz import READ_ERRORS, check_npy_file, describe_read_error, read_npz_array
 
 def atomic_write(
     path: Path, write: Callable[[IO[bytes]], None], *, temporary: Path | None = None, replace: bool = True
