@@ -53,6 +53,7 @@ class Model:
         self.loaded = loaded
         self.spec = loaded.spec
         self.graph: Graph = compile_spec(loaded)
+        check_model(self.graph, loaded)  # before anything allocates the weights
         self.plan = Plan(self.graph)
         # predict's plan, with BatchNormalization folded into the layer before it (made at the
         # first predict).
