@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from kerspec import io
-from kerspec.training.data import PathData, csv_text_labels
+from kerspec.spec.data import PathData
+from kerspec.training.data import csv_text_labels
 
 CLASSIFIERS = ("sparse", "categorical", "binary")
 

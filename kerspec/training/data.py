@@ -18,114 +18,20 @@ from collections.abc import Callable, Mapping
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path, PurePath
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Discriminator,
-    Field,
-    Tag,
-    TypeAdapter,
-    ValidationError,
-    model_validator,
-)
 
 from kerspec.errors import DataError
 from kerspec.guards import check_allocation
 from kerspec.io.npz import READ_ERRORS, check_npy_file, describe_read_error, read_npz_array
+from kerspec.spec.data import PathData, RandomData, check_suffix, parse_entry
 
 Shape = tuple[int | None, ...]
 Kind = Literal["sparse", "categorical", "binary", "real"]
 
-_SUFFIXES = (".npz", ".npy", ".csv")
 # Every way a damaged or hostile file makes numpy's readers fail; each becomes a DataError.
 _READ_ERRORS = READ_ERRORS
-
-
-def _check_suffix(path: str) -> str:
-    suffix = PurePath(path).suffix.lower()
-    if suffix not in _SUFFIXES:
-        raise ValueError(
-            f"unsupported data file {path!r}: expected a .npz, .npy or .csv file"
-            f" (received {suffix or 'no extension'!r})"
-        )
-    return suffix
-
-
-class PathData(BaseModel):
-    """A data file and, where needed, which keys or columns of it to read.
-
-    `x` / `y` rename .npz keys (a string for a single input or output, else a list in input or
-    output order); `target` and `features` pick .csv columns; `one_hot` turns class indices into
-    one-hot rows, as Keras's `to_categorical` does.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    # Read, never written: may be anywhere the user can read (docs/security.md).
-    path: str = Field(min_length=1, json_schema_extra={"x-kerspec-path": "read"})
-    x: str | Annotated[list[str], Field(min_length=1)] | None = None
-    y: str | Annotated[list[str], Field(min_length=1)] | None = None
-    target: str | None = None
-    features: Annotated[list[str], Field(min_length=1)] | None = None
-    one_hot: bool = False
-
-    @model_validator(mode="after")
-    def _fits_file_type(self) -> PathData:
-        suffix = _check_suffix(self.path)
-        if suffix != ".npz" and (self.x is not None or self.y is not None):
-            raise ValueError(f"`x` and `y` name keys of an .npz file, not of a {suffix} file")
-        if suffix != ".csv" and (self.target is not None or self.features is not None):
-            raise ValueError(f"`target` and `features` name .csv columns, not {suffix} keys")
-        if suffix == ".npy" and self.one_hot:
-            raise ValueError("`one_hot` applies to targets, and a .npy file holds inputs only")
-        if self.features is not None:
-            repeated = sorted({f for f in self.features if self.features.count(f) > 1})
-            if repeated:
-                raise ValueError(f"`features` lists {', '.join(map(repr, repeated))} twice")
-            if self.target is not None and self.target in self.features:
-                raise ValueError(f"the target column {self.target!r} is also in `features`")
-        return self
-
-
-class RandomData(BaseModel):
-    """Random inputs in [0, 1) and random targets that fit each output: a smoke test."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    source: Literal["random"]
-    samples: int = Field(1000, gt=0)
-    seed: int | None = Field(None, ge=0)
-
-
-def _path_only(path: str) -> PathData:
-    _check_suffix(path)
-    return PathData(path=path)
-
-
-def _entry_tag(value: Any) -> str:
-    if isinstance(value, str):
-        return "file"
-    if isinstance(value, RandomData) or (isinstance(value, Mapping) and "source" in value):
-        return "random"
-    return "path"
-
-
-DataEntry = Annotated[
-    Annotated[Annotated[str, Field(min_length=1, json_schema_extra={"x-kerspec-path": "read"}), AfterValidator(_path_only)], Tag("file")]
-    | Annotated[PathData, Tag("path")]
-    | Annotated[RandomData, Tag("random")],
-    Discriminator(_entry_tag),
-]
-"""A spec's data entry: a path, a `PathData` mapping, or `{source: random, ...}`.
-
-A path alone validates to `PathData(path=...)`.
-"""
-
-_ENTRY = TypeAdapter(DataEntry)
 
 
 @dataclass(frozen=True)
@@ -749,12 +655,7 @@ def load_dataset(
     otherwise. A .csv text target becomes class indices in sorted label order, so a file must
     hold every class. `y` is None only when `require_targets` is false and the file has none.
     """
-    if not isinstance(entry, (PathData, RandomData)):
-        try:
-            entry = _ENTRY.validate_python(entry)
-        except ValidationError as error:
-            message = error.errors()[0]["msg"].removeprefix("Value error, ")
-            raise DataError(f"invalid data entry {entry!r}: {message}") from None
+    entry = parse_entry(entry)
     dtype = np.dtype(dtype)
     if isinstance(entry, RandomData):
         return _random(entry, inputs, outputs, dtype, rng)
@@ -823,7 +724,7 @@ def load_inputs(
     the input takes.
     """
     try:
-        suffix = _check_suffix(str(path))
+        suffix = check_suffix(str(path))
     except ValueError as error:
         raise DataError(str(error)) from None
     file = _File(path, base_dir)
