@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from kerspec import io
+from kerspec.io.csv import csv_text_labels
 from kerspec.spec.data import PathData
-from kerspec.training.data import csv_text_labels
 
 CLASSIFIERS = ("sparse", "categorical", "binary")
 
@@ -32,7 +32,7 @@ def class_labels(model) -> dict[str, list[str] | None]:
         labels[name] = None
         for entry in csvs:
             column = entry.target if entry.target is not None else name
-            found = csv_text_labels(entry, column, model.loaded.base_dir)
+            found = csv_text_labels(entry.path, column, model.loaded.base_dir)
             if found is not None:
                 labels[name] = found
                 break

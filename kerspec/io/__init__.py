@@ -4,6 +4,7 @@ read safely (`npz` for .npy/.npz, `csv` for tables).
 The names of `files` are kerspec's everyday writing helpers, so they are importable from here.
 """
 
+from kerspec.io.datafile import some_names
 from kerspec.io.files import (
     atomic_write,
     load_weights,
@@ -11,7 +12,6 @@ from kerspec.io.files import (
     read_npz,
     save_weights,
     save_weights_to,
-    some_names,
     write_json,
     write_npz,
     write_predictions,

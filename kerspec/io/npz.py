@@ -18,6 +18,8 @@ from typing import IO
 import numpy as np
 
 from kerspec import guards
+from kerspec.errors import DataError
+from kerspec.io.datafile import DataFile, some_names
 
 # Every way numpy's .npy/.npz readers fail on damaged or hostile bytes. The header is a Python
 # literal read with ast.literal_eval, so a malformed one raises what the tokenizer or parser does.
@@ -105,3 +107,75 @@ def read_npz_array(archive: np.lib.npyio.NpzFile, key: str) -> np.ndarray:
         header = fp.tell()
     _check_array_size(shape, dtype, info.file_size - header)
     return archive[key]
+
+
+class NpzArchive:
+    """An open .npz archive whose arrays are read one key at a time, every failure a DataError."""
+
+    def __init__(self, file: DataFile):
+        self.file = file
+        try:
+            self.archive = np.load(file.path, allow_pickle=False)
+        except READ_ERRORS as error:
+            raise file.error(f"cannot be read as .npz: {describe_read_error(error)}") from None
+        if not isinstance(self.archive, np.lib.npyio.NpzFile):
+            raise file.error("is a single .npy array, not an .npz archive of named arrays")
+        self.keys = list(self.archive.files)
+
+    def close(self) -> None:
+        self.archive.close()
+
+    def read(self, key: str) -> np.ndarray:
+        try:
+            return read_npz_array(self.archive, key)
+        except READ_ERRORS as error:
+            reason = describe_read_error(error)
+            raise self.file.error(f"key {key!r} cannot be read: {reason}") from None
+
+    def find(self, names: list[str], given: dict[str, str] | None, fallback: str, role: str):
+        """The key for each name: named by `x:`/`y:`, else the name, else `fallback` for one name.
+
+        Returns None when no name has a key (and none was named), so targets can be optional.
+        """
+        if given is not None:
+            missing = [k for k in given.values() if k not in self.keys]
+            if missing:
+                raise self.file.error(
+                    f"has no key {missing[0]!r} (keys in the file: {some_names(self.keys) or 'none'})"
+                )
+            return given
+        found = {}
+        for name in names:
+            if name in self.keys:
+                found[name] = name
+            elif len(names) == 1 and fallback in self.keys:
+                found[name] = fallback
+        if not found:
+            return None
+        if len(found) < len(names):
+            missing = next(n for n in names if n not in found)
+            raise self.file.error(
+                f"has no key {missing!r} for {role} {missing!r}"
+                f" (keys in the file: {some_names(self.keys)})"
+            )
+        return found
+
+    def missing(self, names: list[str], fallback: str, role: str) -> DataError:
+        if len(names) == 1:
+            wanted = f"no {role} array: expected key {names[0]!r} or {fallback!r}"
+        else:
+            wanted = f"no {role} arrays: expected keys named after the {role}s ({some_names(names)})"
+        return self.file.error(f"has {wanted} (keys in the file: {some_names(self.keys) or 'none'})")
+
+
+def read_npy(file: DataFile) -> np.ndarray:
+    """The one array of a .npy file."""
+    try:
+        check_npy_file(file.path)
+        array = np.load(file.path, allow_pickle=False)
+    except READ_ERRORS as error:
+        raise file.error(f"cannot be read as .npy: {describe_read_error(error)}") from None
+    if isinstance(array, np.lib.npyio.NpzFile):
+        array.close()
+        raise file.error("is an .npz archive, not a single .npy array")
+    return array
