@@ -16,15 +16,10 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from kerspec.errors import GraphError, KerspecError, Where
-
-if TYPE_CHECKING:
-    from kerspec.graph.compile import Graph
-    from kerspec.spec import LoadedSpec
 
 # Training keeps, for every weight, its gradient and up to two optimizer slots (Adam's m and v).
 TRAINING_COPIES = 4
@@ -115,26 +110,26 @@ def _size(shape) -> int:
     return math.prod(1 if d is None else int(d) for d in shape)
 
 
-def _where(loaded: LoadedSpec, path: tuple) -> Where:
+def _where(source, path: tuple) -> Where:
     """The place of a spec entry, or the `--set` option that changed something inside it."""
-    for changed, option in loaded.source.overrides.items():
+    for changed, option in source.overrides.items():
         if changed[: len(path)] == path:
             return Where(f"--set {option}")
-    return loaded.source.where(path)
+    return source.where(path)
 
 
-def check_model(graph: Graph, loaded: LoadedSpec, batch_size: int | None = None) -> None:
-    """Refuse a model whose weights, or whose training on one batch, cannot fit in memory.
+def check_model(graph, source, batch_size: int) -> None:
+    """Refuse a model whose weights, or whose training on one batch of `batch_size`, cannot fit
+    in memory; the API calls this once the graph is compiled, before any weight is allocated.
 
-    The API calls this once the graph is compiled, before any weight is allocated.
-    `batch_size` defaults to the spec's fit.batch_size.
+    `graph` is the compiled kerspec.graph.Graph and `source` the spec's kerspec.spec.source.Source
+    (to place a refusal at its line). Neither is imported here, not even for annotations: the
+    graph and the spec import modules that import this one.
     """
     available = available_memory()
     if available is None:
         return
     itemsize = np.dtype(graph.dtype).itemsize
-    if batch_size is None:
-        batch_size = loaded.spec.fit.batch_size
     first_node = {}
     for node in graph.nodes:
         first_node.setdefault(node.owner, node)
@@ -147,9 +142,9 @@ def check_model(graph: Graph, loaded: LoadedSpec, batch_size: int | None = None)
     owner, largest = max(per_owner.items(), key=lambda item: item[1], default=(None, 0))
     node = first_node.get(owner)
     at_layer = (
-        (f"{node.type} {owner!r}: ", _where(loaded, ("layers", node.entry)))
+        (f"{node.type} {owner!r}: ", _where(source, ("layers", node.entry)))
         if node is not None and largest > weights / 2
-        else ("", _where(loaded, ("layers",)))
+        else ("", _where(source, ("layers",)))
     )
     if weights > available:
         label, where = at_layer
@@ -170,10 +165,10 @@ def check_model(graph: Graph, loaded: LoadedSpec, batch_size: int | None = None)
     label, where = at_layer
     if state < batch:
         widest = max(graph.nodes, key=lambda node: outputs[node.name])
-        label, where = "", _where(loaded, ("fit", "batch_size"))
+        label, where = "", _where(source, ("fit", "batch_size"))
         if outputs[widest.name] * 2 > sum(outputs.values()):
             label = f"{widest.type} {widest.name!r}: "
-            where = _where(loaded, ("layers", widest.entry))
+            where = _where(source, ("layers", widest.entry))
         if state + per_sample <= available:
             message += "; a smaller fit.batch_size needs less"
     raise GraphError([KerspecError(label + message, where)])

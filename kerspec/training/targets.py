@@ -44,10 +44,8 @@ class OutputInfo:
 
 def output_targets(shapes: Mapping[str, Shape], losses: Mapping[str, Loss | None]) -> dict[str, OutputInfo]:
     """Each output's targets: its shape and what its loss reads (real values without a loss)."""
-    return {
-        name: OutputInfo(shape, losses[name].targets if losses.get(name) else "real")
-        for name, shape in shapes.items()
-    }
+    kinds = {name: loss.targets for name, loss in losses.items() if loss is not None}
+    return {name: OutputInfo(shape, kinds.get(name, "real")) for name, shape in shapes.items()}
 
 
 def _classes(file: Source, name: str, shape: Shape) -> int:
@@ -162,3 +160,16 @@ def text_targets(file: Source, label: str, cells: list[str], name: str, info: Ou
             " order, so the file must hold exactly one label per class"
         )
     return y
+
+
+def class_weights(y: np.ndarray, class_weight: Mapping[int, float], dtype: np.dtype) -> np.ndarray:
+    """Keras's class_weight: a weight per sample from its target's class (the argmax of a one-hot
+    target, the rounded value of a single column); classes not listed weigh 1."""
+    y = np.asarray(y)
+    if y.ndim > 1:
+        y = np.argmax(y, axis=-1) if y.shape[-1] != 1 else y[..., 0]
+    classes = np.round(y).astype(np.int64)
+    weights = np.ones(classes.shape, dtype)
+    for index, weight in class_weight.items():
+        weights[classes == index] = weight
+    return weights
