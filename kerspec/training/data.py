@@ -13,7 +13,6 @@ file is ever executed.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any
@@ -22,18 +21,16 @@ import numpy as np
 
 from kerspec.errors import DataError
 from kerspec.guards import check_allocation
-from kerspec.io.csv import CsvTable
-from kerspec.io.datafile import DataFile, some_names
-from kerspec.io.npz import NpzArchive
+from kerspec.io.datafile import DataFile
 from kerspec.spec.data import PathData, RandomData, check_suffix, parse_entry
 from kerspec.training.arrays import Shape, check_samples, fit_input
 from kerspec.training.data_files import (
-    csv_inputs,
     load_csv,
     load_npy,
     load_npz,
-    npz_inputs,
     npz_sample_weights,
+    read_csv_inputs,
+    read_npz_inputs,
 )
 from kerspec.training.targets import OutputInfo, fit_target
 
@@ -159,27 +156,8 @@ def load_inputs(
     if suffix == ".npy":
         return load_npy(file, inputs, dtype)
     if suffix == ".npz":
-        with closing(NpzArchive(file)) as npz:
-            x, used = npz_inputs(npz, inputs, None, dtype)
-        check_samples(file, {f"key {key!r}": x[name] for name, key in used.items()})
-        return x
-    if len(inputs) != 1:
-        raise file.error(
-            f"a .csv file feeds one input, but the model has {len(inputs)} inputs"
-            f" ({some_names(list(inputs))}); use an .npz file keyed by input name"
-        )
-    table = CsvTable(file)
-    if features is not None:
-        columns = [table.column(name) for name in features]
-    else:
-        left_out = {table.column(name) for name in exclude}
-        columns = [j for j in range(len(table.header)) if j not in left_out]
-        (shape,) = inputs.values()
-        if len(shape) == 1 and shape[0] is not None and shape[0] < len(columns):
-            numeric = [j for j in columns if table.numbers(j) is not None]
-            if len(numeric) == shape[0]:
-                columns = numeric
-    return csv_inputs(table, columns, inputs, dtype)
+        return read_npz_inputs(file, inputs, dtype)
+    return read_csv_inputs(file, inputs, dtype, features, exclude)
 
 
 class _Given:

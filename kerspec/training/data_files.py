@@ -30,7 +30,7 @@ def _key_names(file: DataFile, given: str | list[str] | None, names: list[str], 
     return dict(zip(names, keys))
 
 
-def npz_inputs(
+def _npz_inputs(
     npz: NpzArchive, inputs: dict[str, Shape], given: dict[str, str] | None, dtype: np.dtype
 ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """The inputs, and the key each was read from."""
@@ -56,7 +56,7 @@ def load_npz(
     x_keys = _key_names(file, entry.x, list(inputs), "x")
     y_keys = _key_names(file, entry.y, list(outputs), "y")
     with closing(NpzArchive(file)) as npz:
-        x, used = npz_inputs(npz, inputs, x_keys, dtype)
+        x, used = _npz_inputs(npz, inputs, x_keys, dtype)
         keys = npz.find(list(outputs), y_keys, "y", "output")
         if keys is None and require_targets:
             raise npz.missing(list(outputs), "y", "output")
@@ -128,12 +128,7 @@ def load_csv(
     dtype: np.dtype,
     require_targets: bool,
 ):
-    if len(inputs) != 1:
-        raise file.error(
-            f"a .csv file feeds one input, but the model has {len(inputs)} inputs"
-            f" ({some_names(list(inputs))}); use an .npz file keyed by input name"
-        )
-    table = CsvTable(file)
+    table = _one_input_table(file, inputs)
     if entry.target is not None:
         if len(outputs) != 1:
             raise file.error(
@@ -157,15 +152,15 @@ def load_csv(
         columns = [j for j in range(len(table.header)) if j not in targets.values()]
         if not columns:
             raise file.error("has no feature columns besides the target")
-    x = csv_inputs(table, columns, inputs, dtype)
+    x = _csv_inputs(table, columns, inputs, dtype)
     y = {
-        name: csv_target(table, j, name, outputs[name], entry, dtype)
+        name: _csv_target(table, j, name, outputs[name], entry, dtype)
         for name, j in targets.items()
     }
     return x, y or None
 
 
-def csv_inputs(
+def _csv_inputs(
     table: CsvTable, columns: list[int], inputs: dict[str, Shape], dtype: np.dtype
 ) -> dict[str, np.ndarray]:
     ((name, shape),) = inputs.items()
@@ -178,7 +173,7 @@ def csv_inputs(
     return {name: fit_input(table.file, "features", x, name, shape, dtype, table.locate(columns))}
 
 
-def csv_target(
+def _csv_target(
     table: CsvTable, j: int, name: str, info: OutputInfo, entry: PathData, dtype: np.dtype
 ) -> np.ndarray:
     file, label = table.file, f"column {table.header[j]!r}"
@@ -186,3 +181,44 @@ def csv_target(
     if y is None:
         y = text_targets(file, label, table.columns[j], name, info, entry.one_hot)
     return fit_target(file, label, y, name, info, entry.one_hot, dtype, table.locate([j]))
+
+
+def read_npz_inputs(file: DataFile, inputs: dict[str, Shape], dtype: np.dtype) -> dict[str, np.ndarray]:
+    """Inputs for prediction from an .npz file keyed by input names (or `x` for one input)."""
+    with closing(NpzArchive(file)) as npz:
+        x, used = _npz_inputs(npz, inputs, None, dtype)
+    check_samples(file, {f"key {key!r}": x[name] for name, key in used.items()})
+    return x
+
+
+def read_csv_inputs(
+    file: DataFile,
+    inputs: dict[str, Shape],
+    dtype: np.dtype,
+    features: list[str] | None,
+    exclude: tuple[str, ...],
+) -> dict[str, np.ndarray]:
+    """Inputs for prediction from the `features` columns of a .csv file, else from every column
+    but those in `exclude`, leaving out text columns when every column is more than the input
+    takes."""
+    table = _one_input_table(file, inputs)
+    if features is not None:
+        columns = [table.column(name) for name in features]
+    else:
+        left_out = {table.column(name) for name in exclude}
+        columns = [j for j in range(len(table.header)) if j not in left_out]
+        (shape,) = inputs.values()
+        if len(shape) == 1 and shape[0] is not None and shape[0] < len(columns):
+            numeric = [j for j in columns if table.numbers(j) is not None]
+            if len(numeric) == shape[0]:
+                columns = numeric
+    return _csv_inputs(table, columns, inputs, dtype)
+
+
+def _one_input_table(file: DataFile, inputs: dict[str, Shape]) -> CsvTable:
+    if len(inputs) != 1:
+        raise file.error(
+            f"a .csv file feeds one input, but the model has {len(inputs)} inputs"
+            f" ({some_names(list(inputs))}); use an .npz file keyed by input name"
+        )
+    return CsvTable(file)
