@@ -1,5 +1,5 @@
 """Files in and out: what kerspec writes and reads back (`files`), and the user's data files
-read safely (`npz` for .npy/.npz, `csv` for tables).
+read safely (`datafile` names them in errors, `npz` reads .npy/.npz, `csv` reads tables).
 
 The names of `files` are kerspec's everyday writing helpers, so they are importable from here.
 """

@@ -101,7 +101,7 @@ class CsvTable:
         for j in columns:
             column = self.numbers(j)
             if column is None:
-                i = next(i for i, cell in enumerate(self.columns[j]) if not is_number(cell))
+                i = next(i for i, cell in enumerate(self.columns[j]) if not _is_number(cell))
                 raise self.file.error(
                     f"line {self.lines[i]}, column {self.header[j]!r}: {self.columns[j][i]!r} is"
                     " not a number"
@@ -117,7 +117,7 @@ class CsvTable:
         return at
 
 
-def is_number(text: str) -> bool:
+def _is_number(text: str) -> bool:
     try:
         float(text)
     except ValueError:
@@ -138,6 +138,6 @@ def csv_text_labels(path: Path | str, column: str, base_dir: Path) -> list[str] 
         (cells,) = read_csv_columns(path, [column], base_dir).values()
     except DataError:
         return None
-    if all(is_number(cell) for cell in cells):
+    if all(_is_number(cell) for cell in cells):
         return None
     return sorted(set(cells))
