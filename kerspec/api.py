@@ -5,6 +5,11 @@
     history = model.fit()
     print(model.evaluate())
     probabilities = model.predict(x)
+
+A spec goes through a Model as a story, each step a call into its module: load (kerspec.spec),
+compile (kerspec.graph; kerspec.guards checks the memory it needs; the weights; what each
+output's targets look like, from kerspec.training.targets), data (kerspec.training.data), fit
+(kerspec.training.loop), save (kerspec.io).
 """
 
 from __future__ import annotations
@@ -21,20 +26,22 @@ import numpy as np
 from kerspec import io, threads
 from kerspec.errors import DataError, GraphError, KerspecError, RunError, SpecError
 from kerspec.folders import OutputFolder
-from kerspec.paths import pattern_fields
 from kerspec.graph import Graph, Params, Plan, compile_spec
 from kerspec.graph.fusions import fold_batch_norm, folded_params
 from kerspec.guards import check_model
 from kerspec.layers import Context
+from kerspec.paths import pattern_fields
 from kerspec.runs import RunFolder
 from kerspec.spec import LoadedSpec, load_spec, parse_spec
 from kerspec.spec.overrides import data_override
+from kerspec.spec.schema import Compile
 from kerspec.summary import render_summary, summary_rows
 from kerspec.training import loop
 from kerspec.training.callbacks import Callback, History
-from kerspec.training.data import Dataset, OutputInfo, arrays_dataset, load_dataset, load_inputs
-from kerspec.training.metrics import LossMetric
-from kerspec.training.trainer import Head, Trainer
+from kerspec.training.data import Dataset, arrays_dataset, load_dataset, load_inputs
+from kerspec.training.heads import build_heads, compile_problems, logged_names, output_losses
+from kerspec.training.targets import OutputInfo, class_weights, output_targets
+from kerspec.training.trainer import Trainer
 
 
 def load(path: str | Path, overrides: list[str] | None = None, *, seed: int | None = None) -> Model:
@@ -51,12 +58,13 @@ class Model:
     def __init__(self, loaded: LoadedSpec, *, seed: int | None = None):
         self.loaded = loaded
         self.spec = loaded.spec
+        self.dtype = np.dtype(self.spec.dtype)
         self.graph: Graph = compile_spec(loaded)
+        check_model(self.graph, loaded.source, self.spec.fit.batch_size)  # before the weights exist
         self.plan = Plan(self.graph)
         # predict's plan, with BatchNormalization folded into the layer before it (made at the
         # first predict).
         self._folded: tuple[Plan, list] | None = None
-        self.dtype = np.dtype(self.spec.dtype)
         if seed is None:
             seed = self.spec.seed
         self.seed = seed if seed is not None else secrets.randbits(32)
@@ -65,8 +73,7 @@ class Model:
         self.ctx = Context(training=False, rng=np.random.default_rng(noise_seq))
         # predict and evaluate keep their buffers (a convolution's output at 1,024 samples is
         # tens of MB) here between calls, apart from the training ones: memory handed back to
-        # the system and taken again is fresh pages to fault in on every call (W2's predict
-        # right after a training epoch: 0.71 s against 0.51 s for the next one).
+        # the system and taken again is fresh pages to fault in on every call.
         self.inference_ctx = Context(training=False, rng=self.ctx.rng)
         self._inference_lock = threading.Lock()
         init_rng = np.random.default_rng(init_seq)
@@ -75,9 +82,12 @@ class Model:
             for owner, specs in self.graph.weights.items()
             if specs
         }
+        # What each output's targets look like, from its loss: every data loader checks against it.
+        shapes = {name: self.graph.output_shape(ref) for name, ref in zip(self.output_names, self.graph.outputs)}
+        self.targets: dict[str, OutputInfo] = output_targets(shapes, output_losses(self.spec.compile, self.output_names))
         self._trainer: Trainer | None = None
 
-    # -- description ---------------------------------------------------------------------------
+    # -- description --------------------------------------------------------------------------
 
     @property
     def name(self) -> str:
@@ -116,29 +126,100 @@ class Model:
             "non_trainable_params": frozen,
         }
 
-    # -- weights --------------------------------------------------------------------------------
+    # -- compile: the spec's compile section as the trainer -----------------------------------
 
-    def save_weights(self, path: str | Path) -> None:
-        io.save_weights(Path(path), self.params)
+    @property
+    def trainer(self) -> Trainer:
+        if self._trainer is None:
+            compile_ = self._compile()
+            heads = build_heads(compile_, self.output_names)
+            self._trainer = Trainer(self.graph, self.plan, self.params, heads, compile_.optimizer)
+        return self._trainer
 
-    def load_weights(self, path: str | Path) -> None:
-        io.load_weights(Path(path), self.params)
+    def _compile(self) -> Compile:
+        """The spec's compile section, refused (GraphError) with every problem training has with it."""
+        problems = compile_problems(self.spec.compile, self.output_names, self.loaded.source.where)
+        if problems:
+            raise GraphError(problems)
+        return self.spec.compile
 
-    # -- data -----------------------------------------------------------------------------------
+    def problems(self) -> list[KerspecError]:
+        """Every problem `fit` would refuse the spec for before reading any data.
 
-    def _output_info(self) -> dict[str, OutputInfo]:
-        heads = {h.name: h for h in self.trainer.heads} if self.spec.compile else {}
-        info = {}
-        for name, ref in zip(self.output_names, self.graph.outputs):
-            shape = self.graph.output_shape(ref)
-            head = heads.get(name)
-            info[name] = OutputInfo(shape, _target_kind(head.loss.type if head else None, shape))
-        return info
+        A spec with neither `compile` nor `data` describes a model to predict with, and has none.
+        """
+        compile_ = self.spec.compile
+        if compile_ is None and self.spec.data is None:
+            return []
+        heads = compile_problems(compile_, self.output_names, self.loaded.source.where)
+        if compile_ is None or compile_.loss is None:
+            return heads
+        problems = self.class_weight_problems(with_sample_weights=False)
+        if heads:
+            return problems + heads  # the names callbacks monitor come from the heads
+        data = self.spec.data
+        validation = (data is not None and data.validation is not None) or self.spec.fit.validation_split > 0
+        return problems + self._callback_problems(self.logged_names(validation=validation))
+
+    def logged_names(self, *, validation: bool) -> dict[str, str]:
+        """Every name training will log, with whether it should go down (`min`) or up (`max`)."""
+        learning_rate = any(c.uses_learning_rate() for c in self.spec.fit.callbacks)
+        return logged_names(self.trainer.heads, validation=validation, learning_rate=learning_rate)
+
+    def _check_callbacks(self, directions: dict[str, str]) -> None:
+        """The spec's fit.callbacks, checked against what the model logs."""
+        problems = self._callback_problems(directions)
+        if problems:
+            raise SpecError(problems)
+
+    def _callback_problems(self, directions: dict[str, str]) -> list[KerspecError]:
+        where = self.loaded.source.where
+        raw = (self.loaded.raw.get("fit") or {}).get("callbacks") or []
+        problems = []
+        for index, config in enumerate(self.spec.fit.callbacks):
+            entry = raw[index] if index < len(raw) and isinstance(raw[index], dict) else {}
+            at = ("fit", "callbacks", index)
+            monitor = getattr(config, "monitor", None)
+            if monitor is not None and monitor not in directions:
+                close = difflib.get_close_matches(monitor, list(directions), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                problems.append(KerspecError(
+                    f"{config.type} monitors {monitor!r}, which this model does not log"
+                    f" (it logs: {', '.join(directions)}){hint}",
+                    where((*at, "monitor") if "monitor" in entry else at)))
+            if config.uses_learning_rate() and self._compile().optimizer.scheduled:
+                problems.append(KerspecError(
+                    f"{config.type} sets the learning rate, but compile.optimizer.learning_rate is a"
+                    " schedule; give the optimizer a number, or drop the callback", where(at)))
+            filepath = getattr(config, "filepath", None)
+            unknown = [f for f in pattern_fields(filepath or "") if f != "epoch" and f not in directions]
+            if unknown:
+                problems.append(KerspecError(
+                    f"{config.type} formats {unknown[0]!r} into its filepath, which this model"
+                    f" does not log (it logs: epoch, {', '.join(directions)})",
+                    where((*at, "filepath") if "filepath" in entry else at)))
+        return problems
+
+    def class_weight_problems(self, *, with_sample_weights: bool) -> list[KerspecError]:
+        if not self.spec.fit.class_weight:
+            return []
+        where = self.loaded.source.where(("fit", "class_weight"))
+        if len(self.output_names) != 1:
+            return [KerspecError(
+                "fit.class_weight is only supported for models with a single output; give"
+                " per-output sample weights in the data instead", where)]
+        if with_sample_weights:
+            return [KerspecError(
+                "fit.class_weight and sample weights in the data cannot be used together"
+                " (as in Keras)", where)]
+        return []
+
+    # -- data ---------------------------------------------------------------------------------
 
     def dataset(self, which: str, *, path: str | None = None, require_targets: bool = True) -> Dataset:
         """Load the spec's `data.<which>` entry, or `path` when given."""
         if require_targets:
-            self._compile()  # targets are checked against the losses, so say first if there are none
+            self._compile()  # targets are checked against the losses, so say first if they are wrong
         section = self.spec.data
         if path is None:
             entry = getattr(section, which) if section else None
@@ -153,7 +234,7 @@ class Model:
             entry,
             base_dir=base,
             inputs=self.graph.input_shapes(),
-            outputs=self._output_info(),
+            outputs=self.targets,
             dtype=self.dtype,
             rng=self.shuffle_rng,
             require_targets=require_targets,
@@ -167,88 +248,55 @@ class Model:
         replaced = next((getattr(section, w) for w in order if section and getattr(section, w)), None)
         return data_override(given, "--validation" if which == "validation" else "--data", replaced)
 
-    # -- training -------------------------------------------------------------------------------
+    def _given_data(self, x, y, where: str) -> Dataset | None:
+        """What fit was handed: nothing (the spec's data), a Dataset, or arrays x and y."""
+        if x is None and y is None:
+            return None
+        if isinstance(x, Dataset):
+            if y is not None:
+                raise KerspecError(f"{where}: a Dataset holds its targets; give no y with it")
+            return x
+        if x is None or y is None:
+            raise KerspecError(f"{where}: give both x and y (inputs and targets), or neither for the spec's data")
+        return arrays_dataset(x, y, inputs=self.graph.input_shapes(), outputs=self.targets,
+                              dtype=self.dtype, where=where)
 
-    @property
-    def trainer(self) -> Trainer:
-        if self._trainer is None:
-            heads = self._heads()
-            self._trainer = Trainer(self.graph, self.plan, self.params, heads, self._compile().optimizer)
-        return self._trainer
+    def evaluation_data(self, path: str | None = None) -> tuple[str, Dataset]:
+        """What `evaluate` scores: `path` (in place of the test entry), else the spec's test data,
+        else its validation data; with which of them it is."""
+        section = self.spec.data
+        if path is not None:
+            return "test", self.dataset("test", path=path)
+        if section is None or (section.test is None and section.validation is None):
+            raise DataError(
+                "the spec has no data.test or data.validation entry to evaluate on"
+                " (give one with --data)",
+                self.loaded.source.where(("data",)),
+            )
+        which = "test" if section.test is not None else "validation"
+        return which, self.dataset(which)
 
-    def _compile(self):
-        if self.spec.compile is None or self.spec.compile.loss is None:
-            raise GraphError([KerspecError("training and evaluating need compile.loss in the spec",
-                                           self.loaded.source.where(("compile",)))])
-        return self.spec.compile
+    def _require_targets(self, data: Dataset) -> None:
+        if data.y is None:
+            raise DataError("this data has no targets, so it cannot be trained or scored on", data.source)
 
-    def _heads(self) -> list[Head]:
-        problems = self._head_problems()
+    def _with_class_weight(self, train: Dataset) -> Dataset:
+        """The training data with Keras's class_weight as its sample weights."""
+        class_weight = self.spec.fit.class_weight
+        if not class_weight:
+            return train
+        problems = self.class_weight_problems(with_sample_weights=bool(train.sample_weight))
         if problems:
-            raise GraphError(problems)
-        compile_ = self._compile()
-        names = self.output_names
-        weights = compile_.loss_weights
-        heads = []
-        for i, name in enumerate(names):
-            loss = compile_.loss[name] if isinstance(compile_.loss, dict) else compile_.loss
-            if isinstance(weights, dict):
-                weight = weights.get(name, 1.0)
-            elif isinstance(weights, list):
-                weight = weights[i]
-            else:
-                weight = 1.0
-            metrics = compile_.metrics
-            metrics = metrics.get(name, []) if isinstance(metrics, dict) else metrics
-            heads.append(Head(name, loss, float(weight), list(metrics)))
-        return heads
+            raise SpecError(problems)
+        (name,) = self.output_names
+        weights = class_weights(train.y[name], class_weight, self.dtype)
+        return Dataset(train.x, train.y, train.source, {name: weights})
 
-    def _head_problems(self) -> list[KerspecError]:
-        """compile's loss, loss_weights and metrics against the model's outputs."""
-        compile_ = self._compile()
-        names = self.output_names
-        where = self.loaded.source.where
-        problems = []
-        for field in ("loss", "loss_weights", "metrics"):
-            value = getattr(compile_, field)
-            if isinstance(value, dict):
-                for key in value:
-                    if key not in names:
-                        close = difflib.get_close_matches(key, names, n=1)
-                        hint = f"; did you mean {close[0]!r}?" if close else ""
-                        problems.append(KerspecError(
-                            f"compile.{field}: {key!r} is not an output (outputs: {', '.join(names)}){hint}",
-                            where(("compile", field, key), at_key=True)))
-        if isinstance(compile_.loss, dict):
-            for name in names:
-                if name not in compile_.loss:
-                    problems.append(KerspecError(f"compile.loss: no loss for output {name!r}",
-                                                 where(("compile", "loss"))))
-        weights = compile_.loss_weights
-        if isinstance(weights, list) and len(weights) != len(names):
-            problems.append(KerspecError(
-                f"compile.loss_weights has {len(weights)} entries for {len(names)} outputs",
-                where(("compile", "loss_weights"))))
-        return problems
+    def read_inputs(self, path: str | Path, *, exclude: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+        """Inputs for `predict` from a file; `exclude` names .csv columns not to feed the model."""
+        return load_inputs(path, inputs=self.graph.input_shapes(), dtype=self.dtype, exclude=exclude)
 
-    def problems(self) -> list[KerspecError]:
-        """Every problem `fit` would refuse the spec for before reading any data.
-
-        A spec with neither `compile` nor `data` describes a model to predict with, and has none.
-        """
-        if self.spec.compile is None and self.spec.data is None:
-            return []
-        try:
-            self._compile()
-        except GraphError as err:
-            return list(err.problems)
-        problems = self.class_weight_problems(with_sample_weights=False)
-        heads = self._head_problems()
-        if heads:
-            return problems + heads  # the names callbacks monitor come from the heads
-        data = self.spec.data
-        validation = (data is not None and data.validation is not None) or self.spec.fit.validation_split > 0
-        return problems + self._callback_problems(self.logged_names(validation=validation))
+    # -- fit and evaluate ---------------------------------------------------------------------
 
     def fit(
         self,
@@ -287,7 +335,7 @@ class Model:
         fit = self.spec.fit
         batch_size = batch_size or fit.batch_size
         if batch_size != fit.batch_size:
-            check_model(self.graph, self.loaded, batch_size)  # compiling checked the spec's size
+            check_model(self.graph, self.loaded.source, batch_size)  # compiling checked the spec's size
         trainer = self.trainer
         if train is None:
             train = self.dataset("train")
@@ -332,103 +380,6 @@ class Model:
             if own_run:
                 run.release()
 
-    def _given_data(self, x, y, where: str) -> Dataset | None:
-        """What fit was handed: nothing (the spec's data), a Dataset, or arrays x and y."""
-        if x is None and y is None:
-            return None
-        if isinstance(x, Dataset):
-            if y is not None:
-                raise KerspecError(f"{where}: a Dataset holds its targets; give no y with it")
-            return x
-        if x is None or y is None:
-            raise KerspecError(f"{where}: give both x and y (inputs and targets), or neither for the spec's data")
-        return arrays_dataset(x, y, inputs=self.graph.input_shapes(), outputs=self._output_info(),
-                              dtype=self.dtype, where=where)
-
-    def logged_names(self, *, validation: bool) -> dict[str, str]:
-        """Every name training will log, with whether it should go down (`min`) or up (`max`):
-        `loss`, `<output>_loss` for several outputs, the metrics, their `val_` forms."""
-        heads = self.trainer.heads
-        names = {"loss": "min"}
-        if len(heads) > 1:
-            names.update({f"{head.name}_loss": "min" for head in heads})
-        for head in heads:
-            for metric in head.metrics:
-                key = f"{head.name}_{metric.name}" if len(heads) > 1 else metric.name
-                names[key] = "min" if isinstance(metric, LossMetric) else "max"
-        if validation:
-            names.update({f"val_{k}": v for k, v in list(names.items())})
-        if any(c.uses_learning_rate() for c in self.spec.fit.callbacks):
-            names["learning_rate"] = "min"
-        return names
-
-    def _check_callbacks(self, directions: dict[str, str]) -> None:
-        """The spec's fit.callbacks, checked against what the model logs."""
-        problems = self._callback_problems(directions)
-        if problems:
-            raise SpecError(problems)
-
-    def _callback_problems(self, directions: dict[str, str]) -> list[KerspecError]:
-        where = self.loaded.source.where
-        raw = (self.loaded.raw.get("fit") or {}).get("callbacks") or []
-        problems = []
-        for index, config in enumerate(self.spec.fit.callbacks):
-            entry = raw[index] if index < len(raw) and isinstance(raw[index], dict) else {}
-            at = ("fit", "callbacks", index)
-            monitor = getattr(config, "monitor", None)
-            if monitor is not None and monitor not in directions:
-                close = difflib.get_close_matches(monitor, list(directions), n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                problems.append(KerspecError(
-                    f"{config.type} monitors {monitor!r}, which this model does not log"
-                    f" (it logs: {', '.join(directions)}){hint}",
-                    where((*at, "monitor") if "monitor" in entry else at)))
-            if config.uses_learning_rate() and self._compile().optimizer.scheduled:
-                problems.append(KerspecError(
-                    f"{config.type} sets the learning rate, but compile.optimizer.learning_rate is a"
-                    " schedule; give the optimizer a number, or drop the callback", where(at)))
-            filepath = getattr(config, "filepath", None)
-            unknown = [f for f in pattern_fields(filepath or "") if f != "epoch" and f not in directions]
-            if unknown:
-                problems.append(KerspecError(
-                    f"{config.type} formats {unknown[0]!r} into its filepath, which this model"
-                    f" does not log (it logs: epoch, {', '.join(directions)})",
-                    where((*at, "filepath") if "filepath" in entry else at)))
-        return problems
-
-    def _with_class_weight(self, train: Dataset) -> Dataset:
-        """Keras's class_weight: a weight per training sample from its class (the argmax of a
-        one-hot target, the rounded value of a single column); classes not listed weigh 1."""
-        class_weight = self.spec.fit.class_weight
-        if not class_weight:
-            return train
-        problems = self.class_weight_problems(with_sample_weights=bool(train.sample_weight))
-        if problems:
-            raise SpecError(problems)
-        (name,) = self.output_names
-        y = np.asarray(train.y[name])
-        if y.ndim > 1:
-            y = np.argmax(y, axis=-1) if y.shape[-1] != 1 else y[..., 0]
-        classes = np.round(y).astype(np.int64)
-        weights = np.ones(classes.shape, self.dtype)
-        for index, weight in class_weight.items():
-            weights[classes == index] = weight
-        return Dataset(train.x, train.y, train.source, {name: weights})
-
-    def class_weight_problems(self, *, with_sample_weights: bool) -> list[KerspecError]:
-        if not self.spec.fit.class_weight:
-            return []
-        where = self.loaded.source.where(("fit", "class_weight"))
-        if len(self.output_names) != 1:
-            return [KerspecError(
-                "fit.class_weight is only supported for models with a single output; give"
-                " per-output sample weights in the data instead", where)]
-        if with_sample_weights:
-            return [KerspecError(
-                "fit.class_weight and sample weights in the data cannot be used together"
-                " (as in Keras)", where)]
-        return []
-
     def evaluate(self, data: Dataset | None = None, *, batch_size: int | None = None) -> dict[str, float]:
         """Loss and metrics on `data`, else the spec's test data, else its validation data."""
         if data is None:
@@ -444,21 +395,6 @@ class Model:
                 ctx=ctx,
             )
 
-    def evaluation_data(self, path: str | None = None) -> tuple[str, Dataset]:
-        """What `evaluate` scores: `path` (in place of the test entry), else the spec's test data,
-        else its validation data; with which of them it is."""
-        section = self.spec.data
-        if path is not None:
-            return "test", self.dataset("test", path=path)
-        if section is None or (section.test is None and section.validation is None):
-            raise DataError(
-                "the spec has no data.test or data.validation entry to evaluate on"
-                " (give one with --data)",
-                self.loaded.source.where(("data",)),
-            )
-        which = "test" if section.test is not None else "validation"
-        return which, self.dataset(which)
-
     @contextmanager
     def _inference(self) -> Iterator[Context]:
         """The kept inference context, or, while another thread is using it (predict from
@@ -471,15 +407,7 @@ class Model:
         finally:
             self._inference_lock.release()
 
-    def _require_targets(self, data: Dataset) -> None:
-        if data.y is None:
-            raise DataError("this data has no targets, so it cannot be trained or scored on", data.source)
-
-    # -- prediction -----------------------------------------------------------------------------
-
-    def read_inputs(self, path: str | Path, *, exclude: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-        """Inputs for `predict` from a file; `exclude` names .csv columns not to feed the model."""
-        return load_inputs(path, inputs=self.graph.input_shapes(), dtype=self.dtype, exclude=exclude)
+    # -- predict ------------------------------------------------------------------------------
 
     def predict(self, x: dict[str, np.ndarray] | np.ndarray, *, batch_size: int = 1024) -> dict[str, np.ndarray]:
         """Outputs keyed by output name; inference mode, in large batches, with no backward cache."""
@@ -510,12 +438,10 @@ class Model:
             raise RunError("no samples to predict")
         return dict(zip(self.output_names, results))
 
+    # -- save: weights ------------------------------------------------------------------------
 
-def _target_kind(loss: str | None, shape) -> str:
-    if loss == "sparse_categorical_crossentropy":
-        return "sparse"
-    if loss in ("categorical_crossentropy", "categorical_hinge", "kl_divergence"):
-        return "categorical"
-    if loss == "binary_crossentropy":
-        return "binary"
-    return "real"
+    def save_weights(self, path: str | Path) -> None:
+        io.save_weights(Path(path), self.params)
+
+    def load_weights(self, path: str | Path) -> None:
+        io.load_weights(Path(path), self.params)

@@ -15,8 +15,8 @@ from pydantic import ValidationError
 from kerspec import api
 from kerspec.errors import GraphError, KerspecError, Problems
 from kerspec.spec import LoadedSpec, Spec
+from kerspec.spec.data import PathData
 from kerspec.spec.source import parse_yaml, read_spec_text
-from kerspec.training.data import PathData
 
 DATA_ENTRIES = ("train", "validation", "test")
 

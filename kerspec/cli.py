@@ -316,7 +316,7 @@ def predict(
 ) -> None:
     """Write the model's predictions for --input to --output."""
     from kerspec import predictions as tables
-    from kerspec.training.data import read_csv_columns
+    from kerspec.io.csv import read_csv_columns
 
     kept_names = [c.strip() for c in keep_columns.split(",") if c.strip()] if keep_columns else []
     with user_errors():

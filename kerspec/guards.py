@@ -3,7 +3,8 @@
 A spec is text, so `units: 1000000000` costs nothing to write and 4 GB per input feature to
 build. Without a check the process allocates until the operating system kills it, with no
 message. These estimates come from the compiled graph's shapes (weights) and from array headers
-(data files), so nothing large is allocated to find out that it is too large.
+(data files, read by kerspec.io.npz), so nothing large is allocated to find out that it is too
+large.
 
 The estimates are lower bounds: layers keep more than their outputs for the backward pass, and
 initializers and convolutions use temporaries. A model refused here certainly does not fit; a
@@ -14,57 +15,17 @@ from __future__ import annotations
 
 import math
 import os
-import tokenize
-import zipfile
-import zlib
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
 from kerspec.errors import GraphError, KerspecError, Where
-
-if TYPE_CHECKING:
-    from kerspec.graph.compile import Graph
-    from kerspec.spec import LoadedSpec
 
 # Training keeps, for every weight, its gradient and up to two optimizer slots (Adam's m and v).
 TRAINING_COPIES = 4
 # Training keeps each layer's output and about as much again (inputs, pre-activations) for the
 # backward pass.
 ACTIVATION_COPIES = 2
-
-# Every way numpy's .npy/.npz readers fail on damaged or hostile bytes. The header is a Python
-# literal read with ast.literal_eval, so a malformed one raises what the tokenizer or parser does.
-READ_ERRORS = (
-    OSError,
-    ValueError,
-    EOFError,
-    KeyError,
-    zipfile.BadZipFile,
-    zlib.error,
-    tokenize.TokenError,
-    SyntaxError,
-    RecursionError,
-    MemoryError,
-    OverflowError,
-    # zipfile: an unknown compression method, an encrypted member.
-    NotImplementedError,
-    RuntimeError,
-)
-
-
-def describe_read_error(err: BaseException) -> str:
-    """What went wrong reading an array file, in a user's words (not numpy's advice to trust it)."""
-    text = str(err)
-    if "allow_pickle" in text or "Object arrays" in text or "pickled" in text:
-        return "it holds Python objects, which kerspec never loads (allow_pickle=False)"
-    if isinstance(err, (tokenize.TokenError, SyntaxError, RecursionError)):
-        return "its array header is malformed"
-    if isinstance(err, MemoryError):
-        return "not enough memory to read it"
-    return text.splitlines()[0] if text else type(err).__name__
-
 
 def available_memory() -> int | None:
     """Bytes this process can still allocate, None if unknown: the least of the memory the
@@ -149,26 +110,26 @@ def _size(shape) -> int:
     return math.prod(1 if d is None else int(d) for d in shape)
 
 
-def _where(loaded: LoadedSpec, path: tuple) -> Where:
+def _where(source, path: tuple) -> Where:
     """The place of a spec entry, or the `--set` option that changed something inside it."""
-    for changed, option in loaded.source.overrides.items():
+    for changed, option in source.overrides.items():
         if changed[: len(path)] == path:
             return Where(f"--set {option}")
-    return loaded.source.where(path)
+    return source.where(path)
 
 
-def check_model(graph: Graph, loaded: LoadedSpec, batch_size: int | None = None) -> None:
-    """Refuse a model whose weights, or whose training on one batch, cannot fit in memory.
+def check_model(graph, source, batch_size: int) -> None:
+    """Refuse a model whose weights, or whose training on one batch of `batch_size`, cannot fit
+    in memory; the API calls this once the graph is compiled, before any weight is allocated.
 
-    The compiler calls this once shapes are known, before any weight is allocated.
-    `batch_size` defaults to the spec's fit.batch_size.
+    `graph` is the compiled kerspec.graph.Graph and `source` the spec's kerspec.spec.source.Source
+    (to place a refusal at its line). Neither is imported here, not even for annotations: the
+    graph and the spec import modules that import this one.
     """
     available = available_memory()
     if available is None:
         return
     itemsize = np.dtype(graph.dtype).itemsize
-    if batch_size is None:
-        batch_size = loaded.spec.fit.batch_size
     first_node = {}
     for node in graph.nodes:
         first_node.setdefault(node.owner, node)
@@ -181,9 +142,9 @@ def check_model(graph: Graph, loaded: LoadedSpec, batch_size: int | None = None)
     owner, largest = max(per_owner.items(), key=lambda item: item[1], default=(None, 0))
     node = first_node.get(owner)
     at_layer = (
-        (f"{node.type} {owner!r}: ", _where(loaded, ("layers", node.entry)))
+        (f"{node.type} {owner!r}: ", _where(source, ("layers", node.entry)))
         if node is not None and largest > weights / 2
-        else ("", _where(loaded, ("layers",)))
+        else ("", _where(source, ("layers",)))
     )
     if weights > available:
         label, where = at_layer
@@ -204,10 +165,10 @@ def check_model(graph: Graph, loaded: LoadedSpec, batch_size: int | None = None)
     label, where = at_layer
     if state < batch:
         widest = max(graph.nodes, key=lambda node: outputs[node.name])
-        label, where = "", _where(loaded, ("fit", "batch_size"))
+        label, where = "", _where(source, ("fit", "batch_size"))
         if outputs[widest.name] * 2 > sum(outputs.values()):
             label = f"{widest.type} {widest.name!r}: "
-            where = _where(loaded, ("layers", widest.entry))
+            where = _where(source, ("layers", widest.entry))
         if state + per_sample <= available:
             message += "; a smaller fit.batch_size needs less"
     raise GraphError([KerspecError(label + message, where)])
@@ -221,64 +182,3 @@ def check_allocation(what: str, shapes: list[tuple[int, ...]], itemsize: int) ->
         raise ValueError(
             f"{what} needs {format_bytes(need)}; this machine has {format_bytes(available)} available"
         )
-
-
-def _npy_header(fp: IO[bytes]) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype from a .npy header, read without reading (or allocating) the data."""
-    version = np.lib.format.read_magic(fp)
-    if version == (1, 0):
-        shape, _, dtype = np.lib.format.read_array_header_1_0(fp)
-    elif version in ((2, 0), (3, 0)):
-        shape, _, dtype = np.lib.format.read_array_header_2_0(fp)
-    else:
-        raise ValueError(f"unsupported .npy format version {version}")
-    return shape, dtype
-
-
-def _check_array_size(shape, dtype: np.dtype, stored: int) -> None:
-    """The header's claim against the bytes that hold the data, and against free memory."""
-    if dtype.hasobject:
-        # np.load refuses these itself, with allow_pickle=False; say why in the caller's words.
-        raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
-    need = _size(shape) * dtype.itemsize
-    if need > stored:
-        raise ValueError(
-            f"its header claims shape {tuple(shape)} of {dtype} ({format_bytes(need)}) but the"
-            f" file holds {format_bytes(stored)} of data (truncated or forged)"
-        )
-    available = available_memory()
-    if available is not None and need > available:
-        raise ValueError(
-            f"the array of shape {tuple(shape)} needs {format_bytes(need)}; this machine has"
-            f" {format_bytes(available)} available"
-        )
-
-
-def check_npy_file(path: Path) -> None:
-    """Raise ValueError when an .npy file's header promises data the file does not hold."""
-    with open(path, "rb") as fp:
-        if fp.read(len(np.lib.format.MAGIC_PREFIX)) != np.lib.format.MAGIC_PREFIX:
-            return  # not an .npy file: np.load says what it is (an .npz, a pickle it refuses)
-        fp.seek(0)
-        shape, dtype = _npy_header(fp)
-        stored = os.fstat(fp.fileno()).st_size - fp.tell()
-    _check_array_size(shape, dtype, stored)
-
-
-def read_npz_array(archive: np.lib.npyio.NpzFile, key: str) -> np.ndarray:
-    """One array of an open .npz archive, its header checked before its data is read.
-
-    A zip member's size is in the archive's directory, and the member cannot yield more bytes
-    than that, so a header claiming more (a forged shape, a decompression bomb) is refused here.
-    """
-    names = archive.zip.namelist()
-    member = key if key in names else f"{key}.npy"
-    info = archive.zip.getinfo(member)
-    with archive.zip.open(member) as fp:
-        if fp.read(len(np.lib.format.MAGIC_PREFIX)) != np.lib.format.MAGIC_PREFIX:
-            raise ValueError(f"member {member!r} is not a NumPy array")
-    with archive.zip.open(member) as fp:
-        shape, dtype = _npy_header(fp)
-        header = fp.tell()
-    _check_array_size(shape, dtype, info.file_size - header)
-    return archive[key]

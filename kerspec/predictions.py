@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from kerspec import io
-from kerspec.training.data import PathData, csv_text_labels
+from kerspec.io.csv import csv_text_labels
+from kerspec.spec.data import PathData
 
 CLASSIFIERS = ("sparse", "categorical", "binary")
 
@@ -20,7 +21,8 @@ def class_labels(model) -> dict[str, list[str] | None]:
     """Per classifier output, its class names (None: class indices), from the spec's CSV data."""
     if model.spec.compile is None or model.spec.compile.loss is None:
         return {}
-    kinds = {name: info for name, info in model._output_info().items() if info.kind in CLASSIFIERS}
+    model._compile()  # as training would, refuse a compile section that does not fit the outputs
+    kinds = {name: info for name, info in model.targets.items() if info.kind in CLASSIFIERS}
     section = model.spec.data
     entries = [getattr(section, w) for w in ("train", "validation", "test")] if section else []
     csvs = [e for e in entries if isinstance(e, PathData) and e.path.lower().endswith(".csv")]
@@ -31,7 +33,7 @@ def class_labels(model) -> dict[str, list[str] | None]:
         labels[name] = None
         for entry in csvs:
             column = entry.target if entry.target is not None else name
-            found = csv_text_labels(entry, column, model.loaded.base_dir)
+            found = csv_text_labels(entry.path, column, model.loaded.base_dir)
             if found is not None:
                 labels[name] = found
                 break

@@ -10,6 +10,7 @@ import pytest
 import kerspec
 from kerspec.errors import DataError, WeightsError
 from kerspec.training.data import Dataset
+from kerspec.training.targets import OutputInfo
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
@@ -286,6 +287,14 @@ def test_two_outputs_report_keras_names(tmp_path):
     assert scores == {k[4:]: v[-1] for k, v in history.history.items() if k.startswith("val_")}
     out = model.predict(np.zeros((4, 5), np.float32))
     assert {k: v.shape for k, v in out.items()} == {"kind": (4, 3), "size": (4, 1)}
+
+
+def test_each_outputs_targets_come_from_its_loss_when_the_model_compiles(tmp_path):
+    model = kerspec.from_yaml(TWO_HEADS.replace("  validation: valid.npz\n", ""))
+    assert model.targets == {"kind": OutputInfo((3,), "sparse"), "size": OutputInfo((1,), "real")}
+    data = model.dataset("train")  # checked against model.targets: no trainer built to find out
+    assert model._trainer is None
+    assert data.y["kind"].dtype == np.int64 and data.y["size"].dtype == np.float32
 
 
 # -- class_weight and sample_weight, as Keras weighs them ------------------------------------------

@@ -706,7 +706,7 @@ def test_a_failed_write_keeps_the_old_file(small, tmp_path, monkeypatch):
         file.write(b"PK\x03\x04 half an archive")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(kio.np, "savez", disk_full)
+    monkeypatch.setattr(kio.files.np, "savez", disk_full)
     args = ("--weights", weights, "--input", tmp_path / "test.npz", "--output", output)
     result = fails("predict", small, *args)
     assert result.stderr.strip() == f"{output}: cannot write: No space left on device"

@@ -10,15 +10,8 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from kerspec.errors import DataError
-from kerspec.training.data import (
-    DataEntry,
-    Dataset,
-    OutputInfo,
-    PathData,
-    RandomData,
-    load_dataset,
-    load_inputs,
-)
+from kerspec.spec.data import DataEntry, PathData, RandomData
+from kerspec.training.data import Dataset, OutputInfo, load_dataset, load_inputs
 
 DATASETS = Path(__file__).resolve().parents[1] / "datasets"
 

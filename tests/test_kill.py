@@ -6,7 +6,7 @@ that was never stopped, bit for bit; when nothing resumable was written, `--resu
 1) and a fresh start in the same folder does the same.
 
 So that kills land inside writes too, not only between them, the killed processes write slowly:
-a `sitecustomize` module (on PYTHONPATH only for them) makes `kerspec.io.atomic_write` put each
+a `sitecustomize` module (on PYTHONPATH only for them) makes `kerspec.io`'s atomic_write put each
 file's bytes into its temporary file in four pieces with a pause after each. Everything else (the
 temporary file, fsync, rename) is kerspec's own code. The resumes run in this process.
 """
@@ -64,8 +64,9 @@ import io, os, time
 
 if os.environ.get("KERSPEC_TEST_SLOW_WRITES"):
     import kerspec.io
+    import kerspec.io.files
 
-    _atomic_write = kerspec.io.atomic_write
+    _atomic_write = kerspec.io.files.atomic_write
     _pause = float(os.environ["KERSPEC_TEST_SLOW_WRITES"])
 
     def atomic_write(path, write, **options):
@@ -81,6 +82,8 @@ if os.environ.get("KERSPEC_TEST_SLOW_WRITES"):
 
         _atomic_write(path, slowly, **options)
 
+    # Both names it is reached by: kerspec.io's own writers, and modules calling io.atomic_write.
+    kerspec.io.files.atomic_write = atomic_write
     kerspec.io.atomic_write = atomic_write
 """
 

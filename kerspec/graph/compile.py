@@ -11,7 +11,6 @@ import re
 from dataclasses import dataclass, field
 
 from kerspec.errors import GraphError, KerspecError
-from kerspec.guards import check_model
 from kerspec.layers import Layer, Shape, ShapeError, WeightSpec
 from kerspec.layers.base import format_shape
 from kerspec.layers.core import Input
@@ -124,9 +123,7 @@ def compile_spec(loaded: LoadedSpec) -> Graph:
     for ref in outputs:
         _check_index(ref, by_name, problems, None, ("outputs",))
     problems.raise_any()
-    graph = Graph(loaded.name, order, inputs, outputs, weights, spec.dtype)
-    check_model(graph, loaded)  # before anything allocates the weights
-    return graph
+    return Graph(loaded.name, order, inputs, outputs, weights, spec.dtype)
 
 
 def _name_nodes(entries, problems: _Problems) -> list[Node]:

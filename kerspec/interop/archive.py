@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from kerspec.errors import KerspecError
-from kerspec.guards import READ_ERRORS, available_memory, format_bytes
+from kerspec.guards import available_memory, format_bytes
+from kerspec.io.npz import READ_ERRORS
 
 # A model's JSON config is text describing layers: tens of kB for real models.
 MAX_CONFIG_BYTES = 64 * 2**20

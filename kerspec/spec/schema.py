@@ -21,8 +21,8 @@ from pydantic_core import PydanticCustomError
 from kerspec.layers import LAYERS
 from kerspec.paths import Name
 from kerspec.registry import Item, Registry
+from kerspec.spec.data import DataEntry
 from kerspec.training.callbacks import CALLBACKS
-from kerspec.training.data import DataEntry
 from kerspec.training.losses import LOSSES
 from kerspec.training.metrics import METRICS
 from kerspec.training.optimizers import OPTIMIZERS

@@ -12,7 +12,7 @@ differentiates the reduction, as Keras's `LossFunctionWrapper` and `reduce_weigh
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -68,6 +68,9 @@ class Loss(Item):
     """
 
     reduction: Reduction = "sum_over_batch_size"
+    # What its targets hold, as the data loaders check them (kerspec.training.targets): class
+    # indices (`sparse`), one-hot rows (`categorical`), 0/1 values (`binary`) or real values.
+    targets: ClassVar[str] = "real"
 
     @field_validator("reduction", mode="before")
     @classmethod
@@ -267,6 +270,7 @@ class CategoricalHinge(Loss):
     """`max(max((1 - y_true) * y_pred) - sum(y_true * y_pred) + 1, 0)` over the last axis."""
 
     type: Literal["categorical_hinge"] = "categorical_hinge"
+    targets: ClassVar[str] = "categorical"
 
     def per_sample(self, y_true, y_pred):
         others = (1 - y_true) * y_pred
@@ -290,6 +294,7 @@ class KLDivergence(Loss):
     """`sum(t * log(t / p), axis=-1)`, `t = clip(y_true, 1e-7, 1)`, `p = clip(y_pred, 1e-7, 1)`."""
 
     type: Literal["kl_divergence"] = "kl_divergence"
+    targets: ClassVar[str] = "categorical"
 
     def per_sample(self, y_true, y_pred):
         one = y_pred.dtype.type(1)
@@ -347,6 +352,7 @@ class BinaryCrossentropy(Loss):
     stably from logits."""
 
     type: Literal["binary_crossentropy"] = "binary_crossentropy"
+    targets: ClassVar[str] = "binary"
     from_logits: bool = False
     label_smoothing: UnitFloat = 0.0
     axis: int = -1
@@ -375,6 +381,7 @@ class CategoricalCrossentropy(Loss):
     to [1e-7, 1 - 1e-7]."""
 
     type: Literal["categorical_crossentropy"] = "categorical_crossentropy"
+    targets: ClassVar[str] = "categorical"
     from_logits: bool = False
     label_smoothing: UnitFloat = 0.0
     axis: int = -1
@@ -395,6 +402,7 @@ class SparseCategoricalCrossentropy(Loss):
     """
 
     type: Literal["sparse_categorical_crossentropy"] = "sparse_categorical_crossentropy"
+    targets: ClassVar[str] = "sparse"
     from_logits: bool = False
     axis: int = -1
 

@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
-
 from pydantic import TypeAdapter, ValidationError
 
 from kerspec.errors import DataError, KerspecError, RunError, WeightsError, first_error
-from kerspec.guards import READ_ERRORS, check_npy_file, describe_read_error, read_npz_array
+from kerspec.io.datafile import some_names
+from kerspec.io.npz import READ_ERRORS, check_npy_file, describe_read_error, read_npz_array
+
 
 def atomic_write(
     path: Path, write: Callable[[IO[bytes]], None], *, temporary: Path | None = None, replace: bool = True
@@ -137,13 +138,6 @@ def read_npz(path: Path, error: type[KerspecError]) -> dict[str, np.ndarray]:
         raise error("is a folder, not a file", str(path)) from None
     except READ_ERRORS as err:
         raise error(f"not a readable .npz file ({describe_read_error(err)})", str(path)) from None
-
-
-def some_names(keys: list[str], limit: int = 12) -> str:
-    # Keys come from the file: show odd ones quoted, so a newline cannot forge a message line.
-    shown = ", ".join(k if k.isprintable() and k.strip() == k and k else repr(k) for k in keys[:limit])
-    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
-
 
 
 def load_weights(path: Path, params: dict[str, dict[str, np.ndarray]]) -> None:
