@@ -31,12 +31,17 @@ GRAD_CASES = {
         {"units": 2, "activation": "linear", "unit_forget_bias": False},
         {"units": 2, **DROPOUT, **STATE},
         {"units": 2, "recurrent_dropout": 0.5, "return_state": True},
-        # Other gate activations than tanh/sigmoid take the feature-major forward's general
-        # branches: a σ other than sigmoid, a g that needs its input, and softmax (not
-        # elementwise), which runs the scan in Keras's gate order.
+        # Other gate activations than tanh/sigmoid take the forward's general branches: a σ
+        # other than sigmoid, a g that needs its input, and activations that are not
+        # elementwise, whose backward runs at each step (masked, with dropout, one beside an
+        # elementwise one that needs its input).
         {"units": 2, "recurrent_activation": "tanh", "return_sequences": True},
         {"units": 2, "activation": "hard_silu", "return_state": True},
         {"units": 3, "activation": "softmax", "recurrent_activation": "softmax", **STATE},
+        {"units": 3, "activation": "sparsemax", "recurrent_activation": "hard_silu", **DROPOUT,
+         **STATE},
+        {"units": 3, "activation": "selu", "recurrent_activation": "log_softmax",
+         "go_backwards": True, **STATE},
     ],
     "GRU": [
         {"units": 2},
@@ -49,12 +54,18 @@ GRAD_CASES = {
         {"units": 2, "activation": "softplus", "recurrent_activation": "hard_sigmoid", **STATE},
         {"units": 2, **DROPOUT, **STATE},
         {"units": 2, "reset_after": False, **DROPOUT, **STATE},
-        # The feature-major forward's general branches (σ other than sigmoid, g that needs its
-        # input) and the scan in Keras's order (softmax, not elementwise).
+        # The forward's general branches (σ other than sigmoid, g that needs its input,
+        # activations that are not elementwise, alone or beside one that needs its input).
         {"units": 2, "recurrent_activation": "tanh", "return_sequences": True},
         {"units": 2, "reset_after": False, "activation": "hard_silu", "return_state": True},
         {"units": 3, "activation": "softmax", "recurrent_activation": "softmax", **STATE},
         {"units": 2, "reset_after": False, "recurrent_activation": "softmax", **STATE},
+        {"units": 3, "activation": "sparsemax", "recurrent_activation": "hard_silu", **DROPOUT,
+         **STATE},
+        {"units": 3, "reset_after": False, "activation": "log_softmax",
+         "recurrent_activation": "silu", "go_backwards": True, **STATE},
+        {"units": 3, "activation": "softplus", "recurrent_activation": "sparsemax", "use_bias": False,
+         "return_sequences": True},
     ],
 }
 
@@ -130,6 +141,16 @@ KERAS_CASES = [
     keras_case("GRU", units=3, reset_after=False, use_bias=False, go_backwards=True),
     keras_case("GRU", units=2, recurrent_activation="hard_sigmoid", implementation=1),
     keras_case("GRU", units=2, reset_after=False, activation="softplus", return_state=True),
+    # Activations that are not elementwise: Keras applies them to each gate's (batch, units)
+    # pre-activation on its own. (Not sparsemax: Keras 3.15's is off the simplex, see
+    # test_activations; the gradient checks above cover ours.)
+    keras_case("LSTM", units=3, activation="softmax", recurrent_activation="softmax", **STATE),
+    keras_case("LSTM", units=3, activation="log_softmax", go_backwards=True, return_state=True),
+    keras_case("LSTM", units=2, recurrent_activation="log_softmax", return_sequences=True),
+    keras_case("GRU", units=3, activation="softmax", recurrent_activation="softmax", **STATE),
+    keras_case("GRU", units=3, reset_after=False, activation="log_softmax",
+               recurrent_activation="softmax", **STATE),
+    keras_case("GRU", units=2, recurrent_activation="log_softmax", return_sequences=True),
 ]
 
 

@@ -25,7 +25,7 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import Field, PositiveInt, field_validator
 
-from kerspec.activations import ACTIVATIONS, Sigmoid, Tanh
+from kerspec.activations import ACTIVATIONS, Activation, Sigmoid, Tanh
 from kerspec.constraints import CONSTRAINTS
 from kerspec.initializers import INITIALIZERS, Initializer
 from kerspec.layers.base import LAYERS, Context, Layer, ShapeError, WeightSpec, format_shape
@@ -108,6 +108,38 @@ def backward_steps(
             lo = max(0, t + 1 - block)
             prepare(lo, t + 1)
         yield t
+
+
+def activate(act: Activation, z: np.ndarray, out: np.ndarray, gates: int = 1) -> None:
+    """`act` over a feature-major block of `gates` gates, (gates * units, batch), into `out`
+    (which may be z). One that is not elementwise (softmax) runs on each gate's (batch, units)
+    transpose: Keras applies it to each gate's pre-activation on its own."""
+    if act.elementwise:
+        act.forward(z, out=out)
+        return
+    u = z.shape[0] // gates
+    for j in range(0, gates * u, u):
+        act.forward(z[j : j + u].T, out=out[j : j + u].T)
+
+
+def derivative(act: Activation, x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
+    """act's derivative into `out`, as a factor of a backward pass prepared for blocks of
+    steps; 1 where act is not elementwise: its backward, no factor, runs at the step
+    (`backprop_gates`)."""
+    if act.elementwise:
+        act.derivative(x, y, out)
+    else:
+        out.fill(1.0)
+
+
+def backprop_gates(act: Activation, x: np.ndarray, y: np.ndarray, d: np.ndarray,
+                   gates: int = 1) -> None:
+    """In place, `d` (gates * units, batch) from the gradient of act's output to that of its
+    input, gate by gate as `activate` ran it, for an act that is not elementwise."""
+    u = d.shape[0] // gates
+    for j in range(0, gates * u, u):
+        dt = d[j : j + u].T
+        act.backward(x[j : j + u].T, y[j : j + u].T, dt, out=dt)
 
 
 class Recurrent(Layer):
@@ -384,20 +416,6 @@ class Gated(Recurrent):
             )
         return value
 
-    def fast(self) -> bool:
-        # The feature-major forward folds each activation's derivative into factors computed
-        # for blocks of steps at once, which takes elementwise activations; softmax-like ones
-        # run the general, batch-major scan.
-        return self.activation.elementwise and self.recurrent_activation.elementwise
-
-    def forward(self, w, xs, ctx):
-        if not self.fast():
-            return super().forward(w, xs, ctx)
-        return self._forward_feature_major(w, xs[0], ctx)
-
-    def _forward_feature_major(self, w, x, ctx):
-        """Forward (and its backprop) over (rows, batch) step arrays; see StepInputs."""
-        raise NotImplementedError
 
 
 class StepInputs:
@@ -558,10 +576,10 @@ class LSTM(Gated):
         scale[: 3 * u] = 0.5
         return order, scale
 
-    def _forward_feature_major(self, w, x, ctx):
-        """The LSTM with elementwise activations, feature-major (see StepInputs): a step is one
-        GEMM, `stacked (4 units, k) @ [h_{t-1}; x_t; 1]`, and passes over contiguous gate
-        blocks."""
+    def forward(self, w, xs, ctx):
+        """Feature-major (see StepInputs): a step is one GEMM, `stacked (4 units, k) @ [h_{t-1};
+        x_t; 1]`, and passes over contiguous gate blocks."""
+        x = xs[0]
         batch, time, features = x.shape
         dtype = x.dtype
         u = self.units
@@ -606,8 +624,8 @@ class LSTM(Gated):
                 if sigmoid_by_tanh:
                     np.tanh(zt[: 3 * u], out=a[: 3 * u])
                 else:
-                    sigma.forward(zt[: 3 * u], out=a[: 3 * u])
-                g.forward(zt[3 * u :], out=a[3 * u :])
+                    activate(sigma, zt[: 3 * u], a[: 3 * u], 3)
+                activate(g, zt[3 * u :], a[3 * u :])
             if sigmoid_by_tanh:
                 s = a[: 3 * u]
                 s *= 0.5
@@ -620,7 +638,7 @@ class LSTM(Gated):
             if steps is not None:
                 hold(c_new, cs[c0], steps[t])
             gc = g_cs[n]
-            g.forward(c_new, out=gc)
+            activate(g, c_new, gc)
             np.multiply(o, gc, out=hs[:, r1])
             inputs.finish_step(t, r0, r1)
         c_last = cs[time if record else time % 2]
@@ -641,15 +659,16 @@ class LSTM(Gated):
             """Every factor that does not depend on the incoming gradient, for steps lo..hi:
                 dz_o = dh * g(c_t) σ'(o)          dc += dh * o g'(c_t)
                 dz_i, dz_f, dz_c = dc * (c~ σ'(i), c_{t-1} σ'(f), i g'(c~))
-            with σ' and g' from each activation's `derivative`."""
+            with σ' and g' from each activation's `derivative` (1 for one that is not
+            elementwise, whose backward the step applies)."""
             a, fs, dgc, gc = gates[lo:hi], factors[lo:hi], dg_c[lo:hi], g_cs[lo:hi]
             o, i, candidate = a[:, :u], a[:, u : 2 * u], a[:, 3 * u :]
             # σ' over the three σ blocks; for sigmoid over all four, contiguous, then block c
             # overwritten.
             n = width if isinstance(sigma, Sigmoid) else 3 * u
-            sigma.derivative(z[lo:hi, :n], a[:, :n], fs[:, :n])
-            g.derivative(z[lo:hi, 3 * u :], candidate, fs[:, 3 * u :])
-            g.derivative(cs[lo + 1 : hi + 1], gc, dgc)
+            derivative(sigma, z[lo:hi, :n], a[:, :n], fs[:, :n])
+            derivative(g, z[lo:hi, 3 * u :], candidate, fs[:, 3 * u :])
+            derivative(g, cs[lo + 1 : hi + 1], gc, dgc)
             fs[:, :u] *= gc
             fs[:, u : 2 * u] *= candidate
             fs[:, 2 * u : 3 * u] *= cs[lo:hi]
@@ -668,9 +687,15 @@ class LSTM(Gated):
                 if steps is not None:
                     carried_h, carried_c = split_carry(dh, steps[t]), split_carry(dc, steps[t])
                 np.multiply(dh, dg_c[t], out=scratch)
+                if not g.elementwise:
+                    backprop_gates(g, cs[t + 1], g_cs[t], scratch)
                 dc += scratch
                 np.multiply(dh, factors[t, :u], out=dz[:u, t])
                 np.multiply(dc, factors[t, u:].reshape(3, u, batch), out=dz3[:, :, t])
+                if not sigma.elementwise:
+                    backprop_gates(sigma, z[t, : 3 * u], gates[t, : 3 * u], dz[: 3 * u, t], 3)
+                if not g.elementwise:
+                    backprop_gates(g, z[t, 3 * u :], gates[t, 3 * u :], dz[3 * u :, t])
                 dc *= gates[t, 2 * u : 3 * u]
                 np.matmul(recurrent_t, dz[:, t], out=dh)
                 if inputs.keep_ht is not None:
@@ -689,71 +714,6 @@ class LSTM(Gated):
             return [inputs.input_grad(stacked, dz) if need_dx else None], grads
 
         return ys, backprop
-
-    def scan(self, w, zx, keep_h, ctx, steps):
-        """The general scan, batch-major in Keras's gate order, for activations that are not
-        elementwise (the feature-major forward above takes every other LSTM)."""
-        time, batch, width = zx.shape
-        u = self.units
-        dtype = zx.dtype
-        recurrent = w["recurrent_kernel"]
-        g, sigma = self.activation, self.recurrent_activation
-        hs, seen = self.states(ctx, time, batch, dtype, keep_h)
-        cs = ctx.buffer("c", (time + 1, batch, u), dtype)
-        cs[0] = 0.0
-        # The gates after their activations and g(c_t): what the backward pass differentiates.
-        gates = ctx.buffer("gates", (time, batch, width), dtype)
-        g_cs = ctx.buffer("g_c", (time, batch, u), dtype)
-        rec = ctx.buffer("rec", (batch, width), dtype)
-        for t in range(time):
-            if keep_h is not None:
-                np.multiply(hs[t], keep_h, out=seen[t])
-            z, a = zx[t], gates[t]
-            np.matmul(seen[t], recurrent, out=rec)
-            z += rec
-            a[:, : 2 * u] = sigma.forward(z[:, : 2 * u])
-            a[:, 2 * u : 3 * u] = g.forward(z[:, 2 * u : 3 * u])
-            a[:, 3 * u :] = sigma.forward(z[:, 3 * u :])
-            np.multiply(a[:, u : 2 * u], cs[t], out=cs[t + 1])
-            cs[t + 1] += a[:, :u] * a[:, 2 * u : 3 * u]
-            g_cs[t] = g.forward(cs[t + 1])
-            np.multiply(a[:, 3 * u :], g_cs[t], out=hs[t + 1])
-            if steps is not None:
-                hold(cs[t + 1], cs[t], steps[t])
-                hold(hs[t + 1], hs[t], steps[t])
-
-        def scan_backprop(d_sequence, d_finals):
-            dz = np.empty_like(zx)
-            dh, dc = d_finals
-            da = np.empty((batch, width), dtype)
-            for t in reversed(range(time)):
-                if d_sequence is not None:
-                    dh += d_sequence[t]
-                carried_h = carried_c = None
-                if steps is not None:
-                    carried_h, carried_c = split_carry(dh, steps[t]), split_carry(dc, steps[t])
-                z, a, d = zx[t], gates[t], dz[t]
-                i, f, c_new, o = a[:, :u], a[:, u : 2 * u], a[:, 2 * u : 3 * u], a[:, 3 * u :]
-                np.multiply(dh, g_cs[t], out=da[:, 3 * u :])
-                dh *= o
-                dc += g.backward(cs[t + 1], g_cs[t], dh)
-                np.multiply(dc, c_new, out=da[:, :u])
-                np.multiply(dc, cs[t], out=da[:, u : 2 * u])
-                np.multiply(dc, i, out=da[:, 2 * u : 3 * u])
-                d[:, : 2 * u] = sigma.backward(z[:, : 2 * u], a[:, : 2 * u], da[:, : 2 * u])
-                d[:, 2 * u : 3 * u] = g.backward(z[:, 2 * u : 3 * u], c_new, da[:, 2 * u : 3 * u])
-                d[:, 3 * u :] = sigma.backward(z[:, 3 * u :], o, da[:, 3 * u :])
-                dc *= f
-                dh = np.matmul(d, recurrent.T)
-                if keep_h is not None:
-                    dh *= keep_h
-                if carried_h is not None:
-                    dh += carried_h
-                    dc += carried_c
-            d_recurrent = np.matmul(seen.reshape(-1, u).T, dz.reshape(-1, width))
-            return dz, d_recurrent, None
-
-        return hs, [hs[time], cs[time]], scan_backprop
 
 
 @LAYERS.register("GRU")
@@ -779,11 +739,12 @@ class GRU(Gated):
         width = 3 * self.units
         return (2, width) if self.reset_after else (width,)
 
-    def _forward_feature_major(self, w, x, ctx):
-        """The GRU with elementwise activations, feature-major (see StepInputs). The step GEMM's
+    def forward(self, w, xs, ctx):
+        """Feature-major (see StepInputs). The step GEMM's
         rows: [z, r] from [h_{t-1}; x_t; 1], the candidate's input part from [x_t; 1], and with
         reset_after its recurrent part from [h_{t-1}; 1], which r scales; without, the
         candidate's recurrent product of r * h_{t-1} is a second GEMM."""
+        x = xs[0]
         batch, time, features = x.shape
         dtype = x.dtype
         u = self.units
@@ -838,7 +799,7 @@ class GRU(Gated):
                 s *= 0.5
                 s += 0.5
             else:
-                sigma.forward(p[: 2 * u], out=a[: 2 * u])
+                activate(sigma, p[: 2 * u], a[: 2 * u], 2)
             update, reset, candidate = a[:u], a[u : 2 * u], a[2 * u : 3 * u]
             if reset_after:
                 np.multiply(reset, p[3 * u :], out=scratch)
@@ -846,7 +807,7 @@ class GRU(Gated):
                 np.multiply(reset, inputs.seen(r0), out=rh[:, n])
                 np.matmul(recurrent_h_t, rh[:, n], out=scratch)
             p[2 * u : 3 * u] += scratch
-            g.forward(p[2 * u : 3 * u], out=candidate)
+            activate(g, p[2 * u : 3 * u], candidate)
             # h_t = h~ + z * (h_{t-1} - h~), the same mix with one product.
             h_new = hs[:, r1]
             np.subtract(hs[:, r0], candidate, out=h_new)
@@ -869,19 +830,24 @@ class GRU(Gated):
                 dz_z = dh * (h_{t-1} - h~) σ'(z)      dz_h = dh * (1 - z) g'(h~)
                 reset_after:  dz_r = dz_h * rec_h σ'(r), and the recurrent part's gradient
                               is dz_h * r;
-                else:         dz_r = (recurrent_h @ dz_h) * h_{t-1} σ'(r)."""
+                else:         dz_r = (recurrent_h @ dz_h) * h_{t-1} σ'(r).
+            σ' or g' is 1 for an activation that is not elementwise: the step applies its
+            backward, and then dz_r and the recurrent part's gradient are made from dz_h."""
             a, p, fs, o = gates[lo:hi], pre[lo:hi], factors[lo:hi], other[lo:hi]
             update, reset, candidate = a[:, :u], a[:, u : 2 * u], a[:, 2 * u : 3 * u]
-            sigma.derivative(p[:, : 2 * u], a[:, : 2 * u], fs[:, : 2 * u])
-            g.derivative(p[:, 2 * u : 3 * u], candidate, fs[:, 2 * u : 3 * u])
+            derivative(sigma, p[:, : 2 * u], a[:, : 2 * u], fs[:, : 2 * u])
+            derivative(g, p[:, 2 * u : 3 * u], candidate, fs[:, 2 * u : 3 * u])
             np.subtract(1.0, update, out=o)
             fs[:, 2 * u : 3 * u] *= o
             np.subtract(hs[:, lo:hi].transpose(1, 0, 2), candidate, out=o)
             fs[:, :u] *= o
             if reset_after:
                 fs[:, u : 2 * u] *= p[:, 3 * u :]
-                fs[:, u : 2 * u] *= fs[:, 2 * u : 3 * u]
-                np.multiply(fs[:, 2 * u : 3 * u], reset, out=fs[:, 3 * u :])
+                if g.elementwise:
+                    fs[:, u : 2 * u] *= fs[:, 2 * u : 3 * u]
+                    np.multiply(fs[:, 2 * u : 3 * u], reset, out=fs[:, 3 * u :])
+                else:
+                    np.copyto(fs[:, 3 * u :], reset)
             else:
                 fs[:, u : 2 * u] *= inputs.xh[:u, lo:hi].transpose(1, 0, 2)
 
@@ -896,15 +862,26 @@ class GRU(Gated):
                     dh += d_sequence[t]
                 carried = None if steps is None else split_carry(dh, steps[t])
                 reset = gates[t, u : 2 * u]
-                if reset_after:
+                d_h = d_pre[2 * u : 3 * u, t]
+                if reset_after and g.elementwise:
                     np.multiply(dh, factors[t].reshape(4, u, batch), out=blocks[:, :, t])
-                    np.matmul(recurrent_t, d_pre[:, t], out=d_seen)
+                elif reset_after:
+                    np.multiply(dh, factors[t, :u], out=d_pre[:u, t])
+                    np.multiply(dh, factors[t, 2 * u : 3 * u], out=d_h)
+                    backprop_gates(g, pre[t, 2 * u : 3 * u], gates[t, 2 * u :], d_h)
+                    np.multiply(d_h, factors[t, u : 2 * u], out=d_pre[u : 2 * u, t])
+                    np.multiply(d_h, factors[t, 3 * u :], out=d_pre[3 * u :, t])
                 else:
                     np.multiply(dh, factors[t, :u], out=d_pre[:u, t])
-                    np.multiply(dh, factors[t, 2 * u :], out=d_pre[2 * u :, t])
-                    np.matmul(recurrent[:, 2 * u :], d_pre[2 * u :, t], out=d_rh)
+                    np.multiply(dh, factors[t, 2 * u :], out=d_h)
+                    if not g.elementwise:
+                        backprop_gates(g, pre[t, 2 * u :], gates[t, 2 * u :], d_h)
+                    np.matmul(recurrent[:, 2 * u :], d_h, out=d_rh)
                     np.multiply(d_rh, factors[t, u : 2 * u], out=d_pre[u : 2 * u, t])
-                    np.matmul(recurrent_t, d_pre[:, t], out=d_seen)
+                if not sigma.elementwise:
+                    backprop_gates(sigma, pre[t, : 2 * u], gates[t, : 2 * u], d_pre[: 2 * u, t], 2)
+                np.matmul(recurrent_t, d_pre[:, t], out=d_seen)
+                if not reset_after:
                     d_rh *= reset
                     d_seen += d_rh
                 if inputs.keep_ht is not None:
@@ -936,106 +913,3 @@ class GRU(Gated):
             return [inputs.input_grad(stacked, d_pre) if need_dx else None], grads
 
         return ys, backprop
-
-    def scan(self, w, zx, keep_h, ctx, steps):
-        """The general scan, batch-major, for activations that are not elementwise (the
-        feature-major forward above takes every other GRU)."""
-        time, batch, width = zx.shape
-        u = self.units
-        dtype = zx.dtype
-        g, sigma = self.activation, self.recurrent_activation
-        reset_after = self.reset_after
-        recurrent = w["recurrent_kernel"]
-        recurrent_bias = w["bias"][1] if reset_after and self.use_bias else None
-        # Contiguous copies of the two blocks that reset_after=False multiplies separately.
-        recurrent_zr = np.ascontiguousarray(recurrent[:, : 2 * u])
-        recurrent_h = np.ascontiguousarray(recurrent[:, 2 * u :])
-        hs, seen = self.states(ctx, time, batch, dtype, keep_h)
-        gates = ctx.buffer("gates", (time, batch, width), dtype)
-        # What the candidate's recurrent term is made of, per step: with reset_after the
-        # projection h_{t-1} @ recurrent_kernel_h + b_h_h that r scales, else r * h_{t-1}.
-        rh = ctx.buffer("rh", (time, batch, u), dtype)
-        rec = ctx.buffer("rec", (batch, width), dtype)
-        for t in range(time):
-            if keep_h is not None:
-                np.multiply(hs[t], keep_h, out=seen[t])
-            z, a = zx[t], gates[t]
-            if reset_after:
-                np.matmul(seen[t], recurrent, out=rec)
-                if recurrent_bias is not None:
-                    rec += recurrent_bias
-                z[:, : 2 * u] += rec[:, : 2 * u]
-                a[:, : 2 * u] = sigma.forward(z[:, : 2 * u])
-                rh[t] = rec[:, 2 * u :]
-                z[:, 2 * u :] += a[:, u : 2 * u] * rh[t]
-            else:
-                np.matmul(seen[t], recurrent_zr, out=rec[:, : 2 * u])
-                z[:, : 2 * u] += rec[:, : 2 * u]
-                a[:, : 2 * u] = sigma.forward(z[:, : 2 * u])
-                np.multiply(a[:, u : 2 * u], seen[t], out=rh[t])
-                np.matmul(rh[t], recurrent_h, out=rec[:, 2 * u :])
-                z[:, 2 * u :] += rec[:, 2 * u :]
-            a[:, 2 * u :] = g.forward(z[:, 2 * u :])
-            # h_t = h~ + z * (h_{t-1} - h~), the same mix with one product.
-            np.subtract(hs[t], a[:, 2 * u :], out=hs[t + 1])
-            hs[t + 1] *= a[:, :u]
-            hs[t + 1] += a[:, 2 * u :]
-            if steps is not None:
-                hold(hs[t + 1], hs[t], steps[t])
-
-        def scan_backprop(d_sequence, d_finals):
-            dz = np.empty_like(zx)
-            # With reset_after: the gradient of every step's recurrent projection (its h block
-            # differs from dz's by the factor r), for one recurrent-kernel matmul after the loop.
-            d_rec = np.empty_like(zx) if reset_after else None
-            dh = d_finals[0]
-            da = np.empty((batch, width), dtype)
-            for t in reversed(range(time)):
-                if d_sequence is not None:
-                    dh += d_sequence[t]
-                carried = None if steps is None else split_carry(dh, steps[t])
-                z, a, d = zx[t], gates[t], dz[t]
-                update, reset, candidate = a[:, :u], a[:, u : 2 * u], a[:, 2 * u :]
-                np.subtract(hs[t], candidate, out=da[:, :u])
-                da[:, :u] *= dh
-                np.subtract(1.0, update, out=da[:, 2 * u :])
-                da[:, 2 * u :] *= dh
-                d[:, 2 * u :] = g.backward(z[:, 2 * u :], candidate, da[:, 2 * u :])
-                if reset_after:
-                    np.multiply(d[:, 2 * u :], rh[t], out=da[:, u : 2 * u])
-                    d[:, : 2 * u] = sigma.backward(z[:, : 2 * u], a[:, : 2 * u], da[:, : 2 * u])
-                    d_rec[t, :, : 2 * u] = d[:, : 2 * u]
-                    np.multiply(d[:, 2 * u :], reset, out=d_rec[t, :, 2 * u :])
-                    d_seen = np.matmul(d_rec[t], recurrent.T)
-                else:
-                    d_rh = np.matmul(d[:, 2 * u :], recurrent_h.T)
-                    np.multiply(d_rh, seen[t], out=da[:, u : 2 * u])
-                    d[:, : 2 * u] = sigma.backward(z[:, : 2 * u], a[:, : 2 * u], da[:, : 2 * u])
-                    d_seen = np.matmul(d[:, : 2 * u], recurrent_zr.T)
-                    d_rh *= reset
-                    d_seen += d_rh
-                if keep_h is not None:
-                    d_seen *= keep_h
-                dh *= update
-                dh += d_seen
-                if carried is not None:
-                    dh += carried
-            # With reset_after, d_rec is the gradient of every step's recurrent projection;
-            # without, rh holds every step's r * h_{t-1}, which the candidate's block of the
-            # recurrent kernel multiplies.
-            seen2 = seen.reshape(-1, u)
-            if reset_after:
-                d_rec2 = d_rec.reshape(-1, width)
-                d_bias = column_sums(d_rec2) if recurrent_bias is not None else None
-                return dz, np.matmul(seen2.T, d_rec2), d_bias
-            dz2 = dz.reshape(-1, width)
-            d_recurrent = np.concatenate(
-                [
-                    np.matmul(seen2.T, dz2[:, : 2 * u]),
-                    np.matmul(rh.reshape(-1, u).T, dz2[:, 2 * u :]),
-                ],
-                axis=1,
-            )
-            return dz, d_recurrent, None
-
-        return hs, [hs[time]], scan_backprop
