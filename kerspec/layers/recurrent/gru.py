@@ -1,4 +1,4 @@
-"""GRU, feature-major (see steps.py), gates in Keras's order z, r, h."""
+"""GRU on the feature-major scan (steps.py), gates in Keras's order z, r, h."""
 
 from __future__ import annotations
 
@@ -170,6 +170,8 @@ class GRU(Gated):
                 if reset_after and g.elementwise:
                     np.multiply(dh, factors[t].reshape(4, u, batch), out=blocks[:, :, t])
                 elif reset_after:
+                    # g's backward is no factor: dz_h first, then r's gradient and the
+                    # recurrent part's from it.
                     np.multiply(dh, factors[t, :u], out=d_pre[:u, t])
                     np.multiply(dh, factors[t, 2 * u : 3 * u], out=d_h)
                     backprop_gates(g, pre[t, 2 * u : 3 * u], gates[t, 2 * u :], d_h)

@@ -1,4 +1,5 @@
-"""LSTM, feature-major (see steps.py), gates in Keras's order i, f, c, o outside."""
+"""LSTM on the feature-major scan (steps.py): weights in Keras's gate order i, f, c, o, their
+rows reordered for the steps (`LSTM.layout`)."""
 
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ class LSTM(Gated):
         return UnitForgetBias(base=self.bias_initializer, units=self.units)
 
     def layout(self, dtype) -> tuple[np.ndarray, np.ndarray | None]:
-        """The feature-major forward's gate rows: (order, scale), internal row j = Keras column
+        """The forward's gate rows: (order, scale), internal row j = Keras column
         order[j] times scale[j] (None: 1). The scale applies to the forward GEMM only; the
         gradients are for the unscaled weights, put back into Keras's order.
 
