@@ -375,3 +375,31 @@ def test_hold_leaves_the_real_steps_states_exact():
     old = np.array([[0.3, 0.9], [0.1, 0.9]])  # (-1.0 - 0.9) + 0.9 is not -1.0
     hold(new, old, np.array([[1.0], [0.0]]))
     assert new.tolist() == [[1.0, -1.0], [0.1, 0.9]]
+
+
+GATES_NOT_ELEMENTWISE = """
+dtype: float64
+seed: 3
+layers:
+  - {type: Input, shape: [4, 3], name: x}
+  - {type: Masking, mask_value: 0.0}
+  - type: Bidirectional
+    layer: {type: LSTM, units: 3, activation: softmax, recurrent_activation: log_softmax,
+            return_sequences: true}
+  - {type: GRU, units: 2, activation: log_softmax, recurrent_activation: softmax, name: gru}
+  - {type: Dense, units: 2, name: head}
+compile: {optimizer: sgd, loss: mse}
+"""
+
+
+def test_gates_not_elementwise_train_through_the_plan():
+    """Softmax and log_softmax gates as a spec runs them: masked, in both directions, every
+    weight's gradient of the training loss against central differences."""
+    import kerspec
+    from tests.wholeplan import check_training_gradients
+
+    model = kerspec.from_yaml(GATES_NOT_ELEMENTWISE)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 4, 3))
+    x[1:, -1] = 0.0  # padded steps for the Masking layer
+    check_training_gradients(model, [x], [rng.standard_normal((3, 2))], rng=rng)
