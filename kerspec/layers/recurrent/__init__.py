@@ -9,8 +9,12 @@
 """
 
 from kerspec.layers.recurrent.base import Gated, Recurrent, hold
-from kerspec.layers.recurrent.gru import GRU
-from kerspec.layers.recurrent.lstm import LSTM
+
+# isort: off
+# Imported in the order they register, which is the order LAYERS lists them (the JSON schema).
 from kerspec.layers.recurrent.simple_rnn import SimpleRNN
+from kerspec.layers.recurrent.lstm import LSTM
+from kerspec.layers.recurrent.gru import GRU
+# isort: on
 
 __all__ = ["GRU", "LSTM", "Gated", "Recurrent", "SimpleRNN", "hold"]
