@@ -31,12 +31,27 @@ GRAD_CASES = {
         {"units": 2, "activation": "linear", "unit_forget_bias": False},
         {"units": 2, **DROPOUT, **STATE},
         {"units": 2, "recurrent_dropout": 0.5, "return_state": True},
-        # Other gate activations than tanh/sigmoid take the feature-major forward's general
-        # branches: a σ other than sigmoid, a g that needs its input, and softmax (not
-        # elementwise), which runs the scan in Keras's gate order.
+        # Other gate activations than tanh/sigmoid take the forward's general branches: a σ
+        # other than sigmoid, a g that needs its input, and activations that are not
+        # elementwise, whose backward runs at each step (masked, with dropout, one beside an
+        # elementwise one that needs its input).
         {"units": 2, "recurrent_activation": "tanh", "return_sequences": True},
         {"units": 2, "activation": "hard_silu", "return_state": True},
         {"units": 3, "activation": "softmax", "recurrent_activation": "softmax", **STATE},
+        {
+            "units": 3,
+            "activation": "sparsemax",
+            "recurrent_activation": "hard_silu",
+            **DROPOUT,
+            **STATE,
+        },
+        {
+            "units": 3,
+            "activation": "selu",
+            "recurrent_activation": "log_softmax",
+            "go_backwards": True,
+            **STATE,
+        },
     ],
     "GRU": [
         {"units": 2},
@@ -49,12 +64,34 @@ GRAD_CASES = {
         {"units": 2, "activation": "softplus", "recurrent_activation": "hard_sigmoid", **STATE},
         {"units": 2, **DROPOUT, **STATE},
         {"units": 2, "reset_after": False, **DROPOUT, **STATE},
-        # The feature-major forward's general branches (σ other than sigmoid, g that needs its
-        # input) and the scan in Keras's order (softmax, not elementwise).
+        # The forward's general branches (σ other than sigmoid, g that needs its input,
+        # activations that are not elementwise, alone or beside one that needs its input).
         {"units": 2, "recurrent_activation": "tanh", "return_sequences": True},
         {"units": 2, "reset_after": False, "activation": "hard_silu", "return_state": True},
         {"units": 3, "activation": "softmax", "recurrent_activation": "softmax", **STATE},
         {"units": 2, "reset_after": False, "recurrent_activation": "softmax", **STATE},
+        {
+            "units": 3,
+            "activation": "sparsemax",
+            "recurrent_activation": "hard_silu",
+            **DROPOUT,
+            **STATE,
+        },
+        {
+            "units": 3,
+            "reset_after": False,
+            "activation": "log_softmax",
+            "recurrent_activation": "silu",
+            "go_backwards": True,
+            **STATE,
+        },
+        {
+            "units": 3,
+            "activation": "softplus",
+            "recurrent_activation": "sparsemax",
+            "use_bias": False,
+            "return_sequences": True,
+        },
     ],
 }
 
@@ -130,6 +167,22 @@ KERAS_CASES = [
     keras_case("GRU", units=3, reset_after=False, use_bias=False, go_backwards=True),
     keras_case("GRU", units=2, recurrent_activation="hard_sigmoid", implementation=1),
     keras_case("GRU", units=2, reset_after=False, activation="softplus", return_state=True),
+    # Activations that are not elementwise: Keras applies them to each gate's (batch, units)
+    # pre-activation on its own. (Not sparsemax: Keras 3.15's is off the simplex, see
+    # test_activations; the gradient checks above cover ours.)
+    keras_case("LSTM", units=3, activation="softmax", recurrent_activation="softmax", **STATE),
+    keras_case("LSTM", units=3, activation="log_softmax", go_backwards=True, return_state=True),
+    keras_case("LSTM", units=2, recurrent_activation="log_softmax", return_sequences=True),
+    keras_case("GRU", units=3, activation="softmax", recurrent_activation="softmax", **STATE),
+    keras_case(
+        "GRU",
+        units=3,
+        reset_after=False,
+        activation="log_softmax",
+        recurrent_activation="softmax",
+        **STATE,
+    ),
+    keras_case("GRU", units=2, recurrent_activation="log_softmax", return_sequences=True),
 ]
 
 
@@ -322,3 +375,31 @@ def test_hold_leaves_the_real_steps_states_exact():
     old = np.array([[0.3, 0.9], [0.1, 0.9]])  # (-1.0 - 0.9) + 0.9 is not -1.0
     hold(new, old, np.array([[1.0], [0.0]]))
     assert new.tolist() == [[1.0, -1.0], [0.1, 0.9]]
+
+
+GATES_NOT_ELEMENTWISE = """
+dtype: float64
+seed: 3
+layers:
+  - {type: Input, shape: [4, 3], name: x}
+  - {type: Masking, mask_value: 0.0}
+  - type: Bidirectional
+    layer: {type: LSTM, units: 3, activation: softmax, recurrent_activation: log_softmax,
+            return_sequences: true}
+  - {type: GRU, units: 2, activation: log_softmax, recurrent_activation: softmax, name: gru}
+  - {type: Dense, units: 2, name: head}
+compile: {optimizer: sgd, loss: mse}
+"""
+
+
+def test_gates_not_elementwise_train_through_the_plan():
+    """Softmax and log_softmax gates as a spec runs them: masked, in both directions, every
+    weight's gradient of the training loss against central differences."""
+    import kerspec
+    from tests.wholeplan import check_training_gradients
+
+    model = kerspec.from_yaml(GATES_NOT_ELEMENTWISE)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 4, 3))
+    x[1:, -1] = 0.0  # padded steps for the Masking layer
+    check_training_gradients(model, [x], [rng.standard_normal((3, 2))], rng=rng)
