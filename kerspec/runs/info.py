@@ -49,10 +49,15 @@ class RunInfo(BaseModel):
 
 def read_run_info(path: Path) -> RunInfo | None:
     """A run folder's run.json, None when it has none; RunError when it is damaged."""
-    file = Path(path) / "run.json"
+    return read_run_json(path, "run.json", _RUN_INFO)
+
+
+def read_run_json(path: Path, name: str, schema: TypeAdapter) -> Any:
+    """The JSON file `name` of a run folder held to `schema`, None when the folder has none."""
+    file = Path(path) / name
     if not file.is_file():
         return None
-    return io.read_json_as(file, _RUN_INFO, MAX_RUN_JSON_BYTES, "a kerspec run.json")
+    return io.read_json_as(file, schema, MAX_RUN_JSON_BYTES, f"a kerspec {name}")
 
 
 _RUN_INFO = TypeAdapter(RunInfo)

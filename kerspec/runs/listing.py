@@ -10,9 +10,8 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from kerspec import io
 from kerspec.errors import KerspecError
-from kerspec.runs.info import MAX_RUN_JSON_BYTES, read_run_info, read_run_spec, stamp
+from kerspec.runs.info import read_run_info, read_run_json, read_run_spec, stamp
 
 MAX_HISTORY_BYTES = 64 * 1024 * 1024
 Metrics = dict[str, float | None]
@@ -50,10 +49,7 @@ def read_history(path: Path) -> dict[str, list[float]]:
 
 
 def read_metrics(path: Path) -> Metrics | None:
-    file = Path(path) / "metrics.json"
-    if not file.is_file():
-        return None
-    return io.read_json_as(file, _METRICS, MAX_RUN_JSON_BYTES, "a kerspec metrics.json")
+    return read_run_json(path, "metrics.json", _METRICS)
 
 
 _METRICS = TypeAdapter(Metrics)
