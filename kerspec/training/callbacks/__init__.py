@@ -10,7 +10,8 @@ where the interrupted one was (an EarlyStopping's wait and best value, its best 
 
 # Imported in the order the catalog lists them (Keras's order, as in error messages).
 # isort: off
-from kerspec.training.callbacks.base import CALLBACKS, Arrays, Callback, CallbackConfig, History
+from kerspec.training.callbacks.base import CALLBACKS, CallbackConfig
+from kerspec.training.session import Arrays, Callback, History
 from kerspec.training.callbacks.monitor import MonitorCallback, MonitorConfig, monitor_direction
 from kerspec.training.callbacks.early_stopping import EarlyStopping, EarlyStoppingConfig
 from kerspec.training.callbacks.model_checkpoint import ModelCheckpoint, ModelCheckpointConfig

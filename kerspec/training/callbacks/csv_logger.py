@@ -12,7 +12,8 @@ from pydantic import Field
 from kerspec.errors import RunError
 from kerspec.folders import OutputFolder
 from kerspec.paths import FilePath
-from kerspec.training.callbacks.base import CALLBACKS, Callback, CallbackConfig, CallbackState
+from kerspec.training.callbacks.base import CALLBACKS, CallbackConfig
+from kerspec.training.session import Callback, CallbackState
 
 # An appended CSVLogger log is read back whole, and kept in every checkpoint.
 MAX_LOG_BYTES = 64 * 1024 * 1024

@@ -7,11 +7,12 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, NonNegativeInt
 
-from kerspec.training.callbacks.base import CALLBACKS, Arrays, CallbackState
+from kerspec.training.callbacks.base import CALLBACKS
 from kerspec.training.callbacks.monitor import Best, MonitorCallback, MonitorConfig
+from kerspec.training.session import Arrays, CallbackState
 
 if TYPE_CHECKING:
-    from kerspec.training.loop import Session
+    from kerspec.training.session import Session
 
 
 @CALLBACKS.register("EarlyStopping", "early_stopping")

@@ -7,9 +7,10 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import Field, NonNegativeInt
 
-from kerspec.training.callbacks.base import CALLBACKS, Callback, CallbackConfig, CallbackState
+from kerspec.training.callbacks.base import CALLBACKS, CallbackConfig
 from kerspec.training.callbacks.monitor import Best, MonitorCallback, MonitorConfig
 from kerspec.training.schedules import SCHEDULES
+from kerspec.training.session import Callback, CallbackState
 
 
 @CALLBACKS.register("ReduceLROnPlateau", "reduce_lr_on_plateau")

@@ -11,8 +11,9 @@ from kerspec import io
 from kerspec.errors import RunError
 from kerspec.folders import OutputFolder
 from kerspec.paths import FilePattern, check_relative_path
-from kerspec.training.callbacks.base import CALLBACKS, CallbackState
+from kerspec.training.callbacks.base import CALLBACKS
 from kerspec.training.callbacks.monitor import Best, MonitorCallback, MonitorConfig
+from kerspec.training.session import CallbackState
 
 
 @CALLBACKS.register("ModelCheckpoint", "model_checkpoint")

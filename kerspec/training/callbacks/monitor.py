@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Literal
 
 from kerspec.errors import RunError
-from kerspec.training.callbacks.base import Callback, CallbackConfig
+from kerspec.training.callbacks.base import CallbackConfig
+from kerspec.training.session import Callback
 
 Mode = Literal["auto", "min", "max"]
 Best = float | None

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from kerspec.training.callbacks.base import CALLBACKS, Callback, CallbackConfig
+from kerspec.training.callbacks.base import CALLBACKS, CallbackConfig
+from kerspec.training.session import Callback
 
 
 @CALLBACKS.register("TerminateOnNaN", "terminate_on_nan")
