@@ -1,10 +1,16 @@
 """Test-only: the Keras 3 twin of a compiled kerspec model, and its weights both ways.
 
-kerspec keeps Keras's layer class names, argument names and weight names and layouts, so the twin
-is built by walking `model.graph` in execution order and creating each Keras layer from the kerspec
-layer's own arguments: nested activations, regularizers and constraints become Keras objects,
-wrappers get their inner layer built the same way, and a shared layer is the same Keras layer
-object called again. Initializers are left out: the kerspec weights are copied into the twin.
+Each Keras layer is made from the config the shipped exporter writes for it
+(`kerspec.interop.keras_export.layer_config`, as `kerspec export -o M.keras` puts it in
+config.json), read by Keras's own `keras.layers.deserialize`. The exporter writes only the
+arguments the spec sets and leaves the rest to Keras's defaults, so the twin also checks that
+kerspec's defaults are Keras's: a builder passing every resolved value would hide a default that
+differs, and an argument the exporter mistranslated or dropped makes the twin compute something
+else, which the comparison of weights after training shows. The graph is wired here, walking
+`model.graph` in execution order (a shared layer is the same Keras layer object called again),
+so that a Lambda, which the exporter refuses (Keras keeps it as Python bytecode), can still be
+given its Keras function from LAMBDAS. Initializers do not matter: the kerspec weights are copied
+into the twin.
 
     theirs = keras_twin(ours)          # a keras.Model, outputs keyed like ours
     copy_weights(ours, theirs)
@@ -13,17 +19,13 @@ object called again. Initializers are left out: the kerspec weights are copied i
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
 
 import kerspec
+from kerspec.interop.keras_export import KerasExportError, layer_config
 
 keras = pytest.importorskip("keras")
-
-# kerspec's own keys, or ones the twin does not need (the weights are copied in).
-SKIPPED_KEYS = {"type", "name", "from", "input_shape", "share"}
 
 # The Lambda expressions the tested specs use, as Keras ops (kerspec never evaluates text as
 # Python, and neither does this builder: an expression not listed here skips the test).
@@ -38,7 +40,7 @@ class Unsupported(Exception):
 
 
 def _find_class(module, type_name: str):
-    """Keras's class for a kerspec type name: `max_norm` -> MaxNorm, `sgd` -> SGD, `l1_l2` -> L1L2."""
+    """Keras's class for a kerspec type name: `sgd` -> SGD, `exponential_decay` -> ExponentialDecay."""
     wanted = type_name.replace("_", "").lower()
     for attr in dir(module):
         obj = getattr(module, attr)
@@ -51,52 +53,16 @@ def _config(item) -> dict:
     return {k: v for k, v in item.model_dump(by_alias=True).items() if v is not None}
 
 
-def _activation(config: dict):
-    config = dict(config)
-    name = config.pop("type")
-    function = keras.activations.get(name)
-    return functools.partial(function, **config) if config else function
-
-
-def _converted(key: str, value):
-    if isinstance(value, dict) and "type" in value:
-        if key in ("activation", "recurrent_activation"):
-            return _activation(value)
-        if key.endswith("_regularizer"):
-            args = {k: v for k, v in value.items() if k != "type"}
-            return _find_class(keras.regularizers, value["type"])(**args)
-        if key.endswith("_constraint"):
-            args = {k: v for k, v in value.items() if k != "type"}
-            return _find_class(keras.constraints, value["type"])(**args)
-        if key in ("layer", "backward_layer"):
-            return _layer_from_config(value, None)
-        raise Unsupported(f"argument {key!r} = {value!r}")
-    if isinstance(value, list) and key in ("pool_size", "strides", "kernel_size", "dilation_rate",
-                                           "size", "padding", "cropping", "target_shape", "dims"):
-        return tuple(tuple(v) if isinstance(v, list) else v for v in value)
-    return value
-
-
-def _layer_from_config(config: dict, name: str | None):
-    config = {k: v for k, v in config.items() if v is not None}
-    type_name = config["type"]
-    if type_name == "Lambda":
-        expression = config["expression"]
-        if expression not in LAMBDAS:
-            raise Unsupported(f"Lambda expression {expression!r}")
-        return keras.layers.Lambda(LAMBDAS[expression], name=name)
-    args = {}
-    for key, value in config.items():
-        if key not in SKIPPED_KEYS and not key.endswith("_initializer"):
-            args[key] = _converted(key, value)
-    cls = getattr(keras.layers, type_name, None)
-    if cls is None:
-        raise Unsupported(f"no Keras layer {type_name!r}")
-    return cls(name=name, **args)
-
-
-def keras_layer(layer, name: str):
-    return _layer_from_config(_config(layer), name)
+def keras_layer(layer, name: str, dtype: str = "float32"):
+    if layer.type == "Lambda":
+        if layer.expression not in LAMBDAS:
+            raise Unsupported(f"Lambda expression {layer.expression!r}")
+        return keras.layers.Lambda(LAMBDAS[layer.expression], name=name)
+    try:
+        config = layer_config(layer, name, dtype)
+    except KerasExportError as err:
+        raise Unsupported(f"the exporter refuses {layer.type}: {err.message}") from None
+    return keras.layers.deserialize(config)
 
 
 def keras_twin(model: kerspec.Model):
@@ -110,7 +76,7 @@ def keras_twin(model: kerspec.Model):
             tensors[node.name] = [keras.Input(shape=tuple(shape), name=node.name)]
             continue
         if node.owner not in layers:
-            layers[node.owner] = keras_layer(node.layer, node.owner)
+            layers[node.owner] = keras_layer(node.layer, node.owner, graph.dtype)
         inputs = [tensors[ref.node][ref.index] for ref in node.inputs]
         out = layers[node.owner](inputs[0] if len(inputs) == 1 else inputs)
         tensors[node.name] = list(out) if isinstance(out, list | tuple) else [out]

@@ -4,7 +4,8 @@ Keras's `train_on_batch` on the same batches from the same initial weights; ever
 (BatchNormalization's moving statistics too) is compared after each of three optimizer steps.
 
 Dropout is set to rate 0 (the two libraries draw different masks). The Keras twin of each model
-is built from the kerspec graph itself (tests/keras_build.py).
+is wired from the kerspec graph, each layer made from the config the Keras exporter writes
+(tests/keras_build.py).
 """
 
 from __future__ import annotations

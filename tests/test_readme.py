@@ -26,9 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 FENCE = re.compile(r"^```(\w*)\s*$")
 MARK = re.compile(r"^<!--\s*(needs:\s*(?P<needs>[\w., ]+?)|(?P<setup>setup))\s*-->\s*$")
 # What a checkout holds besides the repository's files: never copied.
-NOT_COPIED = shutil.ignore_patterns(
+_NOT_COPIED = shutil.ignore_patterns(
     ".git",
-    "runs",
     "__pycache__",
     "*.egg-info",
     ".pytest_cache",
@@ -36,6 +35,12 @@ NOT_COPIED = shutil.ignore_patterns(
     ".benchmarks",
     ".venv",
 )
+
+
+def not_copied(folder: str, names: list[str]) -> set[str]:
+    # Only the top folder's runs/ is a checkout's run output; kerspec/runs/ is source.
+    top = {"runs"} & set(names) if Path(folder) == ROOT else set()
+    return set(_NOT_COPIED(folder, names)) | top
 
 
 @dataclass
@@ -84,7 +89,7 @@ def test_readme_marks_are_read():
 def test_readme_blocks_run_as_written(tmp_path):
     blocks = [b for b in sh_blocks((ROOT / "README.md").read_text(encoding="utf-8")) if not b.setup]
     repo = tmp_path / "repo"
-    shutil.copytree(ROOT, repo, ignore=NOT_COPIED)
+    shutil.copytree(ROOT, repo, ignore=not_copied)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for name, command in (

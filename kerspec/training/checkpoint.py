@@ -17,9 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, 
 from kerspec.errors import RunError, first_error
 
 if TYPE_CHECKING:
-    from kerspec.training.loop import Session
+    from kerspec.training.session import Session
 
-CHECKPOINT_FORMAT = 1
 # The meta entry carries the callbacks' states, a CSVLogger's whole log among them.
 MAX_META_CHARACTERS = 128 * 1024 * 1024
 _U128 = 2**128

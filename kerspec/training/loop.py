@@ -10,22 +10,19 @@ TerminateOnNaN, ends training quietly).
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import threading
-from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from kerspec import threads
 from kerspec.errors import RunError
 from kerspec.layers import Context
-from kerspec.training.callbacks import Arrays, Callback, History
-from kerspec.training.checkpoint import CHECKPOINT_FORMAT, check_checkpoint
+from kerspec.training.checkpoint import check_checkpoint
 from kerspec.training.data import Dataset
+from kerspec.training.session import Arrays, Callback, History, Session
 from kerspec.training.trainer import NonFiniteLoss, NonFiniteWeights, Trainer
 
 
@@ -70,92 +67,6 @@ def _take_weights(data: Dataset, names: list[str], index) -> list[np.ndarray | N
     if not data.sample_weight:
         return None
     return [None if name not in data.sample_weight else data.sample_weight[name][index] for name in names]
-
-
-@dataclass
-class Session:
-    """One fit: what the callbacks see, and what a checkpoint saves and restores.
-
-    `epoch` counts finished epochs. `spec_callbacks` (the spec's `fit.callbacks`, in order) and
-    `history` are checkpointed with their state; other callbacks (progress) are not.
-    """
-
-    trainer: Trainer
-    ctx: Context
-    shuffle_rng: np.random.Generator
-    epochs: int
-    history: History = field(default_factory=History)
-    spec_callbacks: list[Callback] = field(default_factory=list)
-    directions: dict[str, str] = field(default_factory=dict)
-    epoch: int = 0
-    stop_training: bool = False
-    interrupt: bool = False
-    signum: int = signal.SIGINT
-    status: str = "running"
-    notes: list[str] = field(default_factory=list)
-    blas_threads: int = 0  # the run's BLAS thread count (0: BLAS's own), kept by checkpoints
-
-    @property
-    def learning_rate(self) -> float:
-        return float(self.trainer.opt_state["learning_rate"])
-
-    @learning_rate.setter
-    def learning_rate(self, value: float) -> None:
-        state = self.trainer.opt_state
-        state["learning_rate"] = np.asarray(value, state["learning_rate"].dtype)
-
-    # -- checkpoints ----------------------------------------------------------------------------
-
-    def checkpoint(self) -> Arrays:
-        """Everything needed to carry on from here, as arrays for one .npz file."""
-        arrays: Arrays = {}
-        for owner, weights in self.trainer.params.items():
-            for name, weight in weights.items():
-                arrays[f"weights/{owner}/{name}"] = weight.copy()
-        for key, value in self.trainer.opt_state.items():
-            arrays[f"optimizer/{key}"] = np.array(value, copy=True)
-        states = {}
-        for key, callback in self.stateful():
-            values, callback_arrays = callback.state()
-            states[key] = values
-            for name, array in callback_arrays.items():
-                arrays[f"callbacks/{key}/{name}"] = array
-        meta = {
-            "format": CHECKPOINT_FORMAT,
-            "epoch": self.epoch,
-            "epochs": self.epochs,
-            "stop_training": self.stop_training,
-            "shuffle_rng": self.shuffle_rng.bit_generator.state,
-            "noise_rng": self.ctx.rng.bit_generator.state,
-            "callbacks": states,
-            "blas_threads": self.blas_threads,
-        }
-        arrays["meta"] = np.array(json.dumps(meta))
-        return arrays
-
-    def restore(self, arrays: Arrays) -> None:
-        meta = json.loads(str(arrays["meta"]))
-        for owner, weights in self.trainer.params.items():
-            for name, weight in weights.items():
-                weight[...] = arrays[f"weights/{owner}/{name}"]
-        state = self.trainer.opt_state
-        for key in list(state):
-            state[key] = np.array(arrays[f"optimizer/{key}"], copy=True)
-        for key, callback in self.stateful():
-            prefix = f"callbacks/{key}/"
-            own = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
-            if key in meta["callbacks"]:
-                callback.restore(meta["callbacks"][key], own)
-        self.shuffle_rng.bit_generator.state = meta["shuffle_rng"]
-        self.ctx.rng.bit_generator.state = meta["noise_rng"]
-        self.epoch = meta["epoch"]
-        self.stop_training = meta["stop_training"]
-        self.blas_threads = meta.get("blas_threads", 0)
-
-    def stateful(self) -> Iterator[tuple[str, Callback]]:
-        yield "history", self.history
-        for index, callback in enumerate(self.spec_callbacks):
-            yield f"{index}-{type(callback).__name__}", callback
 
 
 @contextmanager

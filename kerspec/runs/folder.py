@@ -1,29 +1,5 @@
-"""Run folders: what `kerspec train` leaves behind, written as training goes.
-
-    runs/NAME-YYYYmmdd-HHMMSS/
-      spec.yaml       the spec as resolved (overrides applied, the seed used, data paths absolute)
-      run.json        versions, spec sha256, seed, start and end time, status, epochs done
-      history.csv     one row per finished epoch, rewritten after each epoch
-      checkpoint.npz  after every finished epoch: what `--resume` needs to carry on bit for bit
-      weights.npz     final weights (the last finished epoch's, when stopped early)
-      metrics.json    final metrics
-
-      .kerspec-manifest.json  the files kerspec wrote here (kerspec.folders); .kerspec-lock while training
-
-Every file is written atomically, so a run stopped at any moment, even by SIGKILL, leaves each
-file complete or absent (and at most a temporary `.NAME.XXXXXXXX.tmp`, which the manifest lists
-and a run starting or resuming in the folder deletes). A folder that holds anything is not
-trained into afresh without `overwrite`, which still replaces only files the manifest lists. A killed run's run.json still says "running"; `--resume` carries it on
-from checkpoint.npz, or only writes the final files when it was killed after its last epoch.
-
-`checkpoint.npz` holds `weights/LAYER/WEIGHT`, `optimizer/KEY` (the optimizer's state: iteration
-count, current learning rate, slots), `callbacks/KEY/...` (arrays of callbacks' states, such as
-EarlyStopping's best weights) and `meta`, a JSON string with the number of finished epochs, the
-shuffle and noise generators' states and the callbacks' and history's states.
-
-A run resumes only with the spec it was started with: the resolved specs are compared, and only
-the fields in RESUMABLE may differ (more epochs to extend training; the name and description).
-"""
+"""Writing a run folder as training goes (the layout is in kerspec.runs): `RunFolder`, a
+callback, which also carries a killed or stopped run on with `--resume`."""
 
 from __future__ import annotations
 
@@ -36,21 +12,13 @@ import os
 import platform
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    NonNegativeInt,
-    PositiveInt,
-    TypeAdapter,
-)
 
 from kerspec import io
-from kerspec.errors import KerspecError, RunError
+from kerspec.errors import RunError
 from kerspec.folders import (
     BOOKKEEPING,
     Lock,
@@ -58,90 +26,10 @@ from kerspec.folders import (
     manifest_temporaries,
     read_manifest,
 )
-from kerspec.paths import MAX_NAME, inside, safe_folder_name
-from kerspec.spec.source import MAX_SPEC_BYTES, parse_yaml
+from kerspec.runs.info import CHECKPOINT, RUN_FILES, read_run_info, read_run_spec, stamp
+from kerspec.runs.resumable import spec_differences
 from kerspec.training.callbacks import Callback
 from kerspec.training.checkpoint import checkpoint_meta
-
-CHECKPOINT = "checkpoint.npz"
-# Spec fields that may differ between a run and its resumption.
-RESUMABLE = {("fit", "epochs"), ("name",), ("description",)}
-
-
-# The files of a run folder (ModelCheckpoint and CSVLogger files come from the spec).
-RUN_FILES = ("spec.yaml", "run.json", "history.csv", CHECKPOINT, "weights.npz", "metrics.json")
-MAX_RUN_JSON_BYTES = 1024 * 1024
-
-
-class RunInfo(BaseModel):
-    """run.json as read back: a file anyone may have edited, so held to this schema."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    kerspec: str | None = Field(None, max_length=100)
-    spec: str | None = Field(None, max_length=4096)
-    spec_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
-    seed: NonNegativeInt | None = Field(None, lt=2**128)
-    started: datetime | None = None
-    ended: datetime | None = None
-    status: Literal["running", "finished", "stopped", "interrupted", "failed"] = "running"
-    epochs: PositiveInt | None = None
-    epochs_done: NonNegativeInt = 0
-    resumed: list[datetime] = Field(default_factory=list, max_length=100_000)
-    message: str | None = Field(None, max_length=10_000)
-
-
-def read_run_info(path: Path) -> RunInfo | None:
-    """A run folder's run.json, None when it has none; RunError when it is damaged."""
-    file = Path(path) / "run.json"
-    if not file.is_file():
-        return None
-    return io.read_json_as(file, _RUN_INFO, MAX_RUN_JSON_BYTES, "a kerspec run.json")
-
-
-_RUN_INFO = TypeAdapter(RunInfo)
-# A JSON file read back whole, to be updated and written again (a sweep's run.json, sweep.json).
-JSON_OBJECT = TypeAdapter(dict[str, Any])
-
-
-def new_run_dir(root: Path, name: str) -> Path:
-    """runs/NAME-TIME: a spec's `name` is checked when it is validated (kerspec.paths); a spec
-    file's stem, the default, is made into a name here. Either way it stays inside `root`."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = safe_folder_name(name)[: MAX_NAME - 20]
-    path = inside(root, f"{base}-{stamp}")
-    suffix = 1
-    while path.exists() or path.is_symlink():
-        path = inside(root, f"{base}-{stamp}-{suffix}")
-        suffix += 1
-    return path
-
-
-def run_seed(path: Path) -> int | None:
-    """The seed a run folder was trained with (to resume it with the same draws)."""
-    info = read_run_info(path)
-    if info and info.seed is not None:
-        return info.seed
-    spec = read_run_spec(path, missing_ok=True)  # a run killed before run.json: it holds the seed too
-    seed = spec.get("seed") if isinstance(spec, dict) else None
-    return seed if isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 else None
-
-
-def read_run_spec(path: Path, *, missing_ok: bool = False) -> Any:
-    """A run folder's spec.yaml, read with the same guards as any spec."""
-    file = Path(path) / "spec.yaml"
-    try:
-        if missing_ok and not file.is_file():
-            return None
-        if file.stat().st_size > MAX_SPEC_BYTES:
-            raise RunError(f"is larger than {MAX_SPEC_BYTES:,} bytes; not a kerspec spec", str(file))
-        text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise RunError(f"cannot be read: {getattr(err, 'strerror', None) or err}", str(file)) from None
-    try:
-        return parse_yaml(text, str(file))[0]
-    except KerspecError as err:
-        raise RunError(f"not a readable spec: {err}", str(file)) from None
 
 
 class RunFolder(Callback):
@@ -307,8 +195,8 @@ class RunFolder(Callback):
         self.info["epochs_done"] = done
         if previous is not None:
             if previous.started is not None:
-                self.info["started"] = _stamp(previous.started)
-            self.info["resumed"] = [*map(_stamp, previous.resumed), _now()]
+                self.info["started"] = stamp(previous.started)
+            self.info["resumed"] = [*map(stamp, previous.resumed), _now()]
         else:
             self.info["resumed"] = [_now()]
 
@@ -423,67 +311,6 @@ class RunFolder(Callback):
         self.output.write_text("run.json", json.dumps(self.info, indent=2) + "\n")
 
 
-# -- comparing specs ------------------------------------------------------------------------------
-
-
-def spec_differences(before: Any, now: Any) -> list[tuple[tuple, str]]:
-    """(path, "fit.epochs: 5 in the run, 8 now") for every field that differs, except
-    RESUMABLE ones; layers are named by their `name` when they have one."""
-    found: list[tuple[tuple, str]] = []
-    _compare(before, now, (), (), found)
-    return found
-
-
-def _compare(a: Any, b: Any, path: tuple, label: tuple, found: list) -> None:
-    if path in RESUMABLE:
-        return
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in dict.fromkeys([*a, *b]):
-            if (*path, key) in RESUMABLE:
-                continue
-            if key not in a:
-                found.append(
-                    ((*path, key), f"{_dotted((*label, key))}: not in the run, {_show(b[key])} now")
-                )
-            elif key not in b:
-                found.append(
-                    (path, f"{_dotted((*label, key))}: {_show(a[key])} in the run, not given now")
-                )
-            else:
-                _compare(a[key], b[key], (*path, key), (*label, key), found)
-    elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        for i, (x, y) in enumerate(zip(a, b)):
-            name = x.get("name") if isinstance(x, dict) and path == ("layers",) else None
-            same = isinstance(name, str) and isinstance(y, dict) and y.get("name") == name
-            part = name if same else i
-            _compare(x, y, (*path, i), (*label, part), found)
-    elif not (a == b and (type(a) is type(b) or _same_number(a, b))):
-        found.append((path, f"{_dotted(label) or 'spec'}: {_show(a)} in the run, {_show(b)} now"))
-
-
-def _same_number(a, b) -> bool:
-    numbers = (int, float)
-    return (
-        isinstance(a, numbers)
-        and isinstance(b, numbers)
-        and not isinstance(a, bool)
-        and not isinstance(b, bool)
-        and a == b
-    )
-
-
-def _dotted(label: tuple) -> str:
-    return ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in label).replace(
-        ".[", "["
-    )
-
-
-def _show(value: Any) -> str:
-    text = yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
-    text = text.removesuffix("\n...").removesuffix("...").strip()
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _resolve(model, fit: dict[str, int], data: dict) -> dict:
     """The spec as run: overrides applied, the seed used, data paths made absolute."""
     raw = copy.deepcopy(model.loaded.raw)
@@ -515,110 +342,3 @@ def _cell(value) -> str:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _stamp(moment: datetime) -> str:
-    return moment.isoformat(timespec="seconds")
-
-
-# -- looking back ---------------------------------------------------------------------------------
-
-MAX_HISTORY_BYTES = 64 * 1024 * 1024
-Metrics = dict[str, float | None]
-
-
-def read_history(path: Path) -> dict[str, list[float]]:
-    """A run's history.csv as columns (`epoch` and every logged name)."""
-    file = Path(path) / "history.csv" if Path(path).is_dir() else Path(path)
-    try:
-        if file.stat().st_size > MAX_HISTORY_BYTES:
-            raise KerspecError(f"is larger than {MAX_HISTORY_BYTES:,} bytes; not a kerspec history", str(file))
-        with open(file, newline="", encoding="utf-8") as handle:
-            rows = list(csv.reader(handle, strict=True))
-    except OSError as err:
-        raise KerspecError(f"cannot read the run's history: {err.strerror}", str(file)) from None
-    except (csv.Error, UnicodeDecodeError) as err:
-        raise KerspecError(f"not a readable history: {err}", str(file)) from None
-    if not rows:
-        return {}
-    keys = rows[0]
-    columns: dict[str, list[float]] = {k: [] for k in keys}
-    for line, row in enumerate(rows[1:], start=2):
-        if len(row) != len(keys):
-            raise KerspecError(f"line {line} has {len(row)} values for {len(keys)} columns", str(file))
-        for key, cell in zip(keys, row):
-            try:
-                columns[key].append(float(cell) if cell else float("nan"))
-            except ValueError:
-                raise KerspecError(f"line {line}: not a number: {cell[:40]!r}", str(file)) from None
-    return columns
-
-
-def read_metrics(path: Path) -> Metrics | None:
-    file = Path(path) / "metrics.json"
-    if not file.is_file():
-        return None
-    return io.read_json_as(file, _METRICS, MAX_RUN_JSON_BYTES, "a kerspec metrics.json")
-
-
-_METRICS = TypeAdapter(Metrics)
-
-
-def describe_run(path: Path) -> dict[str, Any] | None:
-    """What `kerspec runs` shows about one run folder, or None when it is not one; RunError
-    when its files are damaged."""
-    info = read_run_info(path)
-    if info is None:
-        return None
-    spec = read_run_spec(path, missing_ok=True)
-    name = spec.get("name") if isinstance(spec, dict) else None
-    if not isinstance(name, str):
-        name = Path(info.spec).stem if info.spec else None
-    history = read_history(path) if (path / "history.csv").is_file() else {}
-    final = read_metrics(path)
-    if final is None:
-        final = {k: v[-1] for k, v in history.items() if k != "epoch" and v}
-    status = "unfinished" if info.status == "running" else info.status  # killed, or training
-    return {
-        "folder": str(path),
-        "name": name or path.name,
-        "epochs_done": info.epochs_done,
-        "epochs": info.epochs,
-        "metrics": final,
-        "started": _stamp(info.started) if info.started else None,
-        "duration": _duration(info.started, info.ended),
-        "status": status,
-        "seed": info.seed,
-    }
-
-
-def list_runs(root: Path, problems: list[KerspecError] | None = None) -> list[dict[str, Any]]:
-    """Every run folder in `root` (or `root` itself when it is one), oldest first. A damaged
-    run folder is left out, with what is wrong added to `problems` (raised without it)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise KerspecError("no such folder", str(root))
-    own = describe_run(root)
-    if own is not None:
-        return [own]
-    found = []
-    for path in sorted(root.iterdir()):
-        try:
-            run = describe_run(path) if path.is_dir() else None
-        except KerspecError as err:
-            if problems is None:
-                raise
-            problems.append(err)
-            continue
-        if run is not None:
-            found.append(run)
-    return sorted(found, key=lambda r: (r["started"] or "", r["folder"]))
-
-
-def _duration(started: datetime | None, ended: datetime | None) -> float | None:
-    if not started or not ended:
-        return None
-    try:
-        return (ended - started).total_seconds()
-    except TypeError:  # one has a time zone, the other not
-        return None
