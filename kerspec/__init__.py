@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from kerspec.version import __version__
 
 __all__ = ["KerspecError", "Model", "__version__", "from_yaml", "load"]
 

@@ -47,7 +47,7 @@ WeightsOpt = Annotated[Path, typer.Option("--weights", metavar="FILE", help="Wei
 
 def _version(value: bool) -> None:
     if value:
-        from kerspec import __version__
+        from kerspec.version import __version__
 
         console.out.print(f"kerspec {__version__}", markup=False)
         raise typer.Exit()

@@ -54,7 +54,7 @@ class RunFolder(Callback):
         overwrite: bool = False,
         final_metrics: bool = False,
     ):
-        from kerspec import __version__
+        from kerspec.version import __version__
 
         self.path = Path(path)
         self.model = model

@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from kerspec import __version__, io
+from kerspec import io
+from kerspec.version import __version__
 from kerspec.errors import KerspecError
 from kerspec.runs import JSON_OBJECT, MAX_RUN_JSON_BYTES
 from kerspec.spec.source import Source

@@ -9,16 +9,27 @@ import json
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, NonNegativeInt, ValidationError
 
 from kerspec.errors import first_error
 
-if TYPE_CHECKING:
-    from kerspec.layers import Context
-    from kerspec.training.trainer import Trainer
+
+class TrainerState(Protocol):
+    """What a session saves and restores of the trainer (a training.trainer.Trainer). Named by
+    what it holds, not imported: the trainer imports the graph, and the spec imports the callback
+    catalog that imports this module."""
+
+    params: dict[str, dict[str, np.ndarray]]
+    opt_state: dict[str, np.ndarray]
+
+
+class NoiseSource(Protocol):
+    """The context's generator of dropout and noise draws (a layers.Context)."""
+
+    rng: np.random.Generator
 
 CHECKPOINT_FORMAT = 1
 Arrays = dict[str, np.ndarray]
@@ -113,8 +124,8 @@ class Session:
     `history` are checkpointed with their state; other callbacks (progress) are not.
     """
 
-    trainer: Trainer
-    ctx: Context
+    trainer: TrainerState
+    ctx: NoiseSource
     shuffle_rng: np.random.Generator
     epochs: int
     history: History = field(default_factory=History)
