@@ -23,7 +23,7 @@ from kerspec.errors import DataError, GraphError, KerspecError, RunError, SpecEr
 from kerspec.folders import OutputFolder
 from kerspec.paths import pattern_fields
 from kerspec.graph import Graph, Params, Plan, compile_spec
-from kerspec.graph.fusions import fold_batch_norm, folded_params
+from kerspec.graph.fusions import folded_params
 from kerspec.guards import check_model
 from kerspec.layers import Context
 from kerspec.runs import RunFolder
@@ -56,7 +56,7 @@ class Model:
         self.plan = Plan(self.graph)
         # predict's plan, with BatchNormalization folded into the layer before it (made at the
         # first predict).
-        self._folded: tuple[Plan, list] | None = None
+        self._inference_plan: Plan | None = None
         self.dtype = np.dtype(self.spec.dtype)
         if seed is None:
             seed = self.spec.seed
@@ -494,10 +494,10 @@ class Model:
         xs = [np.asarray(x[name], dtype=self.dtype) for name in self.input_names]
         n = len(xs[0])
         results: list[np.ndarray] | None = None
-        if self._folded is None:
-            self._folded = fold_batch_norm(self.plan)
-        plan, folds = self._folded
-        params = folded_params(self.params, folds)
+        if self._inference_plan is None:
+            self._inference_plan = Plan(self.graph, inference=True)
+        plan = self._inference_plan
+        params = folded_params(self.params, plan.folds)
         with self._inference() as ctx, BlasThreads():
             for start in range(0, n, batch_size):
                 batch = [a[start : start + batch_size] for a in xs]

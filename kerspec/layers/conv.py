@@ -1,4 +1,4 @@
-"""Convolutions: Conv1D and Conv2D, and the window helpers that pooling shares.
+"""Convolutions: Conv1D and Conv2D, on the window helpers of layers/windows.py.
 
 The forward pass is im2col: the padded input's windows (a strided view) are copied once into a
 `(groups, positions, window)` matrix and multiplied by the kernel in a batched GEMM (with short
@@ -13,177 +13,55 @@ kernel gradient; its backward writes into buffers too. Inference (ctx.record Fal
 evaluate, no backward follows) keeps one block of columns and none afterwards, so a large
 predict batch does not hold a column array nine times the size of its input.
 
-Arrays are handled channels_last inside; a channels_first input is moved there as a view.
-When the plan hands the output to a pooling over non-overlapping windows, the GEMM rows are
-ordered by window offset first (`to_blocks`), so that the pooling reads contiguous blocks.
+`convolve` reads as those steps: `window_view` (the im2col view), `forward_gemm`,
+`kernel_gradient`, and `input_gradient` (col2im) or, for a plain 1-D convolution with fewer
+filters than channels, `_dx_from_dz_windows`. Arrays are handled channels_last inside; a
+channels_first input is moved there as a view. When the plan hands the output to a pooling over
+non-overlapping windows (graph/fusions.py), the GEMM rows are ordered by window offset first
+(`blocks`), so that the pooling reads contiguous blocks.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Annotated, ClassVar, Literal
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
-from pydantic import BeforeValidator, PositiveInt, PrivateAttr, model_validator
+from pydantic import PositiveInt, model_validator
 
 from kerspec.layers.base import LAYERS, ShapeError, format_shape, require_known
 from kerspec.layers.core import DataFormat, KernelBiasLayer
+from kerspec.layers.windows import (
+    CausalPadding,
+    Padding,
+    Pads,
+    Sizes,
+    as_tuple,
+    check_lengths,
+    from_last,
+    interior,
+    join_channels,
+    offset_region,
+    out_sizes,
+    pad_amounts,
+    padded,
+    split_channels,
+    to_blocks,
+    to_last,
+    windows,
+)
 
-Pads = list[tuple[int, int]]
-
-# Inference unfolds the columns of at most this many bytes at a time (at least one sample): a
-# block small enough to stay in cache between being written and being read by its GEMM, still
-# hundreds of rows for the GEMM (W2 predict at batch 1,024: conv2 83-86 ms at 16 MiB, 61 ms at
-# 1 MiB; conv1 49 -> 37 ms).
+# The forward pass unfolds the columns of at most this many bytes at a time (at least one
+# sample): a block small enough to stay in cache between being written and being read by its
+# GEMM, still hundreds of rows for the GEMM.
 CHUNK_BYTES = 1 << 20
 # The input gradient's window gradients are made (one GEMM) and added back (col2im) in blocks of
-# about this many bytes, which also bounds their buffer (W2 conv2 forward + backward, batch 128:
-# 14.0-14.1 ms at 2-4 MiB, 14.7 at 1 MiB and whole, 15 MiB).
+# about this many bytes, which also bounds their buffer.
 DX_CHUNK_BYTES = 4 << 20
 # Windows of at most this many values (kernel positions times input channels per group) take the
 # bias into the GEMM as a column of ones.
 FUSED_BIAS_MAX_DEPTH = 64
-
-
-def _lower(value):
-    # Keras reads padding names case-insensitively ("SAME" works there too).
-    return value.lower() if isinstance(value, str) else value
-
-
-Padding = Annotated[Literal["valid", "same"], BeforeValidator(_lower)]
-CausalPadding = Annotated[Literal["valid", "same", "causal"], BeforeValidator(_lower)]
-Sizes = PositiveInt | list[PositiveInt]
-
-
-def as_tuple(value: int | list[int], rank: int) -> tuple[int, ...]:
-    return (value,) * rank if isinstance(value, int) else tuple(value)
-
-
-def check_lengths(layer, rank: int, *fields: str) -> None:
-    """Keras accepts an int or one entry per spatial dimension for each size argument."""
-    for field in fields:
-        value = getattr(layer, field)
-        if isinstance(value, list) and len(value) != rank:
-            raise ValueError(
-                f"{field} must be an integer or a list of {rank} integers; received {value}"
-            )
-
-
-def split_channels(layer, shape, rank: int, layout: str):
-    """(spatial dims, channels) of a shape without batch; ShapeError on the wrong rank."""
-    if len(shape) != rank + 1:
-        raise ShapeError(
-            f"{layer.type} expects inputs of rank {rank + 2}, {layout}; "
-            f"received {format_shape(shape)}"
-        )
-    if layer.data_format == "channels_first":
-        return tuple(shape[1:]), shape[0]
-    return tuple(shape[:-1]), shape[-1]
-
-
-def join_channels(layer, spatial, channels):
-    if layer.data_format == "channels_first":
-        return (channels, *spatial)
-    return (*spatial, channels)
-
-
-def to_last(layer, x: np.ndarray) -> np.ndarray:
-    return np.moveaxis(x, 1, -1) if layer.data_format == "channels_first" else x
-
-
-def from_last(layer, y: np.ndarray) -> np.ndarray:
-    return np.moveaxis(y, -1, 1) if layer.data_format == "channels_first" else y
-
-
-def pad_amounts(padding: str, spatial, kernel, strides, dilation) -> Pads:
-    """(before, after) per spatial dimension. `same` splits as TensorFlow does: the odd extra
-    value goes after; `causal` pads only before, so no output sees a later step."""
-    pads = []
-    for n, k, s, d in zip(spatial, kernel, strides, dilation):
-        extent = (k - 1) * d + 1
-        if padding == "valid":
-            pads.append((0, 0))
-        elif padding == "causal":
-            pads.append((extent - 1, 0))
-        else:
-            total = max((-(-n // s) - 1) * s + extent - n, 0)
-            pads.append((total // 2, total - total // 2))
-    return pads
-
-
-def out_sizes(layer, spatial, pads: Pads, kernel, strides, dilation) -> tuple[int | None, ...]:
-    """Output length per dimension, floor((n + pads - dilated kernel) / stride) + 1 as Keras;
-    None stays None. A window larger than the padded input is a ShapeError."""
-    sizes = []
-    for n, (lo, hi), k, s, d in zip(spatial, pads, kernel, strides, dilation):
-        if n is None:
-            sizes.append(None)
-            continue
-        extent = (k - 1) * d + 1
-        if n + lo + hi < extent:
-            raise ShapeError(
-                f"the window ({extent}, from size {k} and dilation {d}) is larger "
-                f"than the padded input length {n + lo + hi} (input {n}, padding {layer.padding})"
-            )
-        sizes.append((n + lo + hi - extent) // s + 1)
-    return tuple(sizes)
-
-
-def padded(x: np.ndarray, pads: Pads, fill: float, ctx, name: str, shared: bool = False) -> np.ndarray:
-    """x (batch, *spatial, ...) with its spatial axes padded by `fill`; x itself without padding.
-    `shared`: in the context's buffer that every layer shares (see Context.buffer)."""
-    if not any(lo or hi for lo, hi in pads):
-        return x
-    shape = (
-        x.shape[0],
-        *(n + lo + hi for n, (lo, hi) in zip(x.shape[1:], pads)),
-        *x.shape[1 + len(pads) :],
-    )
-    xp = ctx.buffer(name, shape, x.dtype, shared=shared)
-    xp.fill(fill)
-    xp[interior(pads, x.shape[1:])] = x
-    return xp
-
-
-def interior(pads: Pads, spatial) -> tuple:
-    return (slice(None), *(slice(lo, lo + n) for (lo, _), n in zip(pads, spatial)), Ellipsis)
-
-
-def windows(xp: np.ndarray, kernel, strides, dilation) -> np.ndarray:
-    """A view (batch, *out, ..., *kernel) of every window of xp (batch, *spatial, ...)."""
-    rank = len(kernel)
-    extents = tuple((k - 1) * d + 1 for k, d in zip(kernel, dilation))
-    view = sliding_window_view(xp, extents, axis=tuple(range(1, rank + 1)))
-    steps = (slice(None), *(slice(None, None, s) for s in strides))
-    middle = (slice(None),) * (xp.ndim - rank - 1)
-    return view[(*steps, *middle, *(slice(None, None, d) for d in dilation))]
-
-
-def offset_region(offset, strides, dilation, out) -> tuple:
-    """The slice of the padded input that kernel offset `offset` reads at every output position."""
-    return (
-        slice(None),
-        *(
-            slice(k * d, k * d + s * (o - 1) + 1, s)
-            for k, s, d, o in zip(offset, strides, dilation, out)
-        ),
-        Ellipsis,
-    )
-
-
-def to_blocks(a: np.ndarray, axis: int, pool) -> np.ndarray:
-    """A view of a, whose spatial axes start at `axis`, split into non-overlapping windows of
-    `pool` (an odd edge left out) with the window offsets first: (..., *n) -> (..., *pool,
-    *(n // pool), ...). Position (i * p + k) of an axis is [k, i] of the view."""
-    rank = len(pool)
-    sizes, strides = a.shape[axis : axis + rank], a.strides[axis : axis + rank]
-    return np.lib.stride_tricks.as_strided(
-        a,
-        (*a.shape[:axis], *pool, *(n // p for n, p in zip(sizes, pool)), *a.shape[axis + rank :]),
-        (*a.strides[:axis], *strides, *(s * p for s, p in zip(strides, pool)),
-         *a.strides[axis + rank :]),
-    )
 
 
 def column_buffer(ctx, groups: int, rows: int, width: int, dtype, offset_major: bool):
@@ -214,20 +92,6 @@ class BaseConv(KernelBiasLayer):
     data_format: DataFormat | None = None
     dilation_rate: Sizes = 1
     groups: PositiveInt = 1
-
-    # Set only on the plan's copy of a convolution whose output nothing but a pooling over
-    # non-overlapping windows reads (graph/plan.py): the pooling window. The layer then
-    # computes only the positions inside whole windows and writes them as (batch, *pool,
-    # *(out // pool), filters), so that each window offset is one contiguous block for the
-    # pooling's passes.
-    _pool_blocks: tuple[int, ...] | None = PrivateAttr(None)
-
-    def writing_blocks(self, pool: tuple[int, ...]) -> BaseConv | None:
-        if self.data_format == "channels_first" or len(pool) != self.rank:
-            return None
-        copy = self.model_copy()
-        copy._pool_blocks = pool
-        return copy
 
     @model_validator(mode="after")
     def _check_sizes(self):
@@ -275,229 +139,320 @@ class BaseConv(KernelBiasLayer):
         return self.kernel_and_bias((*kernel, channels // self.groups, self.filters), self.filters)
 
     def call(self, w, x, ctx):
-        rank, groups, filters = self.rank, self.groups, self.filters
-        kernel_size, strides, dilation = self._sizes()
-        xl = to_last(self, x)
-        batch, spatial, channels = xl.shape[0], xl.shape[1:-1], xl.shape[-1]
-        pads = pad_amounts(self.padding, spatial, kernel_size, strides, dilation)
-        out = out_sizes(self, spatial, pads, kernel_size, strides, dilation)
-        blocks = self._pool_blocks
-        # The output positions computed (`span`: all of them, or those in whole pooling
-        # windows), and the shape their rows take within a sample.
-        if blocks is None:
-            span = placed = out
+        return convolve(self, w, x, ctx)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The sizes of one convolution call, channels_last, as its GEMMs see them."""
+
+    kernel: tuple[int, ...]
+    strides: tuple[int, ...]
+    dilation: tuple[int, ...]
+    pads: Pads
+    spatial: tuple[int, ...]
+    out: tuple[int, ...]
+    # The pooling windows the output is written split into (see `convolve`), or None.
+    blocks: tuple[int, ...] | None
+    # The output positions computed (all of them, or those in whole windows), and the shape
+    # their rows take within a sample.
+    span: tuple[int, ...]
+    placed: tuple[int, ...]
+    batch: int
+    groups: int
+    in_group: int
+    out_group: int
+    rows: int
+    per_sample: int
+    # Values in one window of one group, and the columns' width (one more with the bias in them).
+    depth: int
+    width: int
+    fused_bias: bool
+    offset_major: bool
+    # Samples unfolded and multiplied (forward), or turned into the input gradient, at a time.
+    chunk: int
+    dx_step: int
+
+    @property
+    def filters(self) -> int:
+        return self.groups * self.out_group
+
+    @property
+    def n_offsets(self) -> int:
+        return math.prod(self.kernel)
+
+
+def geometry(layer: BaseConv, xl: np.ndarray, blocks: tuple[int, ...] | None) -> Geometry:
+    kernel, strides, dilation = layer._sizes()
+    batch, spatial, channels = xl.shape[0], xl.shape[1:-1], xl.shape[-1]
+    pads = pad_amounts(layer.padding, spatial, kernel, strides, dilation)
+    out = out_sizes(layer, spatial, pads, kernel, strides, dilation)
+    if blocks is None:
+        span = placed = out
+    else:
+        inner = tuple(o // p for o, p in zip(out, blocks))
+        span = tuple(i * p for i, p in zip(inner, blocks))
+        placed = (*blocks, *inner)
+    groups = layer.groups
+    in_group, out_group = channels // groups, layer.filters // groups
+    rows, depth = batch * math.prod(span), math.prod(kernel) * in_group
+    per_sample = rows // batch if batch else 0
+    # With short windows the bias rides in the GEMM: the columns get a last column of ones and
+    # the kernel a last row holding the bias, so no pass over the output adds it, and the kernel
+    # gradient's last row is the bias gradient (no column sums over the output gradient). Long
+    # windows add it after: there the extra column costs the GEMMs more (an odd leading
+    # dimension) than the bias pass.
+    fused_bias = layer.use_bias and depth <= FUSED_BIAS_MAX_DEPTH
+    # Both passes go about CHUNK_BYTES (DX_CHUNK_BYTES) of columns at a time, so that each block
+    # is still in cache for its GEMM and what follows it.
+    sample_bytes = max(per_sample * depth * groups * xl.itemsize, 1)
+    return Geometry(
+        kernel=kernel, strides=strides, dilation=dilation, pads=pads, spatial=spatial, out=out,
+        blocks=blocks, span=span, placed=placed, batch=batch, groups=groups,
+        in_group=in_group, out_group=out_group, rows=rows, per_sample=per_sample,
+        depth=depth, width=depth + 1 if fused_bias else depth, fused_bias=fused_bias,
+        # The columns are stored offset-major when a window row is shorter than half an output
+        # row (few input channels: the first layer on images): the unfolding then copies whole
+        # output rows at a time instead of runs of kernel_w * channels values.
+        offset_major=2 * kernel[-1] * in_group < placed[-1],
+        chunk=max(1, min(batch, CHUNK_BYTES // sample_bytes)),
+        dx_step=max(1, min(batch, DX_CHUNK_BYTES // sample_bytes)),
+    )  # fmt: skip
+
+
+def convolve(layer: BaseConv, w, x: np.ndarray, ctx, blocks: tuple[int, ...] | None = None):
+    """`layer` applied to x: (y, backprop), as `SimpleLayer.call` returns them.
+
+    `blocks`: the output is for a pooling over non-overlapping windows of that size
+    (graph/fusions.py): only the positions inside whole windows are computed, written as
+    (batch, *blocks, *(out // blocks), filters) so that each window offset is one contiguous
+    block for the pooling's passes."""
+    xl = to_last(layer, x)
+    g = geometry(layer, xl, blocks)
+    # Inference reads the padded input only inside this call (no backward follows): one buffer
+    # serves every convolution of the plan.
+    xp = padded(xl, g.pads, 0.0, ctx, "padded", shared=not ctx.record)
+    grouped = xp.reshape(*xp.shape[:-1], g.groups, g.in_group)
+    views = window_view(grouped, g)
+    kernel = gemm_kernel(w, g, x.dtype)
+    activation = layer.activation
+    bias = w["bias"] if layer.use_bias else None
+    z, y, kept_cols = forward_gemm(views, kernel, bias, activation, g, ctx)
+    kept_z = z if activation.uses_input else None
+    need_dx = ctx.need_dx
+    direct = _dx_as_one_gemm(g)
+    buffers = dx_buffers(ctx, g, xl.shape, grouped.shape, direct, x.dtype)
+
+    def backprop(dy):
+        dz = activation.backward(kept_z, y, to_last(layer, dy).reshape(g.rows, g.filters))
+        # Contiguous per group for BLAS; no copy when groups == 1.
+        dzg = np.ascontiguousarray(dz.reshape(g.rows, g.groups, g.out_group).transpose(1, 0, 2))
+        cols = kept_cols if kept_cols is not None else all_columns(views, g, x.dtype)
+        grads = kernel_gradient(cols, dzg, dz, g, w["kernel"].shape, layer.use_bias)
+        if not need_dx:
+            return None, grads
+        if direct:
+            dx = _dx_from_dz_windows(
+                dzg[0].reshape(g.batch, *g.out, g.filters), w["kernel"], g.pads[0][0],
+                g.spatial[0], buffers.get("dz_windows"), buffers.get("dx"),
+            )  # fmt: skip
         else:
-            inner = tuple(o // p for o, p in zip(out, blocks))
-            span = tuple(i * p for i, p in zip(inner, blocks))
-            placed = (*blocks, *inner)
+            dxp = input_gradient(dzg, kernel, g, buffers, grouped.shape, x.dtype)
+            dx = dxp[interior(g.pads, g.spatial)].reshape(xl.shape)
+        return from_last(layer, dx), grads
 
-        def at_positions(a: np.ndarray) -> np.ndarray:
-            """a, whose axes from 1 on are the output positions (those past `span` left
-            out), in the rows' order."""
-            return a if blocks is None else to_blocks(a, 1, blocks)
+    return from_last(layer, y.reshape(g.batch, *g.placed, g.filters)), backprop
 
-        in_group, out_group = channels // groups, filters // groups
-        rows, depth = batch * math.prod(span), math.prod(kernel_size) * in_group
 
-        # Inference reads the padded input only inside this call (no backward follows): one
-        # buffer serves every convolution of the plan (R4 at batch 1,024: 7 x 126 MB -> 126 MB).
-        xp = padded(xl, pads, 0.0, ctx, "padded", shared=not ctx.record)
-        grouped = xp.reshape(*xp.shape[:-1], groups, in_group)
-        # (batch, *placed, groups, in_group, *kernel) -> (groups, batch, *placed, *kernel,
-        # in_group), the row-major order of the kernel's (*kernel, in_group) axes.
-        n_placed = len(placed)
-        order = (
-            n_placed + 1,
-            0,
-            *range(1, n_placed + 1),
-            *range(n_placed + 3, n_placed + rank + 3),
-            n_placed + 2,
+def window_view(grouped: np.ndarray, g: Geometry) -> np.ndarray:
+    """The im2col view of the padded input (batch, *padded, groups, in_group): every window,
+    (groups, batch, *placed, *kernel, in_group), the row-major order of the kernel's
+    (*kernel, in_group) axes. No copy."""
+    view = windows(grouped, g.kernel, g.strides, g.dilation)
+    if g.blocks is not None:
+        view = to_blocks(view, 1, g.blocks)
+    n_placed, rank = len(g.placed), len(g.kernel)
+    order = (
+        n_placed + 1,
+        0,
+        *range(1, n_placed + 1),
+        *range(n_placed + 3, n_placed + rank + 3),
+        n_placed + 2,
+    )
+    return view.transpose(order)
+
+
+def gemm_kernel(w, g: Geometry, dtype) -> np.ndarray:
+    """The kernel as the GEMMs take it, (groups, width, out_group), the bias in its last row
+    when the bias rides in the GEMM."""
+    kernel = np.empty((g.groups, g.width, g.out_group), dtype)
+    kernel[:, : g.depth] = w["kernel"].reshape(g.depth, g.groups, g.out_group).transpose(1, 0, 2)
+    if g.fused_bias:
+        kernel[:, g.depth] = w["bias"].reshape(g.groups, g.out_group)
+    return kernel
+
+
+def forward_gemm(views, kernel, bias, activation, g: Geometry, ctx):
+    """The windows unfolded into columns and multiplied by the kernel, a block of samples at a
+    time, then the bias and activation: (z, y, the whole batch's columns or None).
+
+    The output and the columns live in buffers reused batch after batch: a fresh large array
+    is new pages from the kernel every time, and touching them cost more than the GEMM.
+    Training keeps the whole batch's columns for the kernel gradient; inference (predict,
+    evaluate) keeps one block of them, so a large batch does not hold its whole column array
+    (backprop, if a caller asks for it in inference, unfolds them again)."""
+    # Whether a backward pass will follow (training, a gradient check), not ctx.training.
+    training = ctx.record
+    zg = ctx.buffer("z", (g.groups, g.rows, g.out_group), kernel.dtype)
+    rows = g.rows if training else g.chunk * g.per_sample
+    cols = column_buffer(ctx, g.groups, rows, g.width, kernel.dtype, g.offset_major)
+    cols = unfold_buffer(cols, g.depth)
+    in_place = activation.elementwise and not activation.uses_input
+    late_bias = bias is not None and not g.fused_bias
+    # With one group z is zg's rows: each block gets its bias and activation (in place, as
+    # backward needs only y) right after its GEMM.
+    blockwise = in_place and g.groups == 1
+    for start in range(0, g.batch, g.chunk):
+        stop = min(start + g.chunk, g.batch)
+        rows_in = slice(start * g.per_sample, stop * g.per_sample)
+        part = cols[:, rows_in] if training else cols[:, : (stop - start) * g.per_sample]
+        np.copyto(
+            part[..., : g.depth].reshape(g.groups, stop - start, *g.placed, *g.kernel, g.in_group),
+            views[:, start:stop],
         )
-        views = at_positions(windows(grouped, kernel_size, strides, dilation)).transpose(order)
-        # With short windows the bias rides in the GEMM: the columns get a last column of ones
-        # and the kernel a last row holding the bias, so no pass over the output adds it, and the
-        # kernel gradient's last row is the bias gradient (no column sums over the output
-        # gradient). Long windows add it after: there the extra column costs the GEMMs more
-        # (an odd leading dimension) than the bias pass.
-        use_bias = self.use_bias
-        fused_bias = use_bias and depth <= FUSED_BIAS_MAX_DEPTH
-        width = depth + 1 if fused_bias else depth
-        kernel = np.empty((groups, width, out_group), x.dtype)
-        kernel[:, :depth] = w["kernel"].reshape(depth, groups, out_group).transpose(1, 0, 2)
-        if fused_bias:
-            kernel[:, depth] = w["bias"].reshape(groups, out_group)
-        # Whether a backward pass will follow (training, a gradient check), not ctx.training.
-        training = ctx.record
-        per_sample = rows // batch if batch else 0
-        # Both modes unfold, multiply and (when it can) activate about CHUNK_BYTES of columns at
-        # a time, so that each block is still in cache for its GEMM and its activation.
-        row_bytes = per_sample * depth * groups * x.itemsize
-        chunk = max(1, min(batch, CHUNK_BYTES // max(row_bytes, 1)))
-        # The output, and the columns, live in buffers reused batch after batch: a fresh array
-        # of more than 32 MB (W2's first conv output at batch 1,024 is 88 MB) is new pages from
-        # the kernel every time, and touching them cost more than the layer's GEMM.
-        zg = ctx.buffer("z", (groups, rows, out_group), x.dtype)
-        # The columns are (groups, rows, width) to the GEMMs, stored row-major or, when a
-        # window row is shorter than half an output row (few input channels: the first layer
-        # on images), offset-major: then the unfolding copies whole output rows at a time
-        # instead of runs of kernel_w * channels values (W2's first conv, 1 channel: 1.3 ->
-        # 0.2 ms a batch of 128; row-major wins from about 8 channels on).
-        offset_major = 2 * kernel_size[-1] * in_group < placed[-1]
-        if training:
-            # Training keeps the whole batch's columns for the kernel gradient.
-            cols = column_buffer(ctx, groups, rows, width, x.dtype, offset_major)
-        else:
-            # Inference (predict, evaluate) needs no columns afterwards: keep one block of them,
-            # so a batch of 1,024 does not hold its whole column array (142 MB for W2's second
-            # conv).
-            cols = column_buffer(ctx, groups, chunk * per_sample, width, x.dtype, offset_major)
-        cols = unfold_buffer(cols, depth)
-        activation = self.activation
-        in_place = activation.elementwise and not activation.uses_input
-        # With one group z is zg's rows: each block gets its bias and activation (in place, as
-        # backward needs only y) right after its GEMM.
-        blockwise = in_place and groups == 1
-        for start in range(0, batch, chunk):
-            stop = min(start + chunk, batch)
-            rows_in = slice(start * per_sample, stop * per_sample)
-            part = cols[:, rows_in] if training else cols[:, : (stop - start) * per_sample]
-            np.copyto(
-                part[..., :depth].reshape(groups, stop - start, *placed, *kernel_size, in_group),
-                views[:, start:stop],
-            )
-            np.matmul(part, kernel, out=zg[:, rows_in])
-            if blockwise:
-                block = zg[0, rows_in]
-                if use_bias and not fused_bias:
-                    block += w["bias"]
-                activation.forward(block, out=block)
-        # The whole batch's columns, or None when they were unfolded in parts (backprop, if a
-        # caller asks for it in inference, unfolds them again).
-        kept_cols = cols if training or chunk >= batch else None
-        # A view when groups == 1; otherwise the group outputs are interleaved into filters.
-        z = zg.transpose(1, 0, 2).reshape(rows, filters)
+        np.matmul(part, kernel, out=zg[:, rows_in])
         if blockwise:
-            y = z
-        else:
-            if use_bias and not fused_bias:
-                z += w["bias"]
-            y = activation.forward(z, out=z) if in_place else activation.forward(z)
-        kept_z = z if activation.uses_input else None
-        need_dx = ctx.need_dx
-        # Backprop runs when ctx.node names another layer: take its buffers now, and only when a
-        # backward pass will follow.
-        # The input gradient goes a few samples at a time: each block's window gradients (one
-        # GEMM) are still in cache when the col2im adds read them.
-        sample_bytes = per_sample * depth * groups * x.itemsize
-        dx_step = max(1, min(batch, DX_CHUNK_BYTES // max(sample_bytes, 1)))
-        n_offsets = math.prod(kernel_size)
-        dcols_shape = (n_offsets, groups, dx_step * per_sample, in_group)
-        natural_shape = (groups, dx_step * per_sample, out_group)
-        # A plain 1-D convolution with fewer filters than input channels takes its input
-        # gradient as one GEMM over the output gradient's windows (see _dx_from_dz_windows):
-        # those windows are kernel * filters wide, the window gradients kernel * channels.
-        from_dz_windows = (
-            rank == 1 and groups == 1 and blocks is None and strides == (1,)
-            and dilation == (1,) and filters < channels
-        )  # fmt: skip
-        dz_windows_buffer = dx_direct_buffer = None
-        if need_dx and training and from_dz_windows:
-            dz_windows_buffer = ctx.buffer("dz_windows", (batch, *spatial, n_offsets, filters), x.dtype)
-            dx_direct_buffer = ctx.buffer("dx", xl.shape, x.dtype)
-            dcols_buffer = natural_buffer = dxp_buffer = None
-        elif need_dx and training:
-            dcols_buffer = ctx.buffer("dcols", dcols_shape, x.dtype)
-            natural_buffer = ctx.buffer("dz_natural", natural_shape, x.dtype) if blocks else None
-            dxp_buffer = ctx.buffer("dx", (batch, *grouped.shape[1:]), x.dtype)
-        else:
-            dcols_buffer = natural_buffer = dxp_buffer = None
+            block = zg[0, rows_in]
+            if late_bias:
+                block += bias
+            activation.forward(block, out=block)
+    kept_cols = cols if training or g.chunk >= g.batch else None
+    # A view when groups == 1; otherwise the group outputs are interleaved into filters.
+    z = zg.transpose(1, 0, 2).reshape(g.rows, g.filters)
+    if blockwise:
+        return z, z, kept_cols
+    if late_bias:
+        z += bias
+    y = activation.forward(z, out=z) if in_place else activation.forward(z)
+    return z, y, kept_cols
 
-        def backprop(dy):
-            dz = activation.backward(kept_z, y, to_last(self, dy).reshape(rows, filters))
-            # Contiguous per group for BLAS; no copy when groups == 1.
-            dzg = np.ascontiguousarray(dz.reshape(rows, groups, out_group).transpose(1, 0, 2))
-            cols = kept_cols
-            if cols is None:
-                cols = column_buffer(None, groups, rows, width, x.dtype, offset_major)
-                cols = unfold_buffer(cols, depth)
-                np.copyto(
-                    cols[..., :depth].reshape(groups, batch, *placed, *kernel_size, in_group),
-                    views,
-                )
-            # The long-K product with the columns in their contiguous layout: OpenBLAS runs it
-            # 10-15% faster so (W2's second conv: 5.0 -> 4.5 ms, (dz^T cols)^T; first conv,
-            # offset-major: 1.6 -> 1.4 ms, cols^T dz).
-            if offset_major:
-                dkernel = np.matmul(cols.transpose(0, 2, 1), dzg)
-            else:
-                dkernel = np.matmul(dzg.transpose(0, 2, 1), cols).transpose(0, 2, 1)
-            grads = {
-                "kernel": dkernel[:, :depth].transpose(1, 0, 2).reshape(w["kernel"].shape)
-            }
-            if fused_bias:
-                grads["bias"] = dkernel[:, depth].reshape(filters)
-            elif use_bias:
-                # A GEMV with ones, several times faster than dz.sum(axis=0) down the rows.
-                grads["bias"] = np.ones(rows, dz.dtype) @ dz
-            if not need_dx:
-                return None, grads
-            if from_dz_windows:
-                dx = _dx_from_dz_windows(
-                    dzg[0].reshape(batch, *out, filters), w["kernel"], pads[0][0], spatial[0],
-                    dz_windows_buffer, dx_direct_buffer,
-                )
-                return from_last(self, dx), grads
-            # The window gradients one kernel offset at a time, (offsets, groups, rows, in_group),
-            # with the rows in natural position order: each offset's block is then contiguous,
-            # and so is each output row of its region in dx, and the col2im adds run along whole
-            # rows (span_w x in_group values) instead of one in_group-value run a position (W2's
-            # second conv: 115,000 inner loops a batch of 128 -> 11,500).
-            kernel_by_offset = np.ascontiguousarray(
-                kernel[:, :depth].reshape(groups, n_offsets, in_group, out_group).transpose(1, 0, 3, 2)
-            )
-            dcols_all = dcols_buffer if dcols_buffer is not None else np.empty(dcols_shape, x.dtype)
-            naturals = natural_buffer
-            if blocks is not None and naturals is None:
-                naturals = np.empty(natural_shape, x.dtype)
-            dxp = dxp_buffer if dxp_buffer is not None else np.empty(
-                (batch, *grouped.shape[1:]), x.dtype
-            )
-            regions = [
-                offset_region(offset, strides, dilation, span) for offset in np.ndindex(*kernel_size)
-            ]
-            # Offset 0 covers the box [0, span) of every axis when strides and dilation are 1:
-            # copy it there and zero only the rest, instead of zeroing everything and adding it.
-            boxed = max(strides) == 1 and max(dilation) == 1
-            moved = 1 if boxed else 0
-            for start in range(0, batch, dx_step):
-                stop = min(start + dx_step, batch)
-                n_rows = (stop - start) * per_sample
-                dz_rows = dzg[:, start * per_sample : stop * per_sample]
-                if blocks is not None:
-                    # From the window-split order (batch, *pool, *inner) back to natural order.
-                    natural = naturals[:, :n_rows]
-                    np.copyto(
-                        to_blocks(natural.reshape(groups, stop - start, *span, out_group), 2, blocks),
-                        dz_rows.reshape(groups, stop - start, *placed, out_group),
-                    )
-                    dz_rows = natural
-                dcols = np.matmul(dz_rows, kernel_by_offset, out=dcols_all[:, :, :n_rows])
-                dcols = dcols.reshape(n_offsets, groups, stop - start, *span, in_group)
-                block = dxp[start:stop]
-                if boxed:
-                    for axis, size in enumerate(span, start=1):
-                        box = tuple(slice(0, m) for m in span[: axis - 1])
-                        block[(slice(None), *box, slice(size, None))] = 0
-                    np.copyto(block[regions[0]], np.moveaxis(dcols[0], 0, -2))
-                else:
-                    block.fill(0)
-                for index in range(moved, n_offsets):
-                    target = block[regions[index]]
-                    target += np.moveaxis(dcols[index], 0, -2)
-            dx = dxp[interior(pads, spatial)].reshape(xl.shape)
-            return from_last(self, dx), grads
 
-        return from_last(self, y.reshape(batch, *placed, filters)), backprop
+def all_columns(views, g: Geometry, dtype) -> np.ndarray:
+    """The whole batch's columns in a fresh array (for a backward after inference)."""
+    cols = unfold_buffer(column_buffer(None, g.groups, g.rows, g.width, dtype, g.offset_major), g.depth)
+    np.copyto(cols[..., : g.depth].reshape(g.groups, g.batch, *g.placed, *g.kernel, g.in_group), views)
+    return cols
+
+
+def kernel_gradient(cols, dzg, dz, g: Geometry, kernel_shape, use_bias: bool) -> dict[str, np.ndarray]:
+    """The kernel's (and bias's) gradient: the columns' transpose times the output gradient."""
+    # The long-K product with the columns in their contiguous layout, which OpenBLAS runs
+    # faster: (dz^T cols)^T row-major, cols^T dz offset-major.
+    if g.offset_major:
+        dkernel = np.matmul(cols.transpose(0, 2, 1), dzg)
+    else:
+        dkernel = np.matmul(dzg.transpose(0, 2, 1), cols).transpose(0, 2, 1)
+    grads = {"kernel": dkernel[:, : g.depth].transpose(1, 0, 2).reshape(kernel_shape)}
+    if g.fused_bias:
+        grads["bias"] = dkernel[:, g.depth].reshape(g.filters)
+    elif use_bias:
+        # A GEMV with ones, several times faster than dz.sum(axis=0) down the rows.
+        grads["bias"] = np.ones(g.rows, dz.dtype) @ dz
+    return grads
+
+
+def _dx_as_one_gemm(g: Geometry) -> bool:
+    """A plain 1-D convolution with fewer filters than input channels takes its input gradient
+    as one GEMM over the output gradient's windows (see _dx_from_dz_windows): those windows are
+    kernel * filters wide, the window gradients kernel * channels."""
+    return (
+        g.groups == 1 and g.blocks is None and g.strides == (1,) and g.dilation == (1,)
+        and g.filters < g.in_group
+    )  # fmt: skip
+
+
+def dx_buffers(ctx, g: Geometry, x_shape, grouped_shape, direct: bool, dtype) -> dict[str, np.ndarray]:
+    """The input gradient's buffers, taken now (backprop runs when ctx.node names another
+    layer) and only when a backward pass will follow; backprop makes fresh arrays otherwise."""
+    if not (ctx.need_dx and ctx.record):
+        return {}
+    if direct:
+        return {
+            "dz_windows": ctx.buffer("dz_windows", (g.batch, *g.spatial, g.n_offsets, g.filters), dtype),
+            "dx": ctx.buffer("dx", x_shape, dtype),
+        }
+    buffers = {
+        "dcols": ctx.buffer("dcols", _dcols_shape(g), dtype),
+        "dx": ctx.buffer("dx", grouped_shape, dtype),
+    }
+    if g.blocks:
+        buffers["dz_natural"] = ctx.buffer("dz_natural", _natural_shape(g), dtype)
+    return buffers
+
+
+def _dcols_shape(g: Geometry) -> tuple[int, ...]:
+    return (g.n_offsets, g.groups, g.dx_step * g.per_sample, g.in_group)
+
+
+def _natural_shape(g: Geometry) -> tuple[int, ...]:
+    return (g.groups, g.dx_step * g.per_sample, g.out_group)
+
+
+def input_gradient(dzg, kernel, g: Geometry, buffers, grouped_shape, dtype) -> np.ndarray:
+    """The padded input's gradient, (batch, *padded, groups, in_group), as col2im: a few samples
+    at a time, a GEMM to the window gradients, then one strided add per kernel offset, while
+    the block's window gradients are still in cache.
+
+    The window gradients are made one kernel offset at a time, (offsets, groups, rows,
+    in_group), with the rows in natural position order: each offset's block is then contiguous,
+    and so is each output row of its region in dx, and the adds run along whole rows (span_w x
+    in_group values) instead of one in_group-value run a position."""
+    kernel_by_offset = np.ascontiguousarray(
+        kernel[:, : g.depth].reshape(g.groups, g.n_offsets, g.in_group, g.out_group).transpose(1, 0, 3, 2)
+    )
+    dcols_all = _or_empty(buffers.get("dcols"), _dcols_shape(g), dtype)
+    naturals = buffers.get("dz_natural")
+    if g.blocks is not None and naturals is None:
+        naturals = np.empty(_natural_shape(g), dtype)
+    dxp = _or_empty(buffers.get("dx"), grouped_shape, dtype)
+    regions = [offset_region(offset, g.strides, g.dilation, g.span) for offset in np.ndindex(*g.kernel)]
+    # Offset 0 covers the box [0, span) of every axis when strides and dilation are 1: copy it
+    # there and zero only the rest, instead of zeroing everything and adding it.
+    boxed = max(g.strides) == 1 and max(g.dilation) == 1
+    for start in range(0, g.batch, g.dx_step):
+        stop = min(start + g.dx_step, g.batch)
+        n_rows = (stop - start) * g.per_sample
+        dz_rows = dzg[:, start * g.per_sample : stop * g.per_sample]
+        if g.blocks is not None:
+            # From the window-split order (batch, *blocks, *inner) back to natural order.
+            natural = naturals[:, :n_rows]
+            np.copyto(
+                to_blocks(natural.reshape(g.groups, stop - start, *g.span, g.out_group), 2, g.blocks),
+                dz_rows.reshape(g.groups, stop - start, *g.placed, g.out_group),
+            )
+            dz_rows = natural
+        dcols = np.matmul(dz_rows, kernel_by_offset, out=dcols_all[:, :, :n_rows])
+        dcols = dcols.reshape(g.n_offsets, g.groups, stop - start, *g.span, g.in_group)
+        _add_back(dxp[start:stop], dcols, regions, g.span, boxed)
+    return dxp
+
+
+def _add_back(block, dcols, regions, span, boxed: bool) -> None:
+    """Every kernel offset's window gradients added into its region of `block` (col2im)."""
+    if boxed:
+        for axis, size in enumerate(span, start=1):
+            box = tuple(slice(0, m) for m in span[: axis - 1])
+            block[(slice(None), *box, slice(size, None))] = 0
+        np.copyto(block[regions[0]], np.moveaxis(dcols[0], 0, -2))
+    else:
+        block.fill(0)
+    for index in range(1 if boxed else 0, len(regions)):
+        target = block[regions[index]]
+        target += np.moveaxis(dcols[index], 0, -2)
+
+
+def _or_empty(buffer, shape, dtype) -> np.ndarray:
+    return buffer if buffer is not None else np.empty(shape, dtype)
 
 
 def _dx_from_dz_windows(dz, kernel, before: int, steps: int, windows=None, dx=None):
