@@ -303,7 +303,9 @@ def test_inference_in_parts_and_reused_training_buffers_give_the_same_numbers(
 
     rng = np.random.default_rng(3)
     conv_layer = build(config)
-    layer = conv_layer if pool_blocks is None else ConvIntoWindows(conv=conv_layer, window=pool_blocks)
+    layer = conv_layer
+    if pool_blocks is not None:
+        layer = ConvIntoWindows.model_construct(conv=conv_layer, window=pool_blocks)
     w = {
         s.name: rng.standard_normal(s.shape).astype(np.float32)
         for s in conv_layer.weights([shape[1:]])

@@ -48,13 +48,20 @@ class Fold:
     epsilon: float
 
 
-def fuse(steps: list[Step], output_slots: list[int], *, inference: bool) -> tuple[list[Step], list[Fold]]:
+def fuse(
+    steps: list[Step], output_slots: list[int], *, inference: bool
+) -> tuple[list[Step], list[Fold]]:
     """The steps with every rewrite made, and the BatchNormalization folds (inference only)."""
     for rewrite in REWRITES:
         steps = rewrite(steps, output_slots)
     if not inference:
         return steps, []
     return fold_batch_norm(steps, output_slots)
+
+
+# The fused layers are made with `model_construct`: their parts are layers and activations
+# validated already, and validating them again would build their pydantic schemas, which costs
+# more than the rest of the plan at start-up.
 
 
 class ActivationAfter(Layer):
@@ -93,7 +100,8 @@ def relu_after_max_pooling(steps: list[Step], output_slots: list[int]) -> list[S
             continue
         linear = step.layer.model_copy(update={"activation": ACTIVATIONS.create("linear")})
         steps[i] = replace(step, layer=linear)
-        steps[j] = replace(pool, layer=ActivationAfter(layer=pool.layer, activation=activation))
+        after = ActivationAfter.model_construct(layer=pool.layer, activation=activation)
+        steps[j] = replace(pool, layer=after)
     return steps
 
 
@@ -141,10 +149,10 @@ def split_into_windows(steps: list[Step], output_slots: list[int]) -> list[Step]
             continue
         if conv.data_format == "channels_first" or len(window) != conv.rank:
             continue
-        reading: Layer = PoolingFromWindows(pooling=pooling)
+        reading: Layer = PoolingFromWindows.model_construct(pooling=pooling)
         if moved is not None:
-            reading = ActivationAfter(layer=reading, activation=moved)
-        steps[i] = replace(step, layer=ConvIntoWindows(conv=conv, window=window))
+            reading = ActivationAfter.model_construct(layer=reading, activation=moved)
+        steps[i] = replace(step, layer=ConvIntoWindows.model_construct(conv=conv, window=window))
         steps[j] = replace(reader, layer=reading)
     return steps
 
@@ -183,7 +191,8 @@ def fold_batch_norm(steps: list[Step], output_slots: list[int]) -> tuple[list[St
         producer, norm = steps[i], steps[j]
         if not _foldable(producer, norm):
             continue
-        fold = Fold(producer.owner, norm.owner, f"{producer.owner}/{norm.owner}", norm.layer.epsilon)
+        owner = f"{producer.owner}/{norm.owner}"
+        fold = Fold(producer.owner, norm.owner, owner, norm.layer.epsilon)
         layer = producer.layer.model_copy(update={"use_bias": True})
         steps[i] = replace(producer, layer=layer, owner=fold.owner, outputs=norm.outputs)
         dropped.add(j)
