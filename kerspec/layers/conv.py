@@ -339,12 +339,14 @@ def forward_gemm(views, kernel, bias, activation, g: Geometry, ctx):
 
 def all_columns(views, g: Geometry, dtype) -> np.ndarray:
     """The whole batch's columns in a fresh array (for a backward after inference)."""
-    cols = unfold_buffer(column_buffer(None, g.groups, g.rows, g.width, dtype, g.offset_major), g.depth)
-    np.copyto(cols[..., : g.depth].reshape(g.groups, g.batch, *g.placed, *g.kernel, g.in_group), views)
+    cols = column_buffer(None, g.groups, g.rows, g.width, dtype, g.offset_major)
+    cols = unfold_buffer(cols, g.depth)
+    windows_at = cols[..., : g.depth].reshape(g.groups, g.batch, *g.placed, *g.kernel, g.in_group)
+    np.copyto(windows_at, views)
     return cols
 
 
-def kernel_gradient(cols, dzg, dz, g: Geometry, kernel_shape, use_bias: bool) -> dict[str, np.ndarray]:
+def kernel_gradient(cols, dzg, dz, g: Geometry, kernel_shape, use_bias: bool) -> dict:
     """The kernel's (and bias's) gradient: the columns' transpose times the output gradient."""
     # The long-K product with the columns in their contiguous layout, which OpenBLAS runs
     # faster: (dz^T cols)^T row-major, cols^T dz offset-major.
@@ -371,14 +373,16 @@ def _dx_as_one_gemm(g: Geometry) -> bool:
     )  # fmt: skip
 
 
-def dx_buffers(ctx, g: Geometry, x_shape, grouped_shape, direct: bool, dtype) -> dict[str, np.ndarray]:
+def dx_buffers(ctx, g: Geometry, x_shape, grouped_shape, direct: bool, dtype) -> dict:
     """The input gradient's buffers, taken now (backprop runs when ctx.node names another
     layer) and only when a backward pass will follow; backprop makes fresh arrays otherwise."""
     if not (ctx.need_dx and ctx.record):
         return {}
     if direct:
         return {
-            "dz_windows": ctx.buffer("dz_windows", (g.batch, *g.spatial, g.n_offsets, g.filters), dtype),
+            "dz_windows": ctx.buffer(
+                "dz_windows", (g.batch, *g.spatial, g.n_offsets, g.filters), dtype
+            ),
             "dx": ctx.buffer("dx", x_shape, dtype),
         }
     buffers = {
@@ -408,14 +412,18 @@ def input_gradient(dzg, kernel, g: Geometry, buffers, grouped_shape, dtype) -> n
     and so is each output row of its region in dx, and the adds run along whole rows (span_w x
     in_group values) instead of one in_group-value run a position."""
     kernel_by_offset = np.ascontiguousarray(
-        kernel[:, : g.depth].reshape(g.groups, g.n_offsets, g.in_group, g.out_group).transpose(1, 0, 3, 2)
+        kernel[:, : g.depth]
+        .reshape(g.groups, g.n_offsets, g.in_group, g.out_group)
+        .transpose(1, 0, 3, 2)
     )
     dcols_all = _or_empty(buffers.get("dcols"), _dcols_shape(g), dtype)
     naturals = buffers.get("dz_natural")
     if g.blocks is not None and naturals is None:
         naturals = np.empty(_natural_shape(g), dtype)
     dxp = _or_empty(buffers.get("dx"), grouped_shape, dtype)
-    regions = [offset_region(offset, g.strides, g.dilation, g.span) for offset in np.ndindex(*g.kernel)]
+    regions = [
+        offset_region(offset, g.strides, g.dilation, g.span) for offset in np.ndindex(*g.kernel)
+    ]
     # Offset 0 covers the box [0, span) of every axis when strides and dilation are 1: copy it
     # there and zero only the rest, instead of zeroing everything and adding it.
     boxed = max(g.strides) == 1 and max(g.dilation) == 1
@@ -426,8 +434,9 @@ def input_gradient(dzg, kernel, g: Geometry, buffers, grouped_shape, dtype) -> n
         if g.blocks is not None:
             # From the window-split order (batch, *blocks, *inner) back to natural order.
             natural = naturals[:, :n_rows]
+            natural_at = natural.reshape(g.groups, stop - start, *g.span, g.out_group)
             np.copyto(
-                to_blocks(natural.reshape(g.groups, stop - start, *g.span, g.out_group), 2, g.blocks),
+                to_blocks(natural_at, 2, g.blocks),
                 dz_rows.reshape(g.groups, stop - start, *g.placed, g.out_group),
             )
             dz_rows = natural

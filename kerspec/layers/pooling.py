@@ -1,9 +1,9 @@
 """Pooling: Max/AveragePooling1D/2D over windows, and Global*Pooling1D/2D over all positions.
 
 A window pooling sees its input through one strided view per window offset, never a loop over
-positions, and folds the views with maximum or add (`fold`); backward sends each offset's share
-of the gradient back through the same view. No copy of the windows is made. The views come in
-two kinds:
+positions, and reduces the views with maximum or add (`reduce_offsets`); backward sends each
+offset's share of the gradient back through the same view. No copy of the windows is made. The
+views come in two kinds:
 
 - `BasePooling._windows`, any pool size, strides and padding: every offset is a strided view of
   the padded input covering every output position (the helpers in layers/windows.py); backward
@@ -56,7 +56,7 @@ def window_counts(spatial, pads, pool, strides, out, dtype) -> np.ndarray:
     return counts[..., None]
 
 
-def fold(source: np.ndarray, indexes: list, combine, out: np.ndarray | None = None) -> np.ndarray:
+def reduce_offsets(source: np.ndarray, indexes: list, combine, out=None) -> np.ndarray:
     """`combine` (np.maximum, np.add) over source[index] for every window offset's index, in
     order: into `out`, or a fresh array."""
     if out is None:
@@ -163,7 +163,7 @@ class MaxPooling(BasePooling):
             return max_pool_tiles(self, tiles, ctx)
         # -inf padding never wins a window, as in TensorFlow's max pool.
         xl, pads, xp, regions = self._windows(x, -np.inf, ctx)
-        y = fold(xp, regions, np.maximum)
+        y = reduce_offsets(xp, regions, np.maximum)
         need_dx = ctx.need_dx
 
         def backprop(dy):
@@ -199,7 +199,8 @@ def max_pool_tiles(layer: MaxPooling, tiles: Tiles, ctx):
     batch = view.shape[0]
     step = max(1, min(batch, POOL_CHUNK_BYTES // max(view[:1].nbytes, 1)))
     for start in range(0, batch, step):
-        fold(view[start : start + step], tiles.offsets, np.maximum, out=y[start : start + step])
+        part, into = view[start : start + step], y[start : start + step]
+        reduce_offsets(part, tiles.offsets, np.maximum, out=into)
     need_dx = ctx.need_dx
     keep = need_dx and ctx.record
     dx_buffer = ctx.buffer("dx", xl.shape, xl.dtype) if keep else None
@@ -263,7 +264,7 @@ class AveragePooling(BasePooling):
     def call(self, w, x, ctx):
         pool, strides, _ = self._sizes()
         xl, pads, xp, regions = self._windows(x, 0.0, ctx)
-        y = fold(xp, regions, np.add)
+        y = reduce_offsets(xp, regions, np.add)
         # Padding adds zeros to the sum but is left out of the count, as Keras (TensorFlow) does.
         counts = window_counts(xl.shape[1:-1], pads, pool, strides, y.shape[1:-1], x.dtype)
         y /= counts
@@ -282,7 +283,7 @@ def average_pool_tiles(layer: AveragePooling, tiles: Tiles, ctx):
     """Average pooling over an input that comes split into its windows: the offsets added in the
     same order as `AveragePooling.call`, then divided by the window's size."""
     x = tiles.view
-    y = fold(x, tiles.offsets, np.add)
+    y = reduce_offsets(x, tiles.offsets, np.add)
     size = x.dtype.type(len(tiles.offsets))
     y /= size
     need_dx = ctx.need_dx
