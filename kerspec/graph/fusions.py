@@ -125,7 +125,7 @@ class PoolingFromWindows(SimpleLayer):
         tiles = split_tiles(x, self.pooling.rank)
         if isinstance(self.pooling, MaxPooling):
             return max_pool_tiles(self.pooling, tiles, ctx)
-        return average_pool_tiles(self.pooling, tiles, ctx)
+        return average_pool_tiles(tiles, ctx)
 
 
 def split_into_windows(steps: list[Step], output_slots: list[int]) -> list[Step]:

@@ -279,9 +279,9 @@ class AveragePooling(BasePooling):
         return from_last(self, y), backprop
 
 
-def average_pool_tiles(layer: AveragePooling, tiles: Tiles, ctx):
-    """Average pooling over an input that comes split into its windows: the offsets added in the
-    same order as `AveragePooling.call`, then divided by the window's size."""
+def average_pool_tiles(tiles: Tiles, ctx):
+    """Average pooling over an input that comes split into its windows (`split_tiles`): the
+    offsets added in the same order as `AveragePooling.call`, then divided by the window's size."""
     x = tiles.view
     y = reduce_offsets(x, tiles.offsets, np.add)
     size = x.dtype.type(len(tiles.offsets))
