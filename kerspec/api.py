@@ -54,8 +54,8 @@ class Model:
         self.spec = loaded.spec
         self.graph: Graph = compile_spec(loaded)
         self.plan = Plan(self.graph)
-        # predict's plan, with BatchNormalization folded into the layer before it (made at the
-        # first predict).
+        # predict's plan, with BatchNormalization folded into the layer before it, or `plan`
+        # when nothing folds (made at the first predict).
         self._inference_plan: Plan | None = None
         self.dtype = np.dtype(self.spec.dtype)
         if seed is None:
@@ -495,7 +495,8 @@ class Model:
         n = len(xs[0])
         results: list[np.ndarray] | None = None
         if self._inference_plan is None:
-            self._inference_plan = Plan(self.graph, inference=True)
+            folded = Plan(self.graph, inference=True)
+            self._inference_plan = folded if folded.folds else self.plan
         plan = self._inference_plan
         params = folded_params(self.params, plan.folds)
         with self._inference() as ctx, BlasThreads():
