@@ -27,7 +27,7 @@ from kerspec import io, threads
 from kerspec.errors import DataError, GraphError, KerspecError, RunError, SpecError
 from kerspec.folders import OutputFolder
 from kerspec.graph import Graph, Params, Plan, compile_spec
-from kerspec.graph.fusions import fold_batch_norm, folded_params
+from kerspec.graph.fusions import folded_params
 from kerspec.guards import check_model
 from kerspec.layers import Context
 from kerspec.paths import pattern_fields
@@ -62,9 +62,9 @@ class Model:
         self.graph: Graph = compile_spec(loaded)
         check_model(self.graph, loaded.source, self.spec.fit.batch_size)  # before the weights exist
         self.plan = Plan(self.graph)
-        # predict's plan, with BatchNormalization folded into the layer before it (made at the
-        # first predict).
-        self._folded: tuple[Plan, list] | None = None
+        # predict's plan, with BatchNormalization folded into the layer before it, or `plan`
+        # when nothing folds (made at the first predict).
+        self._inference_plan: Plan | None = None
         if seed is None:
             seed = self.spec.seed
         self.seed = seed if seed is not None else secrets.randbits(32)
@@ -421,10 +421,11 @@ class Model:
         xs = [np.asarray(x[name], dtype=self.dtype) for name in self.input_names]
         n = len(xs[0])
         results: list[np.ndarray] | None = None
-        if self._folded is None:
-            self._folded = fold_batch_norm(self.plan)
-        plan, folds = self._folded
-        params = folded_params(self.params, folds)
+        if self._inference_plan is None:
+            folded = Plan(self.graph, inference=True)
+            self._inference_plan = folded if folded.folds else self.plan
+        plan = self._inference_plan
+        params = folded_params(self.params, plan.folds)
         with self._inference() as ctx, threads.BlasThreads():
             for start in range(0, n, batch_size):
                 batch = [a[start : start + batch_size] for a in xs]

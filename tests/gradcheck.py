@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from kerspec.layers import Context
+
 
 def numerical_grad(f: Callable[[], float], x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     """d f / d x by central differences, perturbing x in place one element at a time."""
@@ -48,3 +50,21 @@ def check_grads(
         np.testing.assert_allclose(
             analytic[name], numeric, rtol=rtol, atol=atol, err_msg=f"gradient of {name}"
         )
+
+
+def check_model_grads(model, xs):
+    """Every weight's gradient through the whole plan (one output) against central differences."""
+    wrt = {f"{o}/{n}": w for o, ws in model.params.items() for n, w in ws.items()}
+
+    def forward():
+        ctx = Context(training=True, rng=np.random.default_rng(0))
+        run = model.plan.forward(model.params, xs, ctx, record=True)
+        (y,) = run.outputs
+
+        def backprop(dy):
+            grads = model.plan.backward(run.tape, [dy])
+            return {f"{o}/{n}": g for o, gs in grads.items() for n, g in gs.items()}
+
+        return y, backprop
+
+    check_grads(forward, wrt)

@@ -1,5 +1,5 @@
-"""Inference plan rewrites (kerspec/graph/fusions.py): each against the unrewritten plan in
-float64, through predict as a user calls it."""
+"""Plan rewrites (kerspec/graph/fusions.py): where each applies and where not, and each against
+the unrewritten plan in float64, through the plan and predict as a user runs them."""
 
 from __future__ import annotations
 
@@ -7,8 +7,172 @@ import numpy as np
 import pytest
 
 import kerspec
-from kerspec.graph.fusions import fold_batch_norm
+from kerspec.graph import Plan, fusions
+from kerspec.graph.fusions import ActivationAfter, ConvIntoWindows, PoolingFromWindows
 from kerspec.layers import Context
+from tests.gradcheck import check_model_grads
+
+
+def unrewritten(model: kerspec.Model, monkeypatch) -> Plan:
+    with monkeypatch.context() as patch:
+        patch.setattr(fusions, "REWRITES", ())
+        return Plan(model.graph)
+
+
+def run(plan: Plan, params, xs: list[np.ndarray], seed: int = 5):
+    """The outputs and every weight's gradient for random output gradients."""
+    ctx = Context(training=True, rng=np.random.default_rng(0))
+    forward = plan.forward(params, xs, ctx, record=True)
+    rng = np.random.default_rng(seed)
+    grads = plan.backward(forward.tape, [rng.standard_normal(y.shape) for y in forward.outputs])
+    return [y.copy() for y in forward.outputs], grads
+
+
+def assert_same_as_unrewritten(model: kerspec.Model, xs: list[np.ndarray], monkeypatch) -> None:
+    """Training outputs and gradients, and predict's outputs, of the rewritten plan against the
+    unrewritten one's."""
+    reference = unrewritten(model, monkeypatch)
+    assert [s.layer for s in reference.steps] != [s.layer for s in model.plan.steps]
+    (got, got_grads), (want, want_grads) = run(model.plan, model.params, xs), run(reference, model.params, xs)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    assert got_grads.keys() == want_grads.keys()
+    for owner, grads in want_grads.items():
+        for name, g in grads.items():
+            np.testing.assert_allclose(got_grads[owner][name], g, rtol=1e-12, atol=1e-12, err_msg=f"{owner}/{name}")
+    ctx = Context(training=False, rng=np.random.default_rng(0))
+    predicted = model.predict(dict(zip(model.input_names, xs)))
+    for name, y in zip(model.output_names, reference.forward(model.params, xs, ctx, record=False).outputs):
+        np.testing.assert_allclose(predicted[name], y, rtol=1e-12, atol=1e-12)
+
+
+def _steps(model):
+    return {model.graph.nodes[s.node].name: s for s in model.plan.steps}
+
+
+def _conv(layer):
+    return layer.conv if isinstance(layer, ConvIntoWindows) else layer
+
+
+# --- relu_after_max_pooling ---
+
+RELU_POOL = """
+dtype: float64
+seed: 0
+layers:
+  - {type: Input, shape: [6, 6, 2], name: x}
+  - {type: Conv2D, filters: 3, kernel_size: 3, activation: relu, name: c1}
+  - {type: MaxPooling2D, name: p1}
+  - {type: Conv2D, filters: 2, kernel_size: 2, activation: {type: relu, max_value: 0.5}, name: c2}
+  - {type: GlobalMaxPooling2D, name: g}
+  - {type: Dense, units: 2, activation: relu, name: d}
+"""
+
+
+def test_relu_read_only_by_max_pooling_moves_after_it():
+    steps = _steps(kerspec.from_yaml(RELU_POOL))
+    for conv, pool in (("c1", "p1"), ("c2", "g")):
+        assert _conv(steps[conv].layer).activation.type == "linear"
+        assert isinstance(steps[pool].layer, ActivationAfter)
+        assert steps[pool].layer.activation.type == "relu"
+    assert steps["g"].layer.activation.max_value == 0.5
+    assert steps["d"].layer.activation.type == "relu"  # read by no pooling
+
+
+@pytest.mark.parametrize(
+    "name,extra",
+    [
+        # The conv output is also a model output, has a second reader, a leaky ReLU (no ties to
+        # hide a different pick) or an activity regularizer (it sees the ReLU's output).
+        ("output", "outputs: [d, c1]\n"),
+        ("second reader", "  - {type: Flatten, from: c1, name: f}\noutputs: [d, f]\n"),
+        ("leaky", ""),
+        ("activity", ""),
+    ],
+)
+def test_relu_stays_where_moving_it_would_change_something(name, extra):
+    spec = RELU_POOL + extra
+    if name == "leaky":
+        spec = spec.replace("activation: relu, name: c1", "activation: {type: relu, negative_slope: 0.1}, name: c1")
+    if name == "activity":
+        spec = spec.replace("name: c1}", "name: c1, activity_regularizer: l2}")
+    steps = _steps(kerspec.from_yaml(spec))
+    assert _conv(steps["c1"].layer).activation.type == "relu"
+    assert not isinstance(steps["p1"].layer, ActivationAfter)
+
+
+def test_a_moved_relu_against_the_unrewritten_plan(rng, monkeypatch):
+    model = kerspec.from_yaml(RELU_POOL)
+    # Ties after the ReLU (negative windows), and values above max_value.
+    x = rng.standard_normal((3, 6, 6, 2)) - 0.5
+    assert_same_as_unrewritten(model, [x], monkeypatch)
+    check_model_grads(model, [x])
+
+
+# --- split_into_windows ---
+
+
+def test_convolution_writes_its_output_split_into_the_pooling_windows():
+    steps = _steps(kerspec.from_yaml(RELU_POOL))
+    assert steps["c1"].layer.window == (2, 2)
+    assert isinstance(steps["p1"].layer.layer, PoolingFromWindows)  # and the ReLU after it
+    # Global pooling has no windows to split into.
+    assert not isinstance(steps["c2"].layer, ConvIntoWindows)
+
+
+# A first convolution, then the one whose output is split (c) before the pooling (p), so that
+# c's input gradient reaches a's weights. Odd edges, strides, dilation, groups, padding, short
+# and long windows (bias in the GEMM or after it), offset-major columns.
+SPLIT_CASES = {
+    "odd edge": ([9, 9, 2], "kernel_size: 3", "pool_size: 2"),
+    "strided": ([11, 11, 2], "kernel_size: 3, strides: 2", "pool_size: 2"),
+    "dilated same grouped": ([8, 7, 2], "kernel_size: 2, dilation_rate: 2, padding: same, groups: 2", "pool_size: [3, 2]"),
+    "long window": ([6, 6, 8], "kernel_size: 3", "pool_size: 2"),
+    "offset-major": ([5, 24, 1], "kernel_size: [1, 3]", "pool_size: [1, 2]"),
+    "1D causal": ([13, 2], "kernel_size: 3, padding: causal", "pool_size: 3"),
+}
+
+
+def _split_spec(case: str, pooling: str = "Max", *, conv_is_output: bool = False) -> str:
+    shape, conv, pool = SPLIT_CASES[case]
+    rank = len(shape) - 1
+    return (
+        f"dtype: float64\nseed: 1\nlayers:\n  - {{type: Input, shape: {shape}}}\n"
+        f"  - {{type: Conv{rank}D, filters: {shape[-1]}, kernel_size: 1, activation: tanh, name: a}}\n"
+        f"  - {{type: Conv{rank}D, filters: 4, {conv}, activation: relu, name: c}}\n"
+        f"  - {{type: {pooling}Pooling{rank}D, {pool}, name: p}}\n"
+        "  - {type: Flatten}\n  - {type: Dense, units: 2, name: d}\n"
+        + ("outputs: [d, c]\n" if conv_is_output else "")
+    )
+
+
+@pytest.mark.parametrize("pooling", ["Max", "Average"])
+@pytest.mark.parametrize("case", SPLIT_CASES)
+def test_split_convolution_against_the_unrewritten_plan(case, pooling, rng, monkeypatch):
+    split = kerspec.from_yaml(_split_spec(case, pooling))
+    assert isinstance(_steps(split)["c"].layer, ConvIntoWindows)
+    x = rng.standard_normal((3, *SPLIT_CASES[case][0]))
+    assert_same_as_unrewritten(split, [x], monkeypatch)
+    check_model_grads(split, [x])
+
+
+@pytest.mark.parametrize(
+    "pool",
+    ["pool_size: 2, strides: 1", "pool_size: 2, padding: same", "pool_size: 2, data_format: channels_first"],
+)
+def test_no_split_when_the_windows_do_not_tile_the_input(pool):
+    spec = RELU_POOL.replace("{type: MaxPooling2D, name: p1}", f"{{type: MaxPooling2D, {pool}, name: p1}}")
+    steps = _steps(kerspec.from_yaml(spec))
+    assert not isinstance(steps["c1"].layer, ConvIntoWindows)
+    assert not isinstance(steps["p1"].layer.layer, PoolingFromWindows)
+
+
+def test_no_split_when_the_convolution_is_also_an_output():
+    steps = _steps(kerspec.from_yaml(_split_spec("odd edge", conv_is_output=True)))
+    assert not isinstance(steps["c"].layer, ConvIntoWindows)
+
+
+# --- fold_batch_norm ---
 
 SPEC = """\
 name: folds
@@ -55,8 +219,9 @@ def unfolded(model: kerspec.Model, x: dict) -> np.ndarray:
 
 def test_batch_normalization_folds_into_conv1d_conv2d_and_dense():
     model = build()
-    folded, folds = fold_batch_norm(model.plan)
-    assert len(folds) == 3 and len(folded.steps) == len(model.plan.steps) - 3
+    folded = Plan(model.graph, inference=True)
+    assert len(folded.folds) == 3 and len(folded.steps) == len(model.plan.steps) - 3
+    assert model.plan.folds == []  # the training plan keeps its BatchNormalizations
     x = inputs()
     np.testing.assert_allclose(model.predict(x)["y"], unfolded(model, x), rtol=1e-12, atol=1e-12)
 
@@ -81,7 +246,7 @@ def test_predict_folds_the_current_weights():
 )
 def test_no_fold_where_the_identity_does_not_hold(conv, norm):
     model = build(conv, norm)
-    _, folds = fold_batch_norm(model.plan)
+    folds = Plan(model.graph, inference=True).folds
     assert len(folds) == 2  # the Conv1D's and the Dense's only
     x = inputs()
     np.testing.assert_allclose(model.predict(x)["y"], unfolded(model, x), rtol=1e-12, atol=1e-12)

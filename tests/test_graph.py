@@ -2,31 +2,11 @@
 
 import re
 
-import numpy as np
 import pytest
 
 import kerspec
 from kerspec.graph import Ref
-from kerspec.layers import Context
-from tests.gradcheck import check_grads
-
-
-def check_model_grads(model, xs):
-    """Every weight's gradient through the whole plan (one output) against central differences."""
-    wrt = {f"{o}/{n}": w for o, ws in model.params.items() for n, w in ws.items()}
-
-    def forward():
-        ctx = Context(training=True, rng=np.random.default_rng(0))
-        run = model.plan.forward(model.params, xs, ctx, record=True)
-        (y,) = run.outputs
-
-        def backprop(dy):
-            grads = model.plan.backward(run.tape, [dy])
-            return {f"{o}/{n}": g for o, gs in grads.items() for n, g in gs.items()}
-
-        return y, backprop
-
-    check_grads(forward, wrt)
+from tests.gradcheck import check_model_grads
 
 
 def test_default_names_follow_keras_per_spec():
@@ -176,116 +156,3 @@ def test_losses_and_metrics_must_name_real_outputs(compile_section, message):
     )
     with pytest.raises(kerspec.KerspecError, match=re.escape(message)):
         model.trainer  # noqa: B018 (building the trainer is what checks compile)
-
-
-RELU_POOL = """
-dtype: float64
-seed: 0
-layers:
-  - {type: Input, shape: [6, 6, 2], name: x}
-  - {type: Conv2D, filters: 3, kernel_size: 3, activation: relu, name: c1}
-  - {type: MaxPooling2D, name: p1}
-  - {type: Conv2D, filters: 2, kernel_size: 2, activation: {type: relu, max_value: 0.5}, name: c2}
-  - {type: GlobalMaxPooling2D, name: g}
-  - {type: Dense, units: 2, activation: relu, name: d}
-"""
-
-
-def _steps(model):
-    return {model.graph.nodes[s.node].name: s for s in model.plan.steps}
-
-
-def test_relu_read_only_by_max_pooling_moves_after_it():
-    steps = _steps(kerspec.from_yaml(RELU_POOL))
-    for conv, pool in (("c1", "p1"), ("c2", "g")):
-        assert steps[conv].layer.activation.type == "linear"
-        assert steps[pool].after.type == "relu"
-    assert steps["c2"].layer.activation.type == "linear"
-    assert steps["g"].after.max_value == 0.5
-    assert steps["d"].layer.activation.type == "relu"  # read by no pooling
-
-
-@pytest.mark.parametrize(
-    "name,extra",
-    [
-        # The conv output is also a model output, has a second reader, a leaky ReLU (no ties to
-        # hide a different pick) or an activity regularizer (it sees the ReLU's output).
-        ("output", "outputs: [d, c1]\n"),
-        ("second reader", "  - {type: Flatten, from: c1, name: f}\noutputs: [d, f]\n"),
-        ("leaky", ""),
-        ("activity", ""),
-    ],
-)
-def test_relu_stays_where_moving_it_would_change_something(name, extra):
-    spec = RELU_POOL + extra
-    if name == "leaky":
-        spec = spec.replace("activation: relu, name: c1", "activation: {type: relu, negative_slope: 0.1}, name: c1")
-    if name == "activity":
-        spec = spec.replace("name: c1}", "name: c1, activity_regularizer: l2}")
-    steps = _steps(kerspec.from_yaml(spec))
-    assert steps["c1"].layer.activation.type == "relu"
-    assert steps["p1"].after is None
-
-
-def test_gradients_through_a_moved_relu(rng):
-    check_model_grads(kerspec.from_yaml(RELU_POOL), [rng.standard_normal((3, 6, 6, 2))])
-
-
-def test_convolution_writes_its_output_split_into_the_pooling_windows():
-    steps = _steps(kerspec.from_yaml(RELU_POOL))
-    assert steps["c1"].layer._pool_blocks == (2, 2)
-    assert steps["p1"].layer._split_input
-    # Global pooling has no windows to split into.
-    assert steps["c2"].layer._pool_blocks is None
-
-
-# A first convolution, then the one whose output is split (c) before the pooling (p), so that
-# c's input gradient reaches a's weights. Odd edges, strides, dilation, groups, padding, short
-# and long windows (bias in the GEMM or after it), offset-major columns.
-SPLIT_CASES = {
-    "odd edge": ([9, 9, 2], "kernel_size: 3", "pool_size: 2"),
-    "strided": ([11, 11, 2], "kernel_size: 3, strides: 2", "pool_size: 2"),
-    "dilated same grouped": ([8, 7, 2], "kernel_size: 2, dilation_rate: 2, padding: same, groups: 2", "pool_size: [3, 2]"),
-    "long window": ([6, 6, 8], "kernel_size: 3", "pool_size: 2"),
-    "offset-major": ([5, 24, 1], "kernel_size: [1, 3]", "pool_size: [1, 2]"),
-    "1D causal": ([13, 2], "kernel_size: 3, padding: causal", "pool_size: 3"),
-}
-
-
-def _split_spec(case: str, pooling: str = "Max", *, conv_is_output: bool = False) -> str:
-    shape, conv, pool = SPLIT_CASES[case]
-    rank = len(shape) - 1
-    return (
-        f"dtype: float64\nseed: 1\nlayers:\n  - {{type: Input, shape: {shape}}}\n"
-        f"  - {{type: Conv{rank}D, filters: {shape[-1]}, kernel_size: 1, activation: tanh, name: a}}\n"
-        f"  - {{type: Conv{rank}D, filters: 4, {conv}, activation: relu, name: c}}\n"
-        f"  - {{type: {pooling}Pooling{rank}D, {pool}, name: p}}\n"
-        "  - {type: Flatten}\n  - {type: Dense, units: 2, name: d}\n"
-        + ("outputs: [d, c]\n" if conv_is_output else "")
-    )
-
-
-@pytest.mark.parametrize("pooling", ["Max", "Average"])
-@pytest.mark.parametrize("case", SPLIT_CASES)
-def test_split_convolution_outputs_and_gradients(case, pooling, rng):
-    split = kerspec.from_yaml(_split_spec(case, pooling))
-    whole = kerspec.from_yaml(_split_spec(case, pooling, conv_is_output=True))
-    assert _steps(split)["c"].layer._pool_blocks is not None
-    assert _steps(whole)["c"].layer._pool_blocks is None
-    for owner, weights in split.params.items():
-        for name, w in weights.items():
-            whole.params[owner][name][...] = w
-    x = rng.standard_normal((3, *SPLIT_CASES[case][0]))
-    np.testing.assert_allclose(split.predict(x)["d"], whole.predict(x)["d"], rtol=1e-12, atol=1e-12)
-    check_model_grads(split, [x])
-
-
-@pytest.mark.parametrize(
-    "pool",
-    ["pool_size: 2, strides: 1", "pool_size: 2, padding: same", "pool_size: 2, data_format: channels_first"],
-)
-def test_no_split_when_the_windows_do_not_tile_the_input(pool):
-    spec = RELU_POOL.replace("{type: MaxPooling2D, name: p1}", f"{{type: MaxPooling2D, {pool}, name: p1}}")
-    steps = _steps(kerspec.from_yaml(spec))
-    assert steps["c1"].layer._pool_blocks is None
-    assert not steps["p1"].layer._split_input

@@ -74,7 +74,7 @@ def regression_keras():
     return keras.Model(x, layers.Dense(2, name="out")(h))
 
 
-# ReLUs read only by max pooling: the plan moves them after the pooling (graph/plan.py).
+# ReLUs read only by max pooling: the plan moves them after the pooling (graph/fusions.py).
 CNN = """
 seed: 0
 layers:

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from kerspec.graph.fusions import ConvIntoWindows
 from kerspec.layers import Context, ShapeError
+from kerspec.layers.windows import as_tuple
 from tests.harness import build, check_layer_grads, compare_with_keras
 
 CONV1D = [
@@ -298,15 +300,16 @@ def test_inference_in_parts_and_reused_training_buffers_give_the_same_numbers(
 ):
     """Inference unfolds the columns a few samples at a time; training reuses its buffers batch
     after batch. Neither may change a number, nor may one batch leak into the next."""
-    from kerspec.layers import conv
+    from kerspec.layers import im2col
 
     rng = np.random.default_rng(3)
-    layer = build(config)
+    conv_layer = build(config)
+    layer = conv_layer
     if pool_blocks is not None:
-        layer = layer.writing_blocks(pool_blocks)
+        layer = ConvIntoWindows.model_construct(conv=conv_layer, window=pool_blocks)
     w = {
         s.name: rng.standard_normal(s.shape).astype(np.float32)
-        for s in layer.weights([shape[1:]])
+        for s in conv_layer.weights([shape[1:]])
     }
     batches = [rng.standard_normal(shape).astype(np.float32) for _ in range(2)]
     dys = []
@@ -324,17 +327,17 @@ def test_inference_in_parts_and_reused_training_buffers_give_the_same_numbers(
     # Training's forward blocks and the input gradient two samples at a time (a shorter last
     # block), in reused buffers.
     first = config.get("data_format") == "channels_first"
-    out_shape = layer.output_shape(shape[1:])
+    out_shape = conv_layer.output_shape(shape[1:])
     positions = int(np.prod(out_shape[1:] if first else out_shape[:-1]))
-    window = int(np.prod(conv.as_tuple(config["kernel_size"], len(shape) - 2)))
+    window = int(np.prod(as_tuple(config["kernel_size"], len(shape) - 2)))
     sample_bytes = positions * window * (shape[1] if first else shape[-1]) * 4
-    monkeypatch.setattr(conv, "DX_CHUNK_BYTES", 2 * sample_bytes)
-    monkeypatch.setattr(conv, "CHUNK_BYTES", 2 * sample_bytes)
+    monkeypatch.setattr(im2col, "DX_CHUNK_BYTES", 2 * sample_bytes)
+    monkeypatch.setattr(im2col, "CHUNK_BYTES", 2 * sample_bytes)
     blocks_ctx = Context(training=True, rng=rng)
     blocks = [run(blocks_ctx, x) for x in batches]
     # One sample's columns at a time (inference, a backward after it unfolds them again).
-    monkeypatch.setattr(conv, "CHUNK_BYTES", 1)
-    monkeypatch.setattr(conv, "DX_CHUNK_BYTES", 1)
+    monkeypatch.setattr(im2col, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(im2col, "DX_CHUNK_BYTES", 1)
     parts_ctx = Context(training=False, rng=rng, record=False)
     parts = [run(parts_ctx, x) for x in batches]
     for want, *gots in zip(fresh, reused, blocks, parts):
@@ -363,14 +366,14 @@ def test_gradients_with_the_bias_added_after_or_inside_the_gemm(
 ):
     """Short windows take the bias into the GEMM as a column of ones, long ones add it after:
     both ways give the same gradients, grouped or not."""
-    from kerspec.layers import conv
+    from kerspec.layers import im2col
 
-    monkeypatch.setattr(conv, "FUSED_BIAS_MAX_DEPTH", max_depth)
+    monkeypatch.setattr(im2col, "FUSED_BIAS_MAX_DEPTH", max_depth)
     check_layer_grads(config, shapes)
 
 
 def test_bias_inside_and_after_the_gemm_agree(monkeypatch):
-    from kerspec.layers import conv
+    from kerspec.layers import im2col
 
     rng = np.random.default_rng(5)
     layer = build({"type": "Conv2D", "filters": 6, "kernel_size": 3, "groups": 2,
@@ -382,7 +385,7 @@ def test_bias_inside_and_after_the_gemm_agree(monkeypatch):
     dy = rng.standard_normal((3, 4, 5, 6)).astype(np.float32)
     results = []
     for max_depth in (0, 1 << 30):
-        monkeypatch.setattr(conv, "FUSED_BIAS_MAX_DEPTH", max_depth)
+        monkeypatch.setattr(im2col, "FUSED_BIAS_MAX_DEPTH", max_depth)
         (y,), backprop = layer.forward(w, [x], Context(training=True, rng=rng))
         (dx,), grads = backprop([dy.copy()])
         results.append([y.copy(), dx, grads["kernel"], grads["bias"]])

@@ -105,9 +105,6 @@ class Layer(Item):
     # Keras's supports_masking: the layer accepts a mask (a sequence's padded steps) and, unless
     # it overrides the two mask methods below, passes it on unchanged.
     supports_masking: ClassVar[bool] = False
-    # The output is maxima of the input's values (max pooling): a non-decreasing elementwise
-    # activation gives the same result applied before or after the layer.
-    takes_maxima: ClassVar[bool] = False
 
     def output_masked(self, masked: list[bool], n_outputs: int) -> list[bool]:
         """Which outputs carry a mask, given which inputs do; known when the graph compiles."""
@@ -130,19 +127,6 @@ class Layer(Item):
         return []
 
     def forward(self, w: dict[str, np.ndarray], xs: Arrays, ctx: Context) -> tuple[Arrays, Backprop]:
-        raise NotImplementedError
-
-    # The execution plan may hand a layer's output to the one layer that reads it split into
-    # that reader's windows (graph/plan.py): the reader names its window size, the writer
-    # gives a copy of itself that writes (batch, *window, *(size // window), channels), and the
-    # reader a copy that reads it.
-    def window_blocks(self) -> tuple[int, ...] | None:
-        return None
-
-    def writing_blocks(self, window: tuple[int, ...]) -> Layer | None:
-        return None
-
-    def reading_blocks(self) -> Layer:
         raise NotImplementedError
 
 

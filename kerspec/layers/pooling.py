@@ -1,27 +1,32 @@
 """Pooling: Max/AveragePooling1D/2D over windows, and Global*Pooling1D/2D over all positions.
 
-Both passes loop over the pool_h * pool_w window offsets, never over positions: each offset is
-one strided view of the padded input covering every output position (the helpers in conv.py).
-Forward folds the views with maximum or add; backward adds each offset's share of the gradient
-back through the same view. No copy of the windows is made.
+A window pooling sees its input through one strided view per window offset, never a loop over
+positions, and reduces the views with maximum or add (`reduce_offsets`); backward sends each
+offset's share of the gradient back through the same view. No copy of the windows is made. The
+views come in two kinds:
 
-Max pooling with non-overlapping windows and no padding (pool_size == strides, the usual case)
-takes a faster path: the input, cropped to whole windows, is split into a (batch, out_h, pool_h,
-out_w, pool_w, channels) view, and backward writes the gradient through that view in one pass
-(a mask of the window maxima, first maximum wins), into a buffer reused batch after batch.
-When a convolution writes its output already split into the windows (graph/plan.py), the same
-path reads whole contiguous blocks, one per window offset.
+- `BasePooling._windows`, any pool size, strides and padding: every offset is a strided view of
+  the padded input covering every output position (the helpers in layers/windows.py); backward
+  adds each share into zeros (`_scatter`).
+- `Tiles`, windows that tile the input (pool_size == strides, no padding, the usual case): the
+  input, cropped to whole windows, is split into a (batch, out_h, pool_h, out_w, pool_w,
+  channels) view, where every offset is an index. Max pooling then works a few samples at a
+  time into buffers reused batch after batch, and its backward writes the gradient through that
+  view in one pass (a mask of the window maxima, first maximum wins): no scatter into zeros.
+  When a convolution writes its output already split into the windows (graph/fusions.py),
+  (batch, *pool, *out, channels), the same tiles are whole contiguous blocks (`split_tiles`).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, NamedTuple
 
 import numpy as np
-from pydantic import PrivateAttr, model_validator
+from pydantic import model_validator
 
 from kerspec.layers.base import LAYERS, SimpleLayer
-from kerspec.layers.conv import (
+from kerspec.layers.core import DataFormat
+from kerspec.layers.windows import (
     Padding,
     Sizes,
     as_tuple,
@@ -36,9 +41,8 @@ from kerspec.layers.conv import (
     split_channels,
     to_last,
 )
-from kerspec.layers.core import DataFormat
 
-# Non-overlapping max pooling works through the batch in blocks of about this many input bytes.
+# Max pooling over tiles works through the batch in blocks of about this many input bytes.
 POOL_CHUNK_BYTES = 1 << 20
 
 
@@ -50,6 +54,38 @@ def window_counts(spatial, pads, pool, strides, out, dtype) -> np.ndarray:
         per_dim = (np.minimum(starts + p, n) - np.maximum(starts, 0)).astype(dtype)
         counts = np.multiply.outer(counts, per_dim)
     return counts[..., None]
+
+
+def reduce_offsets(source: np.ndarray, indexes: list, combine, out=None) -> np.ndarray:
+    """`combine` (np.maximum, np.add) over source[index] for every window offset's index, in
+    order: into `out`, or a fresh array."""
+    if out is None:
+        out = source[indexes[0]].copy()
+    else:
+        np.copyto(out, source[indexes[0]])
+    for index in indexes[1:]:
+        combine(out, source[index], out=out)
+    return out
+
+
+class Tiles(NamedTuple):
+    """Windows that tile the input, as one view of it where each window offset is an index."""
+
+    # The channels_last input, and its crop to whole windows (an odd edge is in no window; None
+    # when the input comes split into the windows).
+    xl: np.ndarray
+    crop: tuple | None
+    # The (cropped) input with the window axes split off, the index of each window offset into
+    # it (np.ndindex order), and the view's window axes.
+    view: np.ndarray
+    offsets: list[tuple]
+    window_axes: tuple[int, ...]
+
+
+def split_tiles(x: np.ndarray, rank: int) -> Tiles:
+    """The tiles of an input that comes split into its windows, (batch, *pool, *out, channels)."""
+    offsets = [(slice(None), *offset) for offset in np.ndindex(*x.shape[1 : 1 + rank])]
+    return Tiles(x, None, x, offsets, tuple(range(1, rank + 1)))
 
 
 class BasePooling(SimpleLayer):
@@ -89,12 +125,9 @@ class BasePooling(SimpleLayer):
         regions = [offset_region(offset, strides, ones, out) for offset in np.ndindex(*pool)]
         return xl, pads, xp, regions
 
-    def _blocks(self, x):
-        """For non-overlapping windows with no padding (pool_size == strides; `same` only when
-        the sizes divide): the channels_last input, the crop to whole windows (an odd edge is in
-        no window), the cropped input viewed as (batch, out_1, pool_1, out_2, pool_2, ...,
-        channels), the index of each window offset into that view, and the view's pool axes.
-        None otherwise."""
+    def _tiles(self, x) -> Tiles | None:
+        """The tiles of x when the windows tile it (pool_size == strides, no padding: `same`
+        only when the sizes divide), None otherwise."""
         pool, strides, ones = self._sizes()
         if pool != strides:
             return None
@@ -107,33 +140,12 @@ class BasePooling(SimpleLayer):
         crop = (slice(None), *(slice(0, o * p) for o, p in zip(out, pool)), slice(None))
         split = (xl.shape[0], *(d for o, p in zip(out, pool) for d in (o, p)), xl.shape[-1])
         # Splitting axes never needs a copy, so this is a view of x.
-        xb = xl[crop].reshape(split)
+        view = xl[crop].reshape(split)
         offsets = [
             (slice(None), *(i for k in offset for i in (slice(None), k)), slice(None))
             for offset in np.ndindex(*pool)
         ]
-        return xl, crop, xb, offsets, tuple(range(2, 2 * self.rank + 1, 2))
-
-    # Set only on the plan's copy of a pooling whose input a convolution writes already split
-    # into this layer's windows, (batch, *pool, *out, channels) (graph/plan.py).
-    _split_input: bool = PrivateAttr(False)
-
-    def window_blocks(self) -> tuple[int, ...] | None:
-        """The pool size when the windows tile the input (pool_size == strides, valid padding,
-        channels_last), so that the layer before can write its output split into them."""
-        pool, strides, _ = self._sizes()
-        if pool != strides or self.padding != "valid" or self.data_format == "channels_first":
-            return None
-        return pool
-
-    def reading_blocks(self) -> BasePooling:
-        copy = self.model_copy()
-        copy._split_input = True
-        return copy
-
-    def _split_offsets(self, x) -> list[tuple]:
-        """The index of each window offset into a split input, in np.ndindex order."""
-        return [(slice(None), *offset) for offset in np.ndindex(*x.shape[1 : 1 + self.rank])]
+        return Tiles(xl, crop, view, offsets, tuple(range(2, 2 * self.rank + 1, 2)))
 
     @staticmethod
     def _scatter(xl, pads, xp, regions, share) -> np.ndarray:
@@ -145,20 +157,13 @@ class BasePooling(SimpleLayer):
 
 
 class MaxPooling(BasePooling):
-    takes_maxima: ClassVar[bool] = True
-
     def call(self, w, x, ctx):
-        if self._split_input:
-            axes = tuple(range(1, self.rank + 1))
-            return self._call_blocks(x, (x, None, x, self._split_offsets(x), axes), ctx)
-        blocks = self._blocks(x)
-        if blocks is not None:
-            return self._call_blocks(x, blocks, ctx)
+        tiles = self._tiles(x)
+        if tiles is not None:
+            return max_pool_tiles(self, tiles, ctx)
         # -inf padding never wins a window, as in TensorFlow's max pool.
         xl, pads, xp, regions = self._windows(x, -np.inf, ctx)
-        y = xp[regions[0]].copy()
-        for region in regions[1:]:
-            np.maximum(y, xp[region], out=y)
+        y = reduce_offsets(xp, regions, np.maximum)
         need_dx = ctx.need_dx
 
         def backprop(dy):
@@ -179,86 +184,87 @@ class MaxPooling(BasePooling):
 
         return from_last(self, y), backprop
 
-    def _call_blocks(self, x, blocks, ctx):
-        """Non-overlapping windows (the common pool_size == strides, valid): each offset is one
-        view of the block-split input, so forward is pool_h * pool_w - 1 maxima and backward
-        writes each offset's share straight into its view of dx: no scatter-add into zeros.
-        `blocks` is what `_blocks` gives, with crop None when the input comes split."""
-        xl, crop, xb, offsets, expand = blocks
-        # The output (and, when a backward pass will follow, the gradient) live in buffers
-        # reused batch after batch: a fresh large array costs its page faults on every call.
-        # Taken now because backprop runs when ctx.node names another layer.
-        record = ctx.record
-        y = ctx.buffer("y", xb[offsets[0]].shape, x.dtype)
-        # Both passes go a few samples at a time, so that the output block each offset's maximum
-        # reads and writes stays in cache rather than streaming the whole batch's output once
-        # per offset (W2's first pool at predict batch 1,024: 24 -> 14 ms).
-        batch = xb.shape[0]
-        per_sample = xb[:1].nbytes
-        step = max(1, min(batch, POOL_CHUNK_BYTES // max(per_sample, 1)))
+
+def max_pool_tiles(layer: MaxPooling, tiles: Tiles, ctx):
+    """Max pooling over tiles: pool_h * pool_w - 1 maxima forward, and a backward that writes
+    each offset's share straight into its view of dx."""
+    xl, view = tiles.xl, tiles.view
+    # The output (and, when a backward pass will follow, the gradient) live in buffers reused
+    # batch after batch: a fresh large array costs its page faults on every call. Taken now
+    # because backprop runs when ctx.node names another layer.
+    y = ctx.buffer("y", view[tiles.offsets[0]].shape, xl.dtype)
+    # Both passes go a few samples at a time, so that the output block each offset's maximum
+    # reads and writes stays in cache rather than streaming the whole batch's output once per
+    # offset.
+    batch = view.shape[0]
+    step = max(1, min(batch, POOL_CHUNK_BYTES // max(view[:1].nbytes, 1)))
+    for start in range(0, batch, step):
+        part, into = view[start : start + step], y[start : start + step]
+        reduce_offsets(part, tiles.offsets, np.maximum, out=into)
+    need_dx = ctx.need_dx
+    keep = need_dx and ctx.record
+    dx_buffer = ctx.buffer("dx", xl.shape, xl.dtype) if keep else None
+    hit_shape = (step, *view.shape[1:])
+    hit_buffer = ctx.buffer("hit", hit_shape, bool) if keep else None
+
+    def backprop(dy):
+        if not need_dx:
+            return None, {}
+        dxl = dx_buffer if dx_buffer is not None else np.empty(xl.shape, xl.dtype)
+        hits = hit_buffer if hit_buffer is not None else np.empty(hit_shape, bool)
+        dxv = _tiles_of_dx(dxl, tiles)
+        dyl = to_last(layer, dy)
+        expand = tiles.window_axes
+        # A NaN window has no hit, which would let a tie elsewhere pass the count below.
+        has_nan = bool(np.isnan(y).any())
         for start in range(0, batch, step):
-            part, out = xb[start : start + step], y[start : start + step]
-            np.copyto(out, part[offsets[0]])
-            for offset in offsets[1:]:
-                np.maximum(out, part[offset], out=out)
-        need_dx = ctx.need_dx
-        keep = need_dx and record
-        dx_buffer = ctx.buffer("dx", xl.shape, x.dtype) if keep else None
-        hit_shape = (step, *xb.shape[1:])
-        hit_buffer = ctx.buffer("hit", hit_shape, bool) if keep else None
+            stop = min(start + step, batch)
+            hit = hits[: stop - start]
+            # Every value equal to its window's maximum, in one pass over the input.
+            np.equal(view[start:stop], np.expand_dims(y[start:stop], expand), out=hit)
+            # Bool passes over the output, skipped when no window has two hits (the usual case
+            # for pre-activations, see graph/fusions.py).
+            if has_nan or np.count_nonzero(hit) != y[start:stop].size:
+                _first_hits(hit, tiles.offsets)
+            # The mask made float first: a float-by-bool multiply casts in small buffers and
+            # runs slower than the copy and the float multiply together.
+            part = dxv[start:stop]
+            np.copyto(part, hit)
+            np.multiply(part, np.expand_dims(dyl[start:stop], expand), out=part)
+        return from_last(layer, dxl), {}
 
-        def backprop(dy):
-            if not need_dx:
-                return None, {}
-            dyl = to_last(self, dy)
-            dxl = dx_buffer if dx_buffer is not None else np.empty(xl.shape, x.dtype)
-            hits = hit_buffer if hit_buffer is not None else np.empty(hit_shape, bool)
-            if crop is None:
-                dxb = dxl
-            else:
-                # Rows and columns cut off by the crop (an odd edge) are in no window.
-                for axis, kept in enumerate(crop[1:-1], start=1):
-                    if kept.stop < xl.shape[axis]:
-                        dxl[(slice(None),) * axis + (slice(kept.stop, None),)] = 0
-                dxb = dxl[crop].reshape(xb.shape)
-            # A NaN window has no hit, which would let a tie elsewhere pass the count below.
-            has_nan = bool(np.isnan(y).any())
-            for start in range(0, batch, step):
-                stop = min(start + step, batch)
-                hit = hits[: stop - start]
-                # Every value equal to its window's maximum, in one pass over the input.
-                np.equal(xb[start:stop], np.expand_dims(y[start:stop], expand), out=hit)
-                # The first offset holding the maximum takes the whole gradient (TensorFlow's
-                # tie rule; ties are common after a relu, windows of zeros): an offset keeps its
-                # hits only where no earlier offset hit. Bool passes over the output, skipped
-                # when no window has two hits (the usual case for pre-activations, see
-                # graph/plan.py).
-                tied = has_nan or np.count_nonzero(hit) != y[start:stop].size
-                if len(offsets) > 1 and tied:
-                    earlier = hit[offsets[0]].copy()
-                    for index, offset in enumerate(offsets[1:], start=2):
-                        np.greater(hit[offset], earlier, out=hit[offset])
-                        if index < len(offsets):
-                            np.logical_or(earlier, hit[offset], out=earlier)
-                # The mask made float first: a float-by-bool multiply casts in small buffers and
-                # runs ~3x slower than the copy and the float multiply together.
-                part = dxb[start:stop]
-                np.copyto(part, hit)
-                np.multiply(part, np.expand_dims(dyl[start:stop], expand), out=part)
-            return from_last(self, dxl), {}
+    return from_last(layer, y), backprop
 
-        return from_last(self, y), backprop
+
+def _tiles_of_dx(dxl: np.ndarray, tiles: Tiles) -> np.ndarray:
+    """dx's view as the tiles' view; what the crop cut off (an odd edge, in no window) zeroed."""
+    crop = tiles.crop
+    if crop is None:
+        return dxl
+    for axis, kept in enumerate(crop[1:-1], start=1):
+        if kept.stop < dxl.shape[axis]:
+            dxl[(slice(None),) * axis + (slice(kept.stop, None),)] = 0
+    return dxl[crop].reshape(tiles.view.shape)
+
+
+def _first_hits(hit: np.ndarray, offsets: list[tuple]) -> None:
+    """The first offset holding the maximum takes the whole gradient (TensorFlow's tie rule; ties
+    are common after a relu, windows of zeros): an offset keeps its hits only where no earlier
+    offset hit."""
+    if len(offsets) < 2:
+        return
+    earlier = hit[offsets[0]].copy()
+    for index, offset in enumerate(offsets[1:], start=2):
+        np.greater(hit[offset], earlier, out=hit[offset])
+        if index < len(offsets):
+            np.logical_or(earlier, hit[offset], out=earlier)
 
 
 class AveragePooling(BasePooling):
     def call(self, w, x, ctx):
-        if self._split_input:
-            return self._call_split(x, ctx)
         pool, strides, _ = self._sizes()
         xl, pads, xp, regions = self._windows(x, 0.0, ctx)
-        y = xp[regions[0]].copy()
-        for region in regions[1:]:
-            y += xp[region]
+        y = reduce_offsets(xp, regions, np.add)
         # Padding adds zeros to the sum but is left out of the count, as Keras (TensorFlow) does.
         counts = window_counts(xl.shape[1:-1], pads, pool, strides, y.shape[1:-1], x.dtype)
         y /= counts
@@ -272,24 +278,23 @@ class AveragePooling(BasePooling):
 
         return from_last(self, y), backprop
 
-    def _call_split(self, x, ctx):
-        """The input split into whole windows, (batch, *pool, *out, channels): the offsets added
-        in the same order as the unsplit path, then divided by the window's size."""
-        offsets = self._split_offsets(x)
-        y = x[offsets[0]].copy()
-        for offset in offsets[1:]:
-            y += x[offset]
-        y /= x.dtype.type(len(offsets))
-        need_dx = ctx.need_dx
 
-        def backprop(dy):
-            if not need_dx:
-                return None, {}
-            share = dy / x.dtype.type(len(offsets))
-            axes = tuple(range(1, self.rank + 1))
-            return np.broadcast_to(np.expand_dims(share, axes), x.shape).copy(), {}
+def average_pool_tiles(tiles: Tiles, ctx):
+    """Average pooling over an input that comes split into its windows (`split_tiles`): the
+    offsets added in the same order as `AveragePooling.call`, then divided by the window's size."""
+    x = tiles.view
+    y = reduce_offsets(x, tiles.offsets, np.add)
+    size = x.dtype.type(len(tiles.offsets))
+    y /= size
+    need_dx = ctx.need_dx
 
-        return y, backprop
+    def backprop(dy):
+        if not need_dx:
+            return None, {}
+        share = dy / size
+        return np.broadcast_to(np.expand_dims(share, tiles.window_axes), x.shape).copy(), {}
+
+    return y, backprop
 
 
 @LAYERS.register("MaxPooling1D", "MaxPool1D")
@@ -373,8 +378,6 @@ class GlobalPooling(SimpleLayer):
 
 
 class GlobalMaxPooling(GlobalPooling):
-    takes_maxima: ClassVar[bool] = True
-
     def call(self, w, x, ctx):
         flat, axis = self._flat(x)
         # The first maximum of each channel gets the whole gradient, as with MaxPooling.

@@ -11,7 +11,8 @@ import numpy as np
 from pydantic import NonNegativeInt, PositiveInt, field_validator
 
 from kerspec.layers.base import LAYERS, ShapeError, SimpleLayer, format_shape
-from kerspec.layers.conv import (
+from kerspec.layers.core import DataFormat
+from kerspec.layers.windows import (
     from_last,
     interior,
     join_channels,
@@ -19,7 +20,6 @@ from kerspec.layers.conv import (
     split_channels,
     to_last,
 )
-from kerspec.layers.core import DataFormat
 
 Pair = list[NonNegativeInt]
 # An int, one int per side, or (ZeroPadding2D/Cropping2D) one int or pair per spatial dimension.
