@@ -1,7 +1,7 @@
 """The `kerspec` command: each command parses options, calls the API, and renders the result.
 
 User errors (KerspecError) are caught in one place, printed as `WHERE: message` and exit 1;
-usage errors exit 2 (Typer's own); Ctrl-C 130 and SIGTERM 143 (see `kerspec.__main__`).
+usage errors exit 2 (Typer's own); Ctrl-C 130 and SIGTERM 143 (see `kerspec.stopping`).
 Anything else is a bug and keeps its traceback.
 """
 
@@ -17,9 +17,9 @@ from typing import Annotated
 
 import typer
 
-from kerspec.__main__ import stopped
 from kerspec.cli_types import Group, integer, lazy_module, plain_commands
 from kerspec.errors import KerspecError, Problems
+from kerspec.stopping import stopped
 
 # NumPy, pydantic and the layer catalog load when a command first needs them, not for --help.
 api = lazy_module("kerspec.api")
@@ -456,9 +456,3 @@ def sweep(
 
 
 plain_commands(app)
-
-
-def main() -> None:
-    from kerspec.__main__ import main as run
-
-    run()

@@ -6,8 +6,7 @@ module level, inside functions and under `if TYPE_CHECKING:`. Importing `kerspec
 itself inside `kerspec.a` (Python has started that package before the importer). An explicit
 `from kerspec.a import name` of a non-module name is an import of `kerspec.a` wherever it is.
 
-Each check lists everything that breaks it; `pytest tests/test_architecture.py --runxfail` shows
-the list while the checks on the real tree are marked xfail.
+Each check lists everything that breaks it.
 """
 
 from __future__ import annotations
@@ -16,8 +15,6 @@ import ast
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "kerspec"
 MAX_LINES = 500
@@ -214,18 +211,11 @@ def _report(title: str, problems: list[str]) -> str:
 
 # -- the real tree -----------------------------------------------------------------------------
 
-REFACTOR = pytest.mark.xfail(
-    strict=False, reason="issue 16: enabled when the refactor branches merge"
-)
-
-
-@REFACTOR
 def test_no_module_is_over_500_lines_except_the_catalogs():
     found = oversized(find_modules(ROOT), MAX_LINES, CATALOGS)
     assert not found, _report(f"modules over {MAX_LINES} lines", found)
 
 
-@REFACTOR
 def test_no_import_cycle_not_even_under_type_checking():
     modules = find_modules(ROOT)
     graph = import_graph(modules, find_imports(modules))
@@ -233,7 +223,6 @@ def test_no_import_cycle_not_even_under_type_checking():
     assert not cycles, _report("import cycles", cycles)
 
 
-@REFACTOR
 def test_layers_graph_and_spec_never_import_what_comes_after_them():
     found = layering_violations(find_imports(find_modules(ROOT)), LAYERING)
     assert not found, _report("imports against the layering", found)
