@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
+    FiniteFloat,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -113,10 +114,21 @@ def _single_or_per_output(registry: Registry, many: bool):
     ]
 
 
+def _by_kind(value: Any) -> str:
+    return "per_output" if isinstance(value, dict) else "in_order"
+
+
+# One weight per output, in order or by name; tagged so that a bad weight is one message.
+LossWeights = Annotated[
+    Union[Annotated[list[FiniteFloat], Tag("in_order")], Annotated[dict[str, FiniteFloat], Tag("per_output")]],  # noqa: UP007
+    Discriminator(_by_kind),
+]
+
+
 class Compile(Section):
     optimizer: OPTIMIZERS.ref() = "rmsprop"
     loss: _single_or_per_output(LOSSES, many=False) | None = None
-    loss_weights: dict[str, float] | list[float] | None = None
+    loss_weights: LossWeights | None = None
     metrics: _single_or_per_output(METRICS, many=True) = []
 
 
