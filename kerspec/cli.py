@@ -371,7 +371,7 @@ def diff(
         found = diff_specs(old, new)
     except Problems as err:  # as GNU diff does, exit 2 for trouble: 1 means "they differ"
         for problem in err.problems:
-            console.err.print(str(problem), markup=False, emoji=False)
+            console.err.print(str(problem), markup=False)
         raise typer.Exit(2) from None
     if json_out:
         console.emit_json(found.to_json())

@@ -11,8 +11,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from kerspec.training.callbacks import Callback
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+out = Console(highlight=False, soft_wrap=True, emoji=False)
 
 
 def format_logs(logs: dict) -> str:
@@ -142,4 +142,4 @@ def emit_runs(runs: list[dict], folder, wide: bool = False) -> None:
         }
         table.add_row(*(cells[c] for c in columns))
     # Wide: each row on one line, however long, for a wide terminal or a file.
-    (Console(highlight=False, width=10_000, file=out.file) if wide else out).print(table)
+    (Console(highlight=False, width=10_000, file=out.file, emoji=False) if wide else out).print(table)

@@ -804,3 +804,14 @@ compile: {optimizer: adam, loss: {a: sparse_categorical_crossentropy, b: mse}}
 def test_bad_usage_exits_2(args, message):
     result = fails(*args, code=2)
     assert message in result.output
+
+
+def test_a_path_with_colons_is_printed_as_written_not_as_an_emoji(tmp_path):
+    folder = tmp_path / "a:x:b"
+    folder.mkdir()
+    spec = folder / "bad.yaml"
+    spec.write_text("name: bad\nlayers:\n  - {type: Dense, units: 0}\n")
+    result = runner.invoke(app, ["validate", str(spec)])
+    assert result.exit_code == 1
+    assert f"{spec}:3:" in result.stderr
+    assert "\u274c" not in result.stderr
