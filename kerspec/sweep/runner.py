@@ -140,8 +140,11 @@ def _scheduler(loaded: LoadedSweep):
         return None
     from ray.tune.schedulers import ASHAScheduler
 
+    # A trial's last report comes from inside its last epoch, before the run writes its final
+    # files, and Tune's report waits for the scheduler's answer: ASHA's default stop at max_t
+    # would cut every surviving trial off there. A trial ends its own run after its epochs.
     return ASHAScheduler(time_attr="epoch", max_t=loaded.epochs, grace_period=config.grace_period,
-                         reduction_factor=config.reduction_factor)
+                         reduction_factor=config.reduction_factor, stop_last_trials=False)
 
 
 def trial_index(trial_id: str) -> int:

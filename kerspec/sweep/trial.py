@@ -9,11 +9,13 @@ seeds run goes without Ray.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from kerspec.errors import DataError, KerspecError
+from kerspec.errors import DataError, KerspecError, RunError
+from kerspec.folders import Lock
 from kerspec.runs import CHECKPOINT, RunFolder
 
 # The variables BLAS libraries read when they start; for a process where numpy is not loaded yet.
@@ -41,8 +43,27 @@ class TrialJob:
     on_cluster: bool
 
 
+# Seconds to wait for the worker of a stopped or interrupted trial to exit: Ray ends it after
+# Tune has moved on, and until then it holds its run folder's lock.
+LOCK_WAIT = 30.0
+
+
 def trial_folder(sweep_dir: Path, index: int) -> Path:
     return Path(sweep_dir) / f"trial-{index:04d}"
+
+
+def wait_for_lock(run_dir: Path, wait: float = LOCK_WAIT) -> Lock:
+    """The run folder's lock, once an earlier worker of the same trial has let go of it."""
+    deadline = time.monotonic() + wait
+    while True:
+        lock = Lock(run_dir)
+        try:
+            lock.acquire()
+            return lock
+        except RunError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def train_trial(
@@ -59,6 +80,8 @@ def train_trial(
     model = api.load(spec, sets, seed=seed)
     train_data = model.dataset("train")
     resume = (run_dir / CHECKPOINT).is_file()
+    if resume:
+        wait_for_lock(run_dir).release()
     folder = _Reporting(run_dir, model, resume=resume, final_metrics=True, report=report)
     history = model.fit(train_data, run=folder)
     final = history.last()
