@@ -278,6 +278,9 @@ scheduler: {type: asha, grace_period: 2, reduction_factor: 2}
     folder = project / "sw"
     trials = {t["compile.optimizer.learning_rate"]: t for t in read_trials(folder)}
     good, weak = trials["0.05"], trials["0.0"]
+    # max_concurrent: 1 held: the weak trial started after the good one had written its last file.
+    ended = (folder / good["folder"] / "metrics.json").stat().st_mtime_ns
+    assert (folder / weak["folder"] / "spec.yaml").stat().st_mtime_ns >= ended
     # Tune's report waits for the scheduler's answer: the weak trial ran exactly to the rung.
     assert (good["status"], good["epochs"]) == ("finished", "6"), good
     assert (weak["status"], weak["epochs"]) == ("stopped", "2"), weak
@@ -299,6 +302,31 @@ scheduler: {type: asha, grace_period: 2, reduction_factor: 2}
     # A stopped trial is still a run folder: its weights evaluate.
     evaluated = cli("evaluate", run_dir / "spec.yaml", "--weights", run_dir / "weights.npz")
     assert evaluated.exit_code == 0, evaluated.output
+
+
+def test_optuna_search_draws_trials_within_the_space(project, cluster):
+    pytest.importorskip("optuna")
+    path = write_sweep(project, """\
+spec: tiny.yaml
+metric: val_loss
+parameters:
+  compile.optimizer.learning_rate: {loguniform: [1.0e-3, 1.0e-1]}
+  layers.hidden.units: {choice: [3, 6]}
+  fit.epochs: {randint: [1, 2]}
+samples: 3
+search: optuna
+""")
+    result = cli("sweep", path, "--out", "sw", "--address", cluster, "--json")
+    assert result.exit_code == 0, result.output
+    trials = json.loads(result.stdout)["trials"]
+    assert len(trials) == 3 and all(t["status"] == "finished" for t in trials), trials
+    for trial in trials:
+        values = trial["parameters"]
+        assert 1.0e-3 <= values["compile.optimizer.learning_rate"] <= 1.0e-1
+        assert values["layers.hidden.units"] in (3, 6)
+        assert values["fit.epochs"] in (1, 2) and trial["epochs"] == values["fit.epochs"]
+        spec = yaml.safe_load((Path(trial["folder"]) / "spec.yaml").read_text())
+        assert spec["layers"][1]["units"] == values["layers.hidden.units"]
 
 
 def test_failing_trial_then_ctrl_c_then_resume(project, cluster):

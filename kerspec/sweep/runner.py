@@ -22,7 +22,7 @@ from ray.tune import Callback
 from kerspec.errors import KerspecError
 from kerspec.sweep.load import LoadedSweep
 from kerspec.sweep.schema import Choice, Grid, LogUniform, RandInt, Uniform
-from kerspec.sweep.trial import TrialJob, blas_env, ray_trial
+from kerspec.sweep.trial import TrialJob, blas_env, ray_trial, trial_name, trial_number
 
 EXPERIMENT = "tune"  # Tune's experiment state inside the sweep folder (what --resume reads)
 
@@ -107,7 +107,7 @@ def run_trials(loaded: LoadedSweep, sweep_dir: Path, job: TrialJob, *, resume: b
                 num_samples=sweep.samples,
                 max_concurrent_trials=sweep.max_concurrent,
                 reuse_actors=False,
-                trial_dirname_creator=lambda trial: trial.trial_id,
+                trial_dirname_creator=_TrialNamer(first=1 if sweep.search == "optuna" else 0),
             ),
             run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(storage), verbose=0,
                                       callbacks=[watcher]),
@@ -131,7 +131,9 @@ def _search(loaded: LoadedSweep):
         return OptunaSearch(seed=sweep.seed)
     from ray.tune.search import BasicVariantGenerator
 
-    return BasicVariantGenerator(random_state=sweep.seed)
+    # Tune applies max_concurrent_trials only to a searcher (through a ConcurrencyLimiter) or to
+    # the generator it makes itself; a generator given to it gets the limit here.
+    return BasicVariantGenerator(random_state=sweep.seed, max_concurrent=sweep.max_concurrent or 0)
 
 
 def _scheduler(loaded: LoadedSweep):
@@ -147,9 +149,20 @@ def _scheduler(loaded: LoadedSweep):
                          reduction_factor=config.reduction_factor, stop_last_trials=False)
 
 
-def trial_index(trial_id: str) -> int:
-    """Tune numbers a sweep's trials in its ids (`1a2b3_00007`)."""
-    return int(trial_id.rsplit("_", 1)[-1])
+@dataclass(frozen=True)
+class _TrialNamer:
+    """Names a trial's Tune folder as its run folder (`trial-0007`), which is how its worker
+    knows its index. Tune numbers the trials in their tags (`7_learning_rate=0.01`): from 0
+    under grid and random search, from 1 under a searcher (Optuna)."""
+
+    first: int
+
+    def __call__(self, trial) -> str:
+        return trial_name(int(trial.experiment_tag.split("_", 1)[0]) - self.first)
+
+
+def trial_index(trial) -> int:
+    return trial_number(trial.custom_dirname)
 
 
 class Watcher(Callback):
@@ -178,12 +191,12 @@ class Watcher(Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         self.trials = trials
         if self.events:
-            self.events.started(trial_index(trial.trial_id), dict(trial.config))
+            self.events.started(trial_index(trial), dict(trial.config))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.reported.setdefault(trial.trial_id, []).append(result)
         if self.events:
-            self.events.epoch(trial_index(trial.trial_id), result)
+            self.events.epoch(trial_index(trial), result)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._end(trial, "TERMINATED")
@@ -202,7 +215,7 @@ class Watcher(Callback):
 
     def outcome(self, trial, status: str | None = None) -> Outcome:
         status = status or (self.ended or {}).get(trial.trial_id, "UNFINISHED")
-        return Outcome(trial_index(trial.trial_id), dict(trial.config), status,
+        return Outcome(trial_index(trial), dict(trial.config), status,
                        _error(trial) if status == "ERROR" else None,
                        self.reported.get(trial.trial_id, []))
 

@@ -48,8 +48,17 @@ class TrialJob:
 LOCK_WAIT = 30.0
 
 
+def trial_name(index: int) -> str:
+    return f"trial-{index:04d}"
+
+
+def trial_number(name: str) -> int:
+    """The index in a trial's name (`trial-0007`), which Tune also gives the trial's own folder."""
+    return int(name.removeprefix("trial-"))
+
+
 def trial_folder(sweep_dir: Path, index: int) -> Path:
-    return Path(sweep_dir) / f"trial-{index:04d}"
+    return Path(sweep_dir) / trial_name(index)
 
 
 def wait_for_lock(run_dir: Path, wait: float = LOCK_WAIT) -> Lock:
@@ -116,8 +125,7 @@ def ray_trial(config: dict, job: TrialJob) -> None:
     from kerspec.sweep.load import set_option
 
     _limit_threads(job.cpu)
-    trial_id = tune.get_context().get_trial_id()
-    index = int(trial_id.rsplit("_", 1)[-1])
+    index = trial_number(Path(tune.get_context().get_trial_dir()).name)
     sets = [*job.constants, *(set_option(k, v) for k, v in sorted(config.items()))]
     run_dir = trial_folder(Path(job.folder), index)
     try:
