@@ -205,7 +205,7 @@ def cluster():
 
 def _stop(process: subprocess.Popen) -> None:
     """The head and every process it started (they share its new process group)."""
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+    for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 10)):
         try:
             os.killpg(process.pid, sig)
         except ProcessLookupError:
@@ -334,7 +334,7 @@ def test_failing_trial_then_ctrl_c_then_resume(project, cluster):
 spec: tiny.yaml
 metric: val_loss
 parameters:
-  compile.optimizer.learning_rate: {grid: [0.01, 1.0e+30, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07]}
+  compile.optimizer.learning_rate: {grid: [0.01, 1.0e+30, 0.02, 0.03]}
 search: grid
 max_concurrent: 1
 """)
@@ -361,10 +361,10 @@ max_concurrent: 1
     result = cli("sweep", "--resume", "sw", "--address", cluster)
     assert result.exit_code == 0, result.output
     trials = {t["compile.optimizer.learning_rate"]: t for t in read_trials(folder)}
-    assert len(trials) == 8
+    assert len(trials) == 4
     failed = trials["1e+30"]
     assert failed["status"] == "failed" and "the loss became" in failed["message"], failed
-    assert [t["status"] for k, t in trials.items() if k != "1e+30"] == ["finished"] * 7
+    assert [t["status"] for k, t in trials.items() if k != "1e+30"] == ["finished"] * 3
     assert json.loads((folder / "sweep.json").read_text())["status"] == "finished"
 
 

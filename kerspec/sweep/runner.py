@@ -43,23 +43,34 @@ def start_ray(address: str | None, cpu: float) -> bool:
     whether this call started the connection (and so should end it)."""
     if ray.is_initialized():
         return False
-    # Tune's own console output would interleave with kerspec's progress.
+    # Tune's own console output would interleave with kerspec's progress; its result files
+    # (result.json, progress.csv, TensorBoard events per trial) repeat what the run folders hold.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    options: dict[str, Any] = {
-        "include_dashboard": False,
-        "logging_level": "ERROR",
-        "log_to_driver": False,
-        # Workers start with BLAS limited to a trial's share, before they import numpy.
-        "runtime_env": {"env_vars": blas_env(cpu)},
-    }
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    options: dict[str, Any] = {"include_dashboard": False, "logging_level": "ERROR", "log_to_driver": False}
     address = address or os.environ.get("RAY_ADDRESS")
+    # Workers start with BLAS limited to a trial's share, before they import numpy. A local Ray
+    # passes this process's environment to the workers it starts, the ones it starts ahead of
+    # need included; a runtime_env would make it start workers of their own for every trial.
+    blas = blas_env(cpu)
+    if address:
+        options["runtime_env"] = {"env_vars": blas}
+    saved = {name: os.environ.get(name) for name in blas}
     try:
+        if not address:
+            os.environ.update(blas)
         # "local": a fresh Ray on this machine; plain ray.init() would join whatever cluster this
         # machine last started (/tmp/ray), even one that is gone.
         ray.init(address=address or "local", **options)
     except (ConnectionError, RuntimeError, ValueError) as err:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         raise KerspecError(f"cannot start or join {where}: {err}") from None
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     return True
 
 
@@ -106,7 +117,7 @@ def run_trials(loaded: LoadedSweep, sweep_dir: Path, job: TrialJob, *, resume: b
                 scheduler=_scheduler(loaded),
                 num_samples=sweep.samples,
                 max_concurrent_trials=sweep.max_concurrent,
-                reuse_actors=False,
+                reuse_actors=True,
                 trial_dirname_creator=_TrialNamer(first=1 if sweep.search == "optuna" else 0),
             ),
             run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(storage), verbose=0,

@@ -91,16 +91,17 @@ def train_trial(
     resume = (run_dir / CHECKPOINT).is_file()
     if resume:
         wait_for_lock(run_dir).release()
-    folder = _Reporting(run_dir, model, resume=resume, final_metrics=True, report=report)
-    history = model.fit(train_data, run=folder)
-    final = history.last()
-    try:
-        if model.spec.data is not None and model.spec.data.test is not None:
-            final.update({f"test_{k}": v for k, v in model.evaluate().items()})
-    except KerspecError:
-        folder.end()  # as `kerspec train`: training ended, the test data is what failed
-        raise
-    folder.write_metrics(final)
+    # The lock is let go however the trial ends: a Ray worker may go on to run another trial.
+    with _Reporting(run_dir, model, resume=resume, final_metrics=True, report=report) as folder:
+        history = model.fit(train_data, run=folder)
+        final = history.last()
+        try:
+            if model.spec.data is not None and model.spec.data.test is not None:
+                final.update({f"test_{k}": v for k, v in model.evaluate().items()})
+        except KerspecError:
+            folder.end()  # as `kerspec train`: training ended, the test data is what failed
+            raise
+        folder.write_metrics(final)
     return final
 
 
