@@ -155,6 +155,28 @@ def test_seeds_without_ray_train_one_after_another(project, monkeypatch):
     assert not np.array_equal(weights[0], weights[1])  # the seeds differ
 
 
+def test_a_resumed_trial_waits_for_its_earlier_worker_to_let_go(project):
+    """Ray ends the worker of an interrupted trial after the driver has moved on; the trial run
+    again meanwhile waits for the folder's lock instead of failing."""
+    from kerspec.sweep.trial import train_trial
+
+    run_dir = project / "trial-0000"
+    train_trial("tiny.yaml", ["fit.epochs=1"], run_dir)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from kerspec.folders import Lock;"
+         " Lock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(1)", str(run_dir)],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])},
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        final = train_trial("tiny.yaml", ["fit.epochs=2"], run_dir)
+    finally:
+        holder.wait(30)
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["status"] == "finished" and run["epochs_done"] == 2 and "loss" in final
+
+
 @pytest.mark.parametrize("value", [1.0e-4, 0.1, 3, "yes", "1.5", None, True, [1, 2], {"type": "l2"}, "a b"])
 def test_set_options_read_back_the_value(value):
     text = set_option("x", value).partition("=")[2]
