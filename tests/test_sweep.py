@@ -162,9 +162,10 @@ def test_a_resumed_trial_waits_for_its_earlier_worker_to_let_go(project):
 
     run_dir = project / "trial-0000"
     train_trial("tiny.yaml", ["fit.epochs=1"], run_dir)
+    hold = ("import sys, time; from kerspec.folders import Lock; Lock(sys.argv[1]).acquire();"
+            " print('locked', flush=True); time.sleep(1)")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from kerspec.folders import Lock;"
-         " Lock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(1)", str(run_dir)],
+        [sys.executable, "-c", hold, str(run_dir)],
         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])},
         stdout=subprocess.PIPE, text=True,
     )
@@ -307,6 +308,8 @@ scheduler: {type: asha, grace_period: 2, reduction_factor: 2}
     assert (good["status"], good["epochs"]) == ("finished", "6"), good
     assert (weak["status"], weak["epochs"]) == ("stopped", "2"), weak
     assert "scheduler" in weak["message"]
+    assert f"{good['folder']} ended after 6 epochs" in result.output, result.output
+    assert f"{weak['folder']} stopped early by the scheduler after 2 epochs" in result.output
     listed = {t["trial"]: t for t in json.loads((folder / "sweep.json").read_text())["trials"]}
     assert listed[int(weak["trial"])]["status"] == "stopped" and listed[int(weak["trial"])]["epochs"] == 2
     run_dir = folder / weak["folder"]
@@ -377,7 +380,7 @@ max_concurrent: 1
         if sweep.poll() is None:
             sweep.kill()
     assert sweep.returncode == 1, out + err
-    assert f"kerspec sweep --resume sw" in err and "Traceback" not in err, err
+    assert "kerspec sweep --resume sw" in err and "Traceback" not in err, err
     before = read_trials(folder)
     assert any(t["status"] == "unfinished" for t in before), before
     result = cli("sweep", "--resume", "sw", "--address", cluster)

@@ -41,7 +41,7 @@ def require_ray() -> None:
         import ray  # noqa: F401
         from ray import tune  # noqa: F401
     except ImportError:
-        raise KerspecError(f"kerspec sweep runs on Ray Tune, which is not installed: pip install"
+        raise KerspecError("kerspec sweep runs on Ray Tune, which is not installed: pip install"
                            " 'kerspec[sweep]'") from None
 
 

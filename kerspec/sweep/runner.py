@@ -20,9 +20,17 @@ from ray import tune
 from ray.tune import Callback
 
 from kerspec.errors import KerspecError
+from kerspec.runs import read_run_info
 from kerspec.sweep.load import LoadedSweep
 from kerspec.sweep.schema import Choice, Grid, LogUniform, RandInt, Uniform
-from kerspec.sweep.trial import TrialJob, blas_env, ray_trial, trial_name, trial_number
+from kerspec.sweep.trial import (
+    TrialJob,
+    blas_env,
+    ray_trial,
+    trial_folder,
+    trial_name,
+    trial_number,
+)
 
 EXPERIMENT = "tune"  # Tune's experiment state inside the sweep folder (what --resume reads)
 
@@ -36,6 +44,7 @@ class Outcome:
     status: str  # Tune's: TERMINATED, ERROR, PENDING, RUNNING, PAUSED
     error: str | None = None
     reported: list[dict] = field(default_factory=list)
+    stopped: bool = False  # ended by the scheduler before its run did
 
 
 def start_ray(address: str | None, cpu: float) -> bool:
@@ -98,7 +107,7 @@ def run_trials(loaded: LoadedSweep, sweep_dir: Path, job: TrialJob, *, resume: b
                events=None) -> tuple[list[Outcome], bool]:
     """Run (or carry on) the sweep's trials; the outcomes and whether every trial ended."""
     sweep = loaded.sweep
-    watcher = Watcher(events)
+    watcher = Watcher(events, sweep_dir)
     trainable = tune.with_resources(tune.with_parameters(ray_trial, job=job), {"cpu": job.cpu})
     storage = sweep_dir.absolute()
     if resume:
@@ -179,8 +188,9 @@ def trial_index(trial) -> int:
 class Watcher(Callback):
     """The driver's view of the trials as Tune runs them: for progress, and at the end."""
 
-    def __init__(self, events=None):
+    def __init__(self, events=None, folder: Path | None = None):
         self.events = events
+        self.folder = folder  # the sweep's, to tell a trial the scheduler stopped from one that ended
         self.trials = []
         self.reported: dict[str, list[dict]] = {}
         # How each trial ended, as this session saw it or as a resumed experiment holds it. Tune
@@ -212,7 +222,9 @@ class Watcher(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._end(trial, "TERMINATED")
         if self.events:
-            self.events.ended(self.outcome(trial, "TERMINATED"))
+            outcome = self.outcome(trial, "TERMINATED")
+            outcome.stopped = self.folder is not None and _still_running(trial_folder(self.folder, outcome.index))
+            self.events.ended(outcome)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._end(trial, "ERROR")
@@ -229,6 +241,16 @@ class Watcher(Callback):
         return Outcome(trial_index(trial), dict(trial.config), status,
                        _error(trial) if status == "ERROR" else None,
                        self.reported.get(trial.trial_id, []))
+
+
+def _still_running(run_dir: Path) -> bool:
+    """A trial Tune ended whose run folder still says it is training: the scheduler stopped it
+    (a trial that ran its epochs wrote its end before its trainable returned)."""
+    try:
+        info = read_run_info(run_dir)
+    except KerspecError:
+        return False
+    return info is not None and info.status == "running"
 
 
 def _error(trial) -> str:
