@@ -178,6 +178,15 @@ def test_a_resumed_trial_waits_for_its_earlier_worker_to_let_go(project):
     assert run["status"] == "finished" and run["epochs_done"] == 2 and "loss" in final
 
 
+def test_a_trial_folder_tune_did_not_get_from_kerspec_is_refused():
+    from kerspec.errors import KerspecError
+    from kerspec.sweep.trial import trial_name, trial_number
+
+    assert trial_number(trial_name(7)) == 7
+    with pytest.raises(KerspecError, match="earlier kerspec"):
+        trial_number("1a2b3_00007")  # Tune's own trial ids named the folders before
+
+
 @pytest.mark.parametrize("value", [1.0e-4, 0.1, 3, "yes", "1.5", None, True, [1, 2], {"type": "l2"}, "a b"])
 def test_set_options_read_back_the_value(value):
     text = set_option("x", value).partition("=")[2]

@@ -54,7 +54,11 @@ def trial_name(index: int) -> str:
 
 def trial_number(name: str) -> int:
     """The index in a trial's name (`trial-0007`), which Tune also gives the trial's own folder."""
-    return int(name.removeprefix("trial-"))
+    number = name.removeprefix("trial-")
+    if not (name.startswith("trial-") and number.isdigit()):
+        raise KerspecError(f"Tune's folder for a trial is {name!r}, not trial-NNNN: was the sweep"
+                           " started by an earlier kerspec? Start it afresh")
+    return int(number)
 
 
 def trial_folder(sweep_dir: Path, index: int) -> Path:
