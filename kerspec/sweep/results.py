@@ -113,6 +113,7 @@ def ranked(trials: list[TrialRecord], metric: str, mode: str) -> list[TrialRecor
 
 
 def write_trials_csv(path: Path, trials: list[TrialRecord], parameters: list[str]) -> None:
+    parameters = [p for p in parameters if p != "seed"]  # the seed has its column, varied or not
     metrics = list(dict.fromkeys(k for t in trials for k in t.metrics))
     buffer = _io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
