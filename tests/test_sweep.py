@@ -150,7 +150,7 @@ def test_seeds_without_ray_train_one_after_another(project, monkeypatch):
     assert "± " in result.output and "min " in result.output
     trials = read_trials(project / "seeds")
     assert sorted(t["seed"] for t in trials) == ["3", "4", "5"]
-    assert open(project / "seeds" / "trials.csv").readline().count("seed") == 1
+    assert (project / "seeds" / "trials.csv").read_text().splitlines()[0].count("seed") == 1
     assert all(t["status"] == "finished" and t["epochs"] == "2" for t in trials)
     weights = [np.load(project / "seeds" / t["folder"] / "weights.npz")["hidden/kernel"] for t in trials]
     assert not np.array_equal(weights[0], weights[1])  # the seeds differ
