@@ -42,7 +42,7 @@ def require_ray() -> None:
         import ray  # noqa: F401
         from ray import tune  # noqa: F401
     except ImportError:
-        raise KerspecError(f"kerspec sweep runs on Ray Tune, which is not installed: pip install"
+        raise KerspecError("kerspec sweep runs on Ray Tune, which is not installed: pip install"
                            " 'kerspec[sweep]'") from None
 
 
@@ -190,7 +190,8 @@ def _finish(loaded, folder, manifest, trials, finished) -> SweepResult:
     manifest.update(
         status="finished" if finished else "interrupted",
         ended=_now(),
-        trials=len(trials),
+        trials=[{"trial": t.index, "folder": t.folder.name, "status": t.status, "epochs": t.epochs,
+                 "message": t.message} for t in trials],
         best=None if best is None else {"trial": best.index, "folder": best.folder.name,
                                         sweep.metric: best.metrics.get(sweep.metric),
                                         "command": result.command},

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+
 from kerspec import console
 from kerspec.errors import KerspecError
 from kerspec.runs import new_run_dir

@@ -123,10 +123,14 @@ def check_sweep(data: Any, source: Source, path: Path) -> LoadedSweep:
         problems.append(KerspecError(
             f"the model does not log {sweep.metric!r} (it logs: {', '.join(directions)}){hint}",
             source.where(("metric",))))
+    epochs = max([model.spec.fit.epochs, *_epochs(parameters)])
+    if sweep.scheduler is not None and sweep.scheduler.grace_period > epochs:
+        problems.append(KerspecError(
+            f"grace_period {sweep.scheduler.grace_period} is more than the {epochs} epochs any"
+            " trial runs, so no trial could be stopped", source.where(("scheduler", "grace_period"))))
     if problems:
         raise SpecError(problems)
     mode = directions[sweep.metric] if sweep.mode == "auto" else sweep.mode
-    epochs = max([model.spec.fit.epochs, *_epochs(parameters)])
     return LoadedSweep(sweep, path, source, data, spec_path, parameters, mode, epochs, validation)
 
 

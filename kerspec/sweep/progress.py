@@ -41,14 +41,15 @@ class SweepProgress:
 
     def ended(self, outcome) -> None:
         row = self.rows.setdefault(outcome.index, {"values": outcome.config, "epoch": 0, "best": None})
-        row["status"] = "failed" if outcome.status == "ERROR" else "ended"
+        row["status"] = "failed" if outcome.status == "ERROR" else "stopped" if outcome.stopped else "ended"
         if self.live is None:
             values = " ".join(f"{k}={_value(v)}" for k, v in sorted(outcome.config.items()))
             if outcome.status == "ERROR":
                 line = f"trial-{outcome.index:04d} failed ({values}): {outcome.error}"
             else:
                 best = "" if row["best"] is None else f", best {self.metric} {row['best']:.4f}"
-                line = f"trial-{outcome.index:04d} ended after {row['epoch']} epochs ({values}){best}"
+                ended = "stopped early by the scheduler" if outcome.stopped else "ended"
+                line = f"trial-{outcome.index:04d} {ended} after {row['epoch']} epochs ({values}){best}"
             self.console.print(line, markup=False, highlight=False)
         self._refresh()
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io as _io
+import json
 import math
 import os
 import shlex
@@ -15,10 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from kerspec import io
 from kerspec.errors import KerspecError, RunError
+from kerspec.folders import OutputFolder
 from kerspec.runs import CHECKPOINT, JSON_OBJECT, MAX_RUN_JSON_BYTES, describe_run, read_run_info
 from kerspec.sweep.load import set_option
+from kerspec.sweep.trial import wait_for_lock
 
 TOP_CURVES = 5
 
@@ -28,7 +33,7 @@ class TrialRecord:
     index: int
     folder: Path
     values: dict[str, Any]  # varied path -> this trial's value
-    status: str  # finished, stopped, stopped early, failed, unfinished
+    status: str  # finished, stopped (by a callback or the scheduler), failed, unfinished
     epochs: int = 0
     seed: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)
@@ -49,8 +54,15 @@ def record(index: int, folder: Path, values: dict, ray_status: str, error: str |
         trial.status, trial.message = "failed", error or "the trial failed"
     elif ray_status == "TERMINATED" and trial.status == "unfinished" and run is not None:
         # Tune ended a trial that had not ended its run: the scheduler stopped it early.
-        close_stopped(folder, f"stopped early by the sweep's scheduler after epoch {trial.epochs}")
-        trial.status = "stopped early"
+        message = f"stopped early by the sweep's scheduler after epoch {trial.epochs}"
+        try:
+            close_stopped(folder, message)
+        except KerspecError as err:
+            trial.message = f"{message}; its folder was left as it was: {err}"
+        else:
+            trial.status, trial.message = "stopped", message
+    elif trial.status == "stopped":
+        trial.message = read_run_info(folder).message or ""
     elif ray_status != "TERMINATED":
         trial.status = "unfinished"
     return trial
@@ -58,13 +70,20 @@ def record(index: int, folder: Path, values: dict, ray_status: str, error: str |
 
 def close_stopped(folder: Path, message: str) -> None:
     """End a run folder whose training was stopped from outside after a finished epoch: the
-    weights of its last checkpoint, and run.json saying so (as a callback's stop would)."""
-    arrays = io.read_npz(folder / CHECKPOINT, RunError)
-    weights = {k.removeprefix("weights/"): v for k, v in arrays.items() if k.startswith("weights/")}
-    io.write_npz(folder / "weights.npz", weights)
-    info = _read_info(folder)
-    info.update(status="stopped", message=message, ended=_now())
-    io.write_json(folder / "run.json", info)
+    weights of its last checkpoint, and run.json saying so (as a callback's stop would). Written
+    as the trainer writes its folder: under its lock, through its manifest."""
+    lock = wait_for_lock(folder)
+    try:
+        output = OutputFolder(folder, manifest=True)
+        output.manifest.remove_temporaries()  # of a worker killed while writing
+        arrays = io.read_npz(folder / CHECKPOINT, RunError)
+        weights = {k.removeprefix("weights/"): v for k, v in arrays.items() if k.startswith("weights/")}
+        output.write("weights.npz", lambda f: np.savez(f, **weights))
+        info = _read_info(folder)
+        info.update(status="stopped", message=message, ended=_now())
+        output.write_text("run.json", json.dumps(info, indent=2) + "\n")
+    finally:
+        lock.release()
 
 
 def _read_info(folder: Path) -> dict:
@@ -94,6 +113,7 @@ def ranked(trials: list[TrialRecord], metric: str, mode: str) -> list[TrialRecor
 
 
 def write_trials_csv(path: Path, trials: list[TrialRecord], parameters: list[str]) -> None:
+    parameters = [p for p in parameters if p != "seed"]  # the seed has its column, varied or not
     metrics = list(dict.fromkeys(k for t in trials for k in t.metrics))
     buffer = _io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")

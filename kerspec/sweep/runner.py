@@ -20,9 +20,17 @@ from ray import tune
 from ray.tune import Callback
 
 from kerspec.errors import KerspecError
+from kerspec.runs import read_run_info
 from kerspec.sweep.load import LoadedSweep
 from kerspec.sweep.schema import Choice, Grid, LogUniform, RandInt, Uniform
-from kerspec.sweep.trial import TrialJob, blas_env, ray_trial
+from kerspec.sweep.trial import (
+    TrialJob,
+    blas_env,
+    ray_trial,
+    trial_folder,
+    trial_name,
+    trial_number,
+)
 
 EXPERIMENT = "tune"  # Tune's experiment state inside the sweep folder (what --resume reads)
 
@@ -36,6 +44,7 @@ class Outcome:
     status: str  # Tune's: TERMINATED, ERROR, PENDING, RUNNING, PAUSED
     error: str | None = None
     reported: list[dict] = field(default_factory=list)
+    stopped: bool = False  # ended by the scheduler before its run did
 
 
 def start_ray(address: str | None, cpu: float) -> bool:
@@ -43,23 +52,34 @@ def start_ray(address: str | None, cpu: float) -> bool:
     whether this call started the connection (and so should end it)."""
     if ray.is_initialized():
         return False
-    # Tune's own console output would interleave with kerspec's progress.
+    # Tune's own console output would interleave with kerspec's progress; its result files
+    # (result.json, progress.csv, TensorBoard events per trial) repeat what the run folders hold.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    options: dict[str, Any] = {
-        "include_dashboard": False,
-        "logging_level": "ERROR",
-        "log_to_driver": False,
-        # Workers start with BLAS limited to a trial's share, before they import numpy.
-        "runtime_env": {"env_vars": blas_env(cpu)},
-    }
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    options: dict[str, Any] = {"include_dashboard": False, "logging_level": "ERROR", "log_to_driver": False}
     address = address or os.environ.get("RAY_ADDRESS")
+    # Workers start with BLAS limited to a trial's share, before they import numpy. A local Ray
+    # passes this process's environment to the workers it starts, the ones it starts ahead of
+    # need included; a runtime_env would make it start workers of their own for every trial.
+    blas = blas_env(cpu)
+    if address:
+        options["runtime_env"] = {"env_vars": blas}
+    saved = {name: os.environ.get(name) for name in blas}
     try:
+        if not address:
+            os.environ.update(blas)
         # "local": a fresh Ray on this machine; plain ray.init() would join whatever cluster this
         # machine last started (/tmp/ray), even one that is gone.
         ray.init(address=address or "local", **options)
     except (ConnectionError, RuntimeError, ValueError) as err:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         raise KerspecError(f"cannot start or join {where}: {err}") from None
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     return True
 
 
@@ -87,7 +107,7 @@ def run_trials(loaded: LoadedSweep, sweep_dir: Path, job: TrialJob, *, resume: b
                events=None) -> tuple[list[Outcome], bool]:
     """Run (or carry on) the sweep's trials; the outcomes and whether every trial ended."""
     sweep = loaded.sweep
-    watcher = Watcher(events)
+    watcher = Watcher(events, sweep_dir)
     trainable = tune.with_resources(tune.with_parameters(ray_trial, job=job), {"cpu": job.cpu})
     storage = sweep_dir.absolute()
     if resume:
@@ -106,8 +126,8 @@ def run_trials(loaded: LoadedSweep, sweep_dir: Path, job: TrialJob, *, resume: b
                 scheduler=_scheduler(loaded),
                 num_samples=sweep.samples,
                 max_concurrent_trials=sweep.max_concurrent,
-                reuse_actors=False,
-                trial_dirname_creator=lambda trial: trial.trial_id,
+                reuse_actors=True,
+                trial_dirname_creator=_TrialNamer(first=1 if sweep.search == "optuna" else 0),
             ),
             run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(storage), verbose=0,
                                       callbacks=[watcher]),
@@ -131,7 +151,9 @@ def _search(loaded: LoadedSweep):
         return OptunaSearch(seed=sweep.seed)
     from ray.tune.search import BasicVariantGenerator
 
-    return BasicVariantGenerator(random_state=sweep.seed)
+    # Tune applies max_concurrent_trials only to a searcher (through a ConcurrencyLimiter) or to
+    # the generator it makes itself; a generator given to it gets the limit here.
+    return BasicVariantGenerator(random_state=sweep.seed, max_concurrent=sweep.max_concurrent or 0)
 
 
 def _scheduler(loaded: LoadedSweep):
@@ -140,20 +162,35 @@ def _scheduler(loaded: LoadedSweep):
         return None
     from ray.tune.schedulers import ASHAScheduler
 
+    # A trial's last report comes from inside its last epoch, before the run writes its final
+    # files, and Tune's report waits for the scheduler's answer: ASHA's default stop at max_t
+    # would cut every surviving trial off there. A trial ends its own run after its epochs.
     return ASHAScheduler(time_attr="epoch", max_t=loaded.epochs, grace_period=config.grace_period,
-                         reduction_factor=config.reduction_factor)
+                         reduction_factor=config.reduction_factor, stop_last_trials=False)
 
 
-def trial_index(trial_id: str) -> int:
-    """Tune numbers a sweep's trials in its ids (`1a2b3_00007`)."""
-    return int(trial_id.rsplit("_", 1)[-1])
+@dataclass(frozen=True)
+class _TrialNamer:
+    """Names a trial's Tune folder as its run folder (`trial-0007`), which is how its worker
+    knows its index. Tune numbers the trials in their tags (`7_learning_rate=0.01`): from 0
+    under grid and random search, from 1 under a searcher (Optuna)."""
+
+    first: int
+
+    def __call__(self, trial) -> str:
+        return trial_name(int(trial.experiment_tag.split("_", 1)[0]) - self.first)
+
+
+def trial_index(trial) -> int:
+    return trial_number(trial.custom_dirname)
 
 
 class Watcher(Callback):
     """The driver's view of the trials as Tune runs them: for progress, and at the end."""
 
-    def __init__(self, events=None):
+    def __init__(self, events=None, folder: Path | None = None):
         self.events = events
+        self.folder = folder  # the sweep's, to tell a trial the scheduler stopped from one that ended
         self.trials = []
         self.reported: dict[str, list[dict]] = {}
         # How each trial ended, as this session saw it or as a resumed experiment holds it. Tune
@@ -175,17 +212,19 @@ class Watcher(Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         self.trials = trials
         if self.events:
-            self.events.started(trial_index(trial.trial_id), dict(trial.config))
+            self.events.started(trial_index(trial), dict(trial.config))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.reported.setdefault(trial.trial_id, []).append(result)
         if self.events:
-            self.events.epoch(trial_index(trial.trial_id), result)
+            self.events.epoch(trial_index(trial), result)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._end(trial, "TERMINATED")
         if self.events:
-            self.events.ended(self.outcome(trial, "TERMINATED"))
+            outcome = self.outcome(trial, "TERMINATED")
+            outcome.stopped = self.folder is not None and _still_running(trial_folder(self.folder, outcome.index))
+            self.events.ended(outcome)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._end(trial, "ERROR")
@@ -199,9 +238,19 @@ class Watcher(Callback):
 
     def outcome(self, trial, status: str | None = None) -> Outcome:
         status = status or (self.ended or {}).get(trial.trial_id, "UNFINISHED")
-        return Outcome(trial_index(trial.trial_id), dict(trial.config), status,
+        return Outcome(trial_index(trial), dict(trial.config), status,
                        _error(trial) if status == "ERROR" else None,
                        self.reported.get(trial.trial_id, []))
+
+
+def _still_running(run_dir: Path) -> bool:
+    """A trial Tune ended whose run folder still says it is training: the scheduler stopped it
+    (a trial that ran its epochs wrote its end before its trainable returned)."""
+    try:
+        info = read_run_info(run_dir)
+    except KerspecError:
+        return False
+    return info is not None and info.status == "running"
 
 
 def _error(trial) -> str:

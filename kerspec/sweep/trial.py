@@ -9,11 +9,13 @@ seeds run goes without Ray.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from kerspec.errors import DataError, KerspecError
+from kerspec.errors import DataError, KerspecError, RunError
+from kerspec.folders import Lock
 from kerspec.runs import CHECKPOINT, RunFolder
 
 # The variables BLAS libraries read when they start; for a process where numpy is not loaded yet.
@@ -41,8 +43,40 @@ class TrialJob:
     on_cluster: bool
 
 
+# Seconds to wait for the worker of a stopped or interrupted trial to exit: Ray ends it after
+# Tune has moved on, and until then it holds its run folder's lock.
+LOCK_WAIT = 30.0
+
+
+def trial_name(index: int) -> str:
+    return f"trial-{index:04d}"
+
+
+def trial_number(name: str) -> int:
+    """The index in a trial's name (`trial-0007`), which Tune also gives the trial's own folder."""
+    number = name.removeprefix("trial-")
+    if not (name.startswith("trial-") and number.isdigit()):
+        raise KerspecError(f"Tune's folder for a trial is {name!r}, not trial-NNNN: was the sweep"
+                           " started by an earlier kerspec? Start it afresh")
+    return int(number)
+
+
 def trial_folder(sweep_dir: Path, index: int) -> Path:
-    return Path(sweep_dir) / f"trial-{index:04d}"
+    return Path(sweep_dir) / trial_name(index)
+
+
+def wait_for_lock(run_dir: Path, wait: float = LOCK_WAIT) -> Lock:
+    """The run folder's lock, once an earlier worker of the same trial has let go of it."""
+    deadline = time.monotonic() + wait
+    while True:
+        lock = Lock(run_dir)
+        try:
+            lock.acquire()
+            return lock
+        except RunError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def train_trial(
@@ -59,16 +93,19 @@ def train_trial(
     model = api.load(spec, sets, seed=seed)
     train_data = model.dataset("train")
     resume = (run_dir / CHECKPOINT).is_file()
-    folder = _Reporting(run_dir, model, resume=resume, final_metrics=True, report=report)
-    history = model.fit(train_data, run=folder)
-    final = history.last()
-    try:
-        if model.spec.data is not None and model.spec.data.test is not None:
-            final.update({f"test_{k}": v for k, v in model.evaluate().items()})
-    except KerspecError:
-        folder.end()  # as `kerspec train`: training ended, the test data is what failed
-        raise
-    folder.write_metrics(final)
+    if resume:
+        wait_for_lock(run_dir).release()
+    # The lock is let go however the trial ends: a Ray worker may go on to run another trial.
+    with _Reporting(run_dir, model, resume=resume, final_metrics=True, report=report) as folder:
+        history = model.fit(train_data, run=folder)
+        final = history.last()
+        try:
+            if model.spec.data is not None and model.spec.data.test is not None:
+                final.update({f"test_{k}": v for k, v in model.evaluate().items()})
+        except KerspecError:
+            folder.end()  # as `kerspec train`: training ended, the test data is what failed
+            raise
+        folder.write_metrics(final)
     return final
 
 
@@ -93,8 +130,7 @@ def ray_trial(config: dict, job: TrialJob) -> None:
     from kerspec.sweep.load import set_option
 
     _limit_threads(job.cpu)
-    trial_id = tune.get_context().get_trial_id()
-    index = int(trial_id.rsplit("_", 1)[-1])
+    index = trial_number(Path(tune.get_context().get_trial_dir()).name)
     sets = [*job.constants, *(set_option(k, v) for k, v in sorted(config.items()))]
     run_dir = trial_folder(Path(job.folder), index)
     try:
