@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,6 @@ class Outcome:
     config: dict[str, Any]
     status: str  # Tune's: TERMINATED, ERROR, PENDING, RUNNING, PAUSED
     error: str | None = None
-    reported: list[dict] = field(default_factory=list)
     stopped: bool = False  # ended by the scheduler before its run did
 
 
@@ -192,7 +191,6 @@ class Watcher(Callback):
         self.events = events
         self.folder = folder  # the sweep's, to tell a trial the scheduler stopped from one that ended
         self.trials = []
-        self.reported: dict[str, list[dict]] = {}
         # How each trial ended, as this session saw it or as a resumed experiment holds it. Tune
         # marks the trials it stops on Ctrl-C TERMINATED too, so its status alone cannot tell.
         self.ended: dict[str, str] | None = None
@@ -215,7 +213,6 @@ class Watcher(Callback):
             self.events.started(trial_index(trial), dict(trial.config))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.reported.setdefault(trial.trial_id, []).append(result)
         if self.events:
             self.events.epoch(trial_index(trial), result)
 
@@ -239,8 +236,7 @@ class Watcher(Callback):
     def outcome(self, trial, status: str | None = None) -> Outcome:
         status = status or (self.ended or {}).get(trial.trial_id, "UNFINISHED")
         return Outcome(trial_index(trial), dict(trial.config), status,
-                       _error(trial) if status == "ERROR" else None,
-                       self.reported.get(trial.trial_id, []))
+                       _error(trial) if status == "ERROR" else None)
 
 
 def _still_running(run_dir: Path) -> bool:
