@@ -11,10 +11,11 @@ are one key, and aliases (`mse`, `swish`) are registered next to the canonical n
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, TypeAdapter
+from pydantic_core import PydanticCustomError, core_schema
 
 
 def _key(name: str) -> str:
@@ -36,6 +37,8 @@ class Registry:
         self._keys: dict[str, str] = {}
         self._aliases: dict[str, list[str]] = {}
         self._validator: TypeAdapter | None = None
+        self._one: dict[str, TypeAdapter] = {}
+        self._every: TypeAdapter | None = None
 
     def register(self, name: str, *aliases: str):
         """Class decorator: register an Item whose `type` field is `Literal[name]`."""
@@ -119,19 +122,69 @@ class Registry:
 
     def ref(self, none: str | None = None):
         """The field type for a catalog reference: a name, or a mapping with `type` and arguments;
-        with `none`, a YAML `null` means that name."""
-        union = self.union()
-        names = Literal[tuple(self.spellings())]
-        given = Union[names, union, None] if none else Union[names, union]  # noqa: UP007
+        with `none`, a YAML `null` means that name.
+
+        A reference is validated by the class it names only: building a model that holds one
+        builds none of the catalog's classes, and validating builds the classes a spec uses,
+        not all of them (most of the start-up of `validate` and `summary`)."""
+        normalize = self.normalize if none is None else lambda value: self.normalize(value, none)
         return Annotated[
-            union,
-            BeforeValidator(
-                self.normalize if none is None else lambda value: self.normalize(value, none),
-                json_schema_input_type=given,
-            ),
+            Any,
+            PlainValidator(lambda value: self._validate(normalize(value))),
+            SchemaOnly(lambda: self._given(none)),
         ]
+
+    def union_ref(self):
+        """`ref()` validated by the union of every class, for a field of one of the catalog's own
+        classes (TimeDistributed's `layer`): a schema built only when asked for cannot hold itself."""
+        return Annotated[
+            self.union(), BeforeValidator(self.normalize, json_schema_input_type=self._given())
+        ]
+
+    def _given(self, none: str | None = None):
+        """What a reference accepts, for its JSON Schema: a name, or a mapping of a class."""
+        names = Literal[tuple(self.spellings())]
+        return Union[names, self.union(), None] if none else Union[names, self.union()]  # noqa: UP007
+
+    def _validate(self, value: Any) -> Any:
+        tag = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+        if isinstance(tag, str) and tag in self._classes:
+            return self._one_of(tag).validate_python(value)
+        # Not a mapping of a known type: the union of every class says what is wrong.
+        if self._every is None:
+            self._every = TypeAdapter(self.union())
+        return self._every.validate_python(value)
+
+    def _one_of(self, name: str) -> TypeAdapter:
+        """A validator of the class `name` alone that reports errors at the same places as the
+        union of every class does (`optimizer.adam.learning_rate`)."""
+        if name not in self._one:
+            self._one[name] = TypeAdapter(Annotated[Any, _Tagged(name, self._classes[name])])
+        return self._one[name]
 
     def validator(self) -> TypeAdapter:
         if self._validator is None:
             self._validator = TypeAdapter(self.ref())
         return self._validator
+
+
+class _Tagged:
+    """The core schema of a union tagged on `type` with one class: pydantic's errors for it name
+    the tag, as they do for the union of every class."""
+
+    def __init__(self, name: str, cls: type[Item]):
+        self.name, self.cls = name, cls
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
+        return core_schema.tagged_union_schema({self.name: handler(self.cls)}, discriminator="type")
+
+
+class SchemaOnly:
+    """An annotation that gives a field the JSON Schema of the type `given()` returns, made only
+    when a schema is asked for (`json_schema_input_type` would build that type with the model)."""
+
+    def __init__(self, given: Callable[[], Any]):
+        self.given = given
+
+    def __get_pydantic_json_schema__(self, schema: Any, handler: Any) -> Any:
+        return handler(TypeAdapter(self.given()).core_schema)

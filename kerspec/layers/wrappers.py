@@ -359,4 +359,4 @@ def resolve_inner_layer() -> None:
     """Define `InnerLayer`, TimeDistributed's `layer` field, as the union of every registered
     layer; call once, after every layer module is imported (kerspec/layers/__init__.py does).
     Pydantic builds the field from this module's namespace when the class is first used."""
-    globals()["InnerLayer"] = LAYERS.ref()
+    globals()["InnerLayer"] = LAYERS.union_ref()
