@@ -34,7 +34,13 @@ class RichProgress(Callback):
         if not self.console.is_terminal:
             return  # a log file gets the epoch lines only
         # Imported here: `validate`, `summary` and the other static commands never draw a bar.
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
         self.progress = Progress(
             TextColumn("Epoch {task.fields[epoch]}"),
