@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,19 +24,20 @@ from kerspec.errors import DataError, GraphError, KerspecError, RunError, SpecEr
 from kerspec.folders import OutputFolder
 from kerspec.paths import pattern_fields
 from kerspec.graph import Graph, Params, Plan, compile_spec
-from kerspec.graph.fusions import fold_batch_norm, folded_params
 from kerspec.guards import check_model
 from kerspec.layers import Context
-from kerspec.runs import RunFolder
 from kerspec.spec import LoadedSpec, load_spec, parse_spec
 from kerspec.spec.overrides import data_override
-from kerspec.summary import render_summary, summary_rows
-from kerspec.threads import BlasThreads
-from kerspec.training import loop
 from kerspec.training.callbacks import Callback, History
 from kerspec.training.data import Dataset, OutputInfo, arrays_dataset, load_dataset, load_inputs
 from kerspec.training.metrics import LossMetric
-from kerspec.training.trainer import Head, Trainer
+
+if TYPE_CHECKING:
+    from kerspec.runs import RunFolder
+    from kerspec.training.trainer import Head, Trainer
+
+# Training, run folders, predict's fusions and the summary table are imported where they are
+# used: `validate` and `summary` load a model without them.
 
 
 def load(path: str | Path, overrides: list[str] | None = None, *, seed: int | None = None) -> Model:
@@ -104,10 +106,14 @@ class Model:
 
     def summary(self) -> str:
         """The Keras-style summary table as text."""
+        from kerspec.summary import render_summary
+
         trainable, frozen = self.count_params()
         return render_summary(self.graph, trainable, frozen, self.dtype.itemsize)
 
     def summary_data(self) -> dict:
+        from kerspec.summary import summary_rows
+
         trainable, frozen = self.count_params()
         return {
             "name": self.name,
@@ -172,6 +178,8 @@ class Model:
 
     @property
     def trainer(self) -> Trainer:
+        from kerspec.training.trainer import Trainer
+
         if self._trainer is None:
             heads = self._heads()
             self._trainer = Trainer(self.graph, self.plan, self.params, heads, self._compile().optimizer)
@@ -184,6 +192,8 @@ class Model:
         return self.spec.compile
 
     def _heads(self) -> list[Head]:
+        from kerspec.training.trainer import Head
+
         problems = self._head_problems()
         if problems:
             raise GraphError(problems)
@@ -278,6 +288,9 @@ class Model:
         finished epoch. A non-empty `run_dir` is refused unless `overwrite`, which replaces
         only files kerspec wrote there (kerspec.folders). Ctrl-C stops after the current batch and raises `Interrupted`.
         """
+        from kerspec.runs import RunFolder
+        from kerspec.training import loop
+
         train = self._given_data(x, y, "fit(x, y)")
         if validation_data is not None:
             if validation is not None:
@@ -432,6 +445,9 @@ class Model:
 
     def evaluate(self, data: Dataset | None = None, *, batch_size: int | None = None) -> dict[str, float]:
         """Loss and metrics on `data`, else the spec's test data, else its validation data."""
+        from kerspec.threads import BlasThreads
+        from kerspec.training import loop
+
         if data is None:
             _, data = self.evaluation_data()
         self._require_targets(data)
@@ -484,6 +500,9 @@ class Model:
 
     def predict(self, x: dict[str, np.ndarray] | np.ndarray, *, batch_size: int = 1024) -> dict[str, np.ndarray]:
         """Outputs keyed by output name; inference mode, in large batches, with no backward cache."""
+        from kerspec.graph.fusions import fold_batch_norm, folded_params
+        from kerspec.threads import BlasThreads
+
         if isinstance(x, np.ndarray):
             if len(self.input_names) != 1:
                 raise DataError(f"the model has {len(self.input_names)} inputs; pass a dict keyed by name")
