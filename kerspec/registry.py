@@ -11,6 +11,7 @@ are one key, and aliases (`mse`, `swish`) are registered next to the canonical n
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, Union
 
@@ -39,6 +40,11 @@ class Registry:
         self._validator: TypeAdapter | None = None
         self._one: dict[str, TypeAdapter] = {}
         self._every: TypeAdapter | None = None
+        # With `lazily`: the module of each canonical name (by key), each name's place in the
+        # catalog's order, and the modules not imported yet.
+        self._where: dict[str, str] = {}
+        self._rank: dict[str, int] = {}
+        self._unimported: list[str] = []
 
     def register(self, name: str, *aliases: str):
         """Class decorator: register an Item whose `type` field is `Literal[name]`."""
@@ -54,16 +60,40 @@ class Registry:
 
         return decorate
 
+    def lazily(self, modules: dict[str, tuple[str, ...]]) -> None:
+        """Classes that register themselves when their module is imported: `modules` maps each
+        module to its canonical names. A module is imported when one of its names is first
+        looked up, and every one when the whole catalog is listed, in this order."""
+        self._where = {_key(name): module for module, names in modules.items() for name in names}
+        self._rank = {name: i for i, name in enumerate(n for names in modules.values() for n in names)}
+        self._unimported = list(modules)
+
+    def _import(self, module: str | None = None) -> None:
+        """Import `module`, or every module not imported yet."""
+        if module is None:
+            while self._unimported:
+                importlib.import_module(self._unimported.pop(0))
+        elif module in self._unimported:
+            self._unimported.remove(module)
+            importlib.import_module(module)
+
     def names(self) -> list[str]:
-        return list(self._classes)
+        self._import()
+        return sorted(self._classes, key=lambda name: self._rank.get(name, len(self._rank)))
 
     def spellings(self) -> list[str]:
         """Every accepted name: canonical names and aliases."""
-        return [n for name in self._classes for n in (name, *self._aliases[name])]
+        return [n for name in self.names() for n in (name, *self._aliases[name])]
 
     def canonical(self, name: str) -> str:
         """The canonical name for `name`, or a ValueError with a did-you-mean hint."""
         found = self._keys.get(_key(name))
+        if found is None and self._unimported:
+            self._import(self._where.get(_key(name)))  # its module; every one for an alias
+            found = self._keys.get(_key(name))
+        if found is None and self._unimported:
+            self._import()  # a misspelling to hint at, or a name in another module than said
+            found = self._keys.get(_key(name))
         if found is None:
             raise ValueError(self.unknown_message(name))
         return found
@@ -85,7 +115,7 @@ class Registry:
 
     def union(self):
         """The discriminated union of every registered class, keyed on `type`."""
-        classes = tuple(self._classes.values())
+        classes = tuple(self._classes[name] for name in self.names())
         if len(classes) == 1:
             return classes[0]
         return Annotated[Union[classes], Field(discriminator="type")]  # noqa: UP007
