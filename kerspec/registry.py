@@ -189,7 +189,11 @@ class Registry:
         """A validator of the class `name` alone that reports errors at the same places as the
         union of every class does (`optimizer.adam.learning_rate`)."""
         if name not in self._one:
-            self._one[name] = TypeAdapter(Annotated[Any, _Tagged(name, self._classes[name])])
+            cls = self._classes[name]
+            # Built on its own first (the adapter reuses its schema): a reference's field type is
+            # Any, so a model holding one is dumped through the referenced class's serializer.
+            cls.model_rebuild()
+            self._one[name] = TypeAdapter(Annotated[Any, _Tagged(name, cls)])
         return self._one[name]
 
     def validator(self) -> TypeAdapter:

@@ -31,13 +31,15 @@ from kerspec.activations import ACTIVATIONS
 from kerspec.layers import FAMILIES, LAYERS
 from kerspec.training.optimizers import OPTIMIZERS
 
-kerspec.from_yaml({SPEC!r}, seed=0).summary()
+model = kerspec.from_yaml({SPEC!r}, seed=0)
+model.summary()
 imported = sorted(f for f in FAMILIES if "kerspec.layers." + f in sys.modules)
 print(json.dumps({{
     "imported": imported,
     "activations": sorted(ACTIVATIONS._one),
     "optimizers": sorted(OPTIMIZERS._one),
     "activation_count": len(ACTIVATIONS.names()),
+    "dumped": model.spec.model_dump(mode="json")["layers"][1]["activation"],
 }}))
 """
 
@@ -78,6 +80,8 @@ def test_a_spec_imports_and_builds_only_what_it_names():
     assert seen["activations"] == ["relu", "softmax"]
     assert seen["activation_count"] > 10
     assert seen["optimizers"] == ["adam"]
+    # A reference is dumped by its own class (built with its validator).
+    assert seen["dumped"] == {"type": "relu", "negative_slope": 0.0, "max_value": None, "threshold": 0.0}
 
 
 def test_an_alias_or_a_misspelling_finds_its_family():
