@@ -20,6 +20,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,21 +28,23 @@ from kerspec import io, threads
 from kerspec.errors import DataError, GraphError, KerspecError, RunError, SpecError
 from kerspec.folders import OutputFolder
 from kerspec.graph import Graph, Params, Plan, compile_spec
-from kerspec.graph.fusions import folded_params
 from kerspec.guards import check_model
 from kerspec.layers import Context
 from kerspec.paths import pattern_fields
-from kerspec.runs import RunFolder
 from kerspec.spec import LoadedSpec, load_spec, parse_spec
 from kerspec.spec.overrides import data_override
 from kerspec.spec.schema import Compile
-from kerspec.summary import render_summary, summary_rows
-from kerspec.training import loop
 from kerspec.training.callbacks import Callback, History
 from kerspec.training.data import Dataset, arrays_dataset, load_dataset, load_inputs
 from kerspec.training.heads import build_heads, compile_problems, logged_names, output_losses
 from kerspec.training.targets import OutputInfo, class_weights, output_targets
-from kerspec.training.trainer import Trainer
+
+if TYPE_CHECKING:
+    from kerspec.runs import RunFolder
+    from kerspec.training.trainer import Trainer
+
+# Training, run folders, predict's fusions and the summary table are imported where they are
+# used: `validate` and `summary` load a model without them.
 
 
 def load(path: str | Path, overrides: list[str] | None = None, *, seed: int | None = None) -> Model:
@@ -113,10 +116,14 @@ class Model:
 
     def summary(self) -> str:
         """The Keras-style summary table as text."""
+        from kerspec.summary import render_summary
+
         trainable, frozen = self.count_params()
         return render_summary(self.graph, trainable, frozen, self.dtype.itemsize)
 
     def summary_data(self) -> dict:
+        from kerspec.summary import summary_rows
+
         trainable, frozen = self.count_params()
         return {
             "name": self.name,
@@ -130,6 +137,8 @@ class Model:
 
     @property
     def trainer(self) -> Trainer:
+        from kerspec.training.trainer import Trainer
+
         if self._trainer is None:
             compile_ = self._compile()
             heads = build_heads(compile_, self.output_names)
@@ -325,6 +334,9 @@ class Model:
         finished epoch. A non-empty `run_dir` is refused unless `overwrite`, which replaces
         only files kerspec wrote there (kerspec.folders). Ctrl-C stops after the current batch and raises `Interrupted`.
         """
+        from kerspec.runs import RunFolder
+        from kerspec.training import loop
+
         train = self._given_data(x, y, "fit(x, y)")
         if validation_data is not None:
             if validation is not None:
@@ -382,6 +394,8 @@ class Model:
 
     def evaluate(self, data: Dataset | None = None, *, batch_size: int | None = None) -> dict[str, float]:
         """Loss and metrics on `data`, else the spec's test data, else its validation data."""
+        from kerspec.training import loop
+
         if data is None:
             _, data = self.evaluation_data()
         self._require_targets(data)
@@ -411,6 +425,8 @@ class Model:
 
     def predict(self, x: dict[str, np.ndarray] | np.ndarray, *, batch_size: int = 1024) -> dict[str, np.ndarray]:
         """Outputs keyed by output name; inference mode, in large batches, with no backward cache."""
+        from kerspec.graph.fusions import folded_params
+
         if isinstance(x, np.ndarray):
             if len(self.input_names) != 1:
                 raise DataError(f"the model has {len(self.input_names)} inputs; pass a dict keyed by name")

@@ -16,9 +16,25 @@ from kerspec import api
 from kerspec.errors import GraphError, KerspecError, Problems
 from kerspec.spec import LoadedSpec, Spec
 from kerspec.spec.data import PathData
-from kerspec.spec.source import parse_yaml, read_spec_text
+from kerspec.spec.source import is_sweep, parse_yaml, read_spec_text
 
 DATA_ENTRIES = ("train", "validation", "test")
+
+
+def check_file(
+    path: Path, *, data: bool | None = None
+) -> tuple[list[KerspecError], list[KerspecError]]:
+    """The problems and notes of a spec, or of a sweep file checked as `kerspec sweep` checks it
+    (the sweep package is imported for sweep files only)."""
+    try:
+        raw, _ = parse_yaml(read_spec_text(path, str(path)), str(path))
+    except KerspecError:
+        raw = None  # check_spec says why
+    if is_sweep(raw):
+        from kerspec.sweep.load import sweep_file_problems
+
+        return sweep_file_problems(path), []
+    return check_spec(path, data=data)
 
 
 def check_spec(

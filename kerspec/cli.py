@@ -113,14 +113,11 @@ def validate(
 ) -> None:
     """Check specs as train would, before and (with --data) with the data, and sweep files as
     sweep would; print every problem as FILE:LINE:COL: message."""
-    from kerspec.checks import check_spec
-    from kerspec.sweep.load import sweep_file_problems
+    from kerspec.checks import check_file
 
     report = []
     for spec in specs:
-        problems, notes = sweep_file_problems(spec), []
-        if problems is None:
-            problems, notes = check_spec(spec, data=data)
+        problems, notes = check_file(spec, data=data)
         report.append({"file": str(spec), "problems": [str(p) for p in problems], "notes": [str(n) for n in notes]})
     failed = any(r["problems"] for r in report)
     if json_out:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import math
 import time
+from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from kerspec.training.callbacks import Callback
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 out = Console(highlight=False, soft_wrap=True, emoji=False)
@@ -30,6 +33,15 @@ class RichProgress(Callback):
         self.started = time.perf_counter()
         if not self.console.is_terminal:
             return  # a log file gets the epoch lines only
+        # Imported here: `validate`, `summary` and the other static commands never draw a bar.
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
         self.progress = Progress(
             TextColumn("Epoch {task.fields[epoch]}"),
             BarColumn(),

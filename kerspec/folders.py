@@ -51,7 +51,7 @@ Temporary = Annotated[str, Field(pattern=TEMPORARY.pattern, max_length=300)]
 class ManifestData(BaseModel):
     """The manifest as read back: a file someone may have edited, so held to its schema."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # built at the first read
 
     kerspec_manifest: Literal[1] = 1
     files: list[FilePath] = Field(default_factory=list, max_length=100_000)

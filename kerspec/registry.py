@@ -11,10 +11,12 @@ are one key, and aliases (`mse`, `swish`) are registered next to the canonical n
 from __future__ import annotations
 
 import difflib
+import importlib
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, TypeAdapter
+from pydantic_core import PydanticCustomError, core_schema
 
 
 def _key(name: str) -> str:
@@ -36,6 +38,13 @@ class Registry:
         self._keys: dict[str, str] = {}
         self._aliases: dict[str, list[str]] = {}
         self._validator: TypeAdapter | None = None
+        self._one: dict[str, TypeAdapter] = {}
+        self._every: TypeAdapter | None = None
+        # With `lazily`: the module of each canonical name (by key), each name's place in the
+        # catalog's order, and the modules not imported yet.
+        self._where: dict[str, str] = {}
+        self._rank: dict[str, int] = {}
+        self._unimported: list[str] = []
 
     def register(self, name: str, *aliases: str):
         """Class decorator: register an Item whose `type` field is `Literal[name]`."""
@@ -51,16 +60,40 @@ class Registry:
 
         return decorate
 
+    def lazily(self, modules: dict[str, tuple[str, ...]]) -> None:
+        """Classes that register themselves when their module is imported: `modules` maps each
+        module to its canonical names. A module is imported when one of its names is first
+        looked up, and every one when the whole catalog is listed, in this order."""
+        self._where = {_key(name): module for module, names in modules.items() for name in names}
+        self._rank = {name: i for i, name in enumerate(n for names in modules.values() for n in names)}
+        self._unimported = list(modules)
+
+    def _import(self, module: str | None = None) -> None:
+        """Import `module`, or every module not imported yet."""
+        if module is None:
+            while self._unimported:
+                importlib.import_module(self._unimported.pop(0))
+        elif module in self._unimported:
+            self._unimported.remove(module)
+            importlib.import_module(module)
+
     def names(self) -> list[str]:
-        return list(self._classes)
+        self._import()
+        return sorted(self._classes, key=lambda name: self._rank.get(name, len(self._rank)))
 
     def spellings(self) -> list[str]:
         """Every accepted name: canonical names and aliases."""
-        return [n for name in self._classes for n in (name, *self._aliases[name])]
+        return [n for name in self.names() for n in (name, *self._aliases[name])]
 
     def canonical(self, name: str) -> str:
         """The canonical name for `name`, or a ValueError with a did-you-mean hint."""
         found = self._keys.get(_key(name))
+        if found is None and self._unimported:
+            self._import(self._where.get(_key(name)))  # its module; every one for an alias
+            found = self._keys.get(_key(name))
+        if found is None and self._unimported:
+            self._import()  # a misspelling to hint at, or a name in another module than said
+            found = self._keys.get(_key(name))
         if found is None:
             raise ValueError(self.unknown_message(name))
         return found
@@ -82,7 +115,7 @@ class Registry:
 
     def union(self):
         """The discriminated union of every registered class, keyed on `type`."""
-        classes = tuple(self._classes.values())
+        classes = tuple(self._classes[name] for name in self.names())
         if len(classes) == 1:
             return classes[0]
         return Annotated[Union[classes], Field(discriminator="type")]  # noqa: UP007
@@ -119,19 +152,73 @@ class Registry:
 
     def ref(self, none: str | None = None):
         """The field type for a catalog reference: a name, or a mapping with `type` and arguments;
-        with `none`, a YAML `null` means that name."""
-        union = self.union()
-        names = Literal[tuple(self.spellings())]
-        given = Union[names, union, None] if none else Union[names, union]  # noqa: UP007
+        with `none`, a YAML `null` means that name.
+
+        A reference is validated by the class it names only: building a model that holds one
+        builds none of the catalog's classes, and validating builds the classes a spec uses,
+        not all of them (most of the start-up of `validate` and `summary`)."""
+        normalize = self.normalize if none is None else lambda value: self.normalize(value, none)
         return Annotated[
-            union,
-            BeforeValidator(
-                self.normalize if none is None else lambda value: self.normalize(value, none),
-                json_schema_input_type=given,
-            ),
+            Any,
+            PlainValidator(lambda value: self._validate(normalize(value))),
+            SchemaOnly(lambda: self._given(none)),
         ]
+
+    def union_ref(self):
+        """`ref()` validated by the union of every class, for a field of one of the catalog's own
+        classes (TimeDistributed's `layer`): a schema built only when asked for cannot hold itself."""
+        return Annotated[
+            self.union(), BeforeValidator(self.normalize, json_schema_input_type=self._given())
+        ]
+
+    def _given(self, none: str | None = None):
+        """What a reference accepts, for its JSON Schema: a name, or a mapping of a class."""
+        names = Literal[tuple(self.spellings())]
+        return Union[names, self.union(), None] if none else Union[names, self.union()]  # noqa: UP007
+
+    def _validate(self, value: Any) -> Any:
+        tag = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+        if isinstance(tag, str) and tag in self._classes:
+            return self._one_of(tag).validate_python(value)
+        # Not a mapping of a known type: the union of every class says what is wrong.
+        if self._every is None:
+            self._every = TypeAdapter(self.union())
+        return self._every.validate_python(value)
+
+    def _one_of(self, name: str) -> TypeAdapter:
+        """A validator of the class `name` alone that reports errors at the same places as the
+        union of every class does (`optimizer.adam.learning_rate`)."""
+        if name not in self._one:
+            cls = self._classes[name]
+            # Built on its own first (the adapter reuses its schema): a reference's field type is
+            # Any, so a model holding one is dumped through the referenced class's serializer.
+            cls.model_rebuild()
+            self._one[name] = TypeAdapter(Annotated[Any, _Tagged(name, cls)])
+        return self._one[name]
 
     def validator(self) -> TypeAdapter:
         if self._validator is None:
             self._validator = TypeAdapter(self.ref())
         return self._validator
+
+
+class _Tagged:
+    """The core schema of a union tagged on `type` with one class: pydantic's errors for it name
+    the tag, as they do for the union of every class."""
+
+    def __init__(self, name: str, cls: type[Item]):
+        self.name, self.cls = name, cls
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
+        return core_schema.tagged_union_schema({self.name: handler(self.cls)}, discriminator="type")
+
+
+class SchemaOnly:
+    """An annotation that gives a field the JSON Schema of the type `given()` returns, made only
+    when a schema is asked for (`json_schema_input_type` would build that type with the model)."""
+
+    def __init__(self, given: Callable[[], Any]):
+        self.given = given
+
+    def __get_pydantic_json_schema__(self, schema: Any, handler: Any) -> Any:
+        return handler(TypeAdapter(self.given()).core_schema)

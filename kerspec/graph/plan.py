@@ -12,11 +12,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from kerspec.graph.compile import Graph, Ref
-from kerspec.graph.fusions import fuse
 from kerspec.graph.step import Params, Step
 from kerspec.layers import Context, hand_over
 
 NO_WEIGHTS: dict[str, np.ndarray] = {}
+# Every rewrite in graph/fusions.py ends in a pooling or a BatchNormalization step. A plan with
+# neither has nothing to rewrite and does not import fusions, nor through it the convolution,
+# pooling and normalization layers (`validate` of an MLP builds none of them).
+REWRITTEN_FAMILIES = ("kerspec.layers.pooling", "kerspec.layers.normalization")
 
 
 @dataclass
@@ -68,7 +71,11 @@ class Plan:
                     makes_masks=any(node.output_masked),
                 )
             )
-        self.steps, self.folds = fuse(steps, self.output_slots, inference=inference)
+        self.steps, self.folds = steps, []
+        if any(type(step.layer).__module__ in REWRITTEN_FAMILIES for step in steps):
+            from kerspec.graph.fusions import fuse
+
+            self.steps, self.folds = fuse(steps, self.output_slots, inference=inference)
         self.uses_masks = any(step.makes_masks for step in self.steps)
         self.free_after = self._last_reads()
 

@@ -5,8 +5,8 @@ and runs that layer's own `forward`; the inner layer's weights are the wrapper's
 wrapper's name (`td/kernel`, `bi/forward/kernel`), as Keras names them.
 
 The field type of TimeDistributed's `layer` is every registered layer, a union that exists only
-once every layer module is imported: it is the forward reference `InnerLayer`, resolved by
-`resolve_inner_layer()`, which kerspec/layers/__init__.py calls once after its imports.
+once every layer module is imported: it is the forward reference `InnerLayer`, defined at the end
+of this module (which imports every other layer module then).
 """
 
 from __future__ import annotations
@@ -355,8 +355,6 @@ class Bidirectional(Layer):
         return [*merged, *ys_f[1:], *ys_b[1:]], backprop
 
 
-def resolve_inner_layer() -> None:
-    """Define `InnerLayer`, TimeDistributed's `layer` field, as the union of every registered
-    layer; call once, after every layer module is imported (kerspec/layers/__init__.py does).
-    Pydantic builds the field from this module's namespace when the class is first used."""
-    globals()["InnerLayer"] = LAYERS.ref()
+# TimeDistributed's `layer`: the union of every layer, which imports every layer module. Pydantic
+# builds the field from this module's namespace when the class is first used.
+InnerLayer = LAYERS.union_ref()

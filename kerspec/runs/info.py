@@ -32,7 +32,7 @@ MAX_RUN_JSON_BYTES = 1024 * 1024
 class RunInfo(BaseModel):
     """run.json as read back: a file anyone may have edited, so held to this schema."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)  # built at the first read
 
     kerspec: str | None = Field(None, max_length=100)
     spec: str | None = Field(None, max_length=4096)

@@ -5,23 +5,22 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
-    FiniteFloat,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
+    FiniteFloat,
     NonNegativeInt,
     PlainValidator,
     PositiveInt,
     Tag,
-    TypeAdapter,
 )
 from pydantic_core import PydanticCustomError
 
 from kerspec.layers import LAYERS
 from kerspec.paths import Name
-from kerspec.registry import Item, Registry
+from kerspec.registry import Item, Registry, SchemaOnly
 from kerspec.spec.data import DataEntry
 from kerspec.training.callbacks import CALLBACKS
 from kerspec.training.losses import LOSSES
@@ -76,22 +75,11 @@ def _validate_layer(value: Any) -> Any:
     return (Shared if "share" in value else LAYERS.get(value["type"])).model_validate(value)
 
 
-def _layer_entry():
+def _every_layer():
+    """A layer entry's type for its JSON Schema: every layer class, or a shared layer."""
     variants = [Annotated[cls, Tag(name)] for name, cls in zip(LAYERS.names(), _classes(LAYERS))]
     variants.append(Annotated[Shared, Tag("share")])
-    every = Annotated[Union[tuple(variants)], Discriminator(_layer_tag)]  # noqa: UP007
-    return Annotated[Any, PlainValidator(_validate_layer), _EveryLayerInSchema(every)]
-
-
-class _EveryLayerInSchema:
-    """The JSON Schema of a layer entry: every layer, built only when a schema is asked for
-    (`json_schema_input_type` would build every layer's validator with the spec's)."""
-
-    def __init__(self, every: Any):
-        self.every = every
-
-    def __get_pydantic_json_schema__(self, core_schema, handler):
-        return handler(TypeAdapter(self.every).core_schema)
+    return Annotated[Union[tuple(variants)], Discriminator(_layer_tag)]  # noqa: UP007
 
 
 def _classes(registry: Registry):
@@ -167,7 +155,7 @@ class Data(Section):
     test: DataEntry | None = None
 
 
-LayerEntry = _layer_entry()
+LayerEntry = Annotated[Any, PlainValidator(_validate_layer), SchemaOnly(_every_layer)]
 Names = Annotated[list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)]
 
 
@@ -190,10 +178,12 @@ class Spec(Section):
     outputs: Names | None = Field(None, description="Model outputs; default: the last layer.")
     compile: Compile | None = None
     data: Data | None = None
-    fit: Fit = Fit()
+    # Fit's defaults, without building Fit's validator (and every callback's) at import.
+    fit: Fit = Fit.model_construct()
 
 
 def json_schema() -> dict[str, Any]:
+    Fit.model_rebuild()  # the schema shows `fit`'s default through Fit's own serializer
     schema = Spec.model_json_schema(by_alias=True)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     return schema

@@ -171,6 +171,11 @@ def parse_yaml(text: str, display: str) -> tuple[Any, Source]:
     return data, Source(display, root)
 
 
+def is_sweep(data: Any) -> bool:
+    """A sweep file names a spec (`spec:`), which no model spec has as a field."""
+    return isinstance(data, dict) and "spec" in data
+
+
 INT_TAG = "tag:yaml.org,2002:int"
 
 

@@ -19,15 +19,10 @@ from pydantic import ValidationError
 
 from kerspec.errors import KerspecError, Problems, SpecError, Where
 from kerspec.spec import located_problems
-from kerspec.spec.source import Source, parse_yaml, read_spec_text
+from kerspec.spec.source import Source, is_sweep, parse_yaml, read_spec_text
 from kerspec.sweep.schema import Choice, Grid, LogUniform, RandInt, Sweep, Uniform
 
 SWEEP_SECTIONS = {(): Sweep}
-
-
-def is_sweep(data: Any) -> bool:
-    """A sweep file names a spec (`spec:`), which no model spec has as a field."""
-    return isinstance(data, dict) and "spec" in data
 
 
 def set_option(path: str, value: Any) -> str:
