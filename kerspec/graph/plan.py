@@ -13,6 +13,7 @@ import numpy as np
 
 from kerspec.graph.compile import Graph, Ref
 from kerspec.graph.fusions import fuse
+from kerspec.graph.lifetimes import Lifetimes, buffer_groups, no_views, views_of
 from kerspec.graph.step import Params, Step
 from kerspec.layers import Context, hand_over
 
@@ -48,6 +49,7 @@ class Plan:
             for index in range(len(node.output_shapes)):
                 slots[Ref(node.name, index)] = len(slots)
         self.n_slots = len(slots)
+        shapes = {slot: graph.node(ref.node).output_shapes[ref.index] for ref, slot in slots.items()}
         self.input_slots = [slots[Ref(name)] for name in graph.inputs]
         self.output_slots = [slots[ref] for ref in graph.outputs]
         input_names = set(graph.inputs)
@@ -71,6 +73,15 @@ class Plan:
         self.steps, self.folds = fuse(steps, self.output_slots, inference=inference)
         self.uses_masks = any(step.makes_masks for step in self.steps)
         self.free_after = self._last_reads()
+        # A step's kind: steps of one kind take the same buffers, so they best share a group.
+        self._kinds = [
+            (type(s.layer), tuple(shapes[i] for i in s.inputs), tuple(shapes[o] for o in s.outputs))
+            for s in self.steps
+        ]
+        self.lifetimes = self._lifetimes(no_views(self.steps))
+
+    def _lifetimes(self, views) -> Lifetimes:
+        return buffer_groups(self.steps, self.output_slots, self._kinds, views)
 
     def _last_reads(self) -> list[tuple[int, ...]]:
         """For inference: the slots no later step reads, to drop after each step."""
@@ -95,7 +106,21 @@ class Plan:
         penalties: bool = False,
     ) -> Forward:
         """Run every step. The activity penalty is computed when recording or when `penalties`
-        asks for it, as evaluation does."""
+        asks for it, as evaluation does. Unrecorded passes on a context with `reuse_buffers`
+        key its buffers by `self.lifetimes`' groups (graph/lifetimes.py)."""
+        if record or not ctx.reuse_buffers:
+            return self._run(params, inputs, ctx, record, penalties, None)
+        while True:
+            run = self._run(params, inputs, ctx, record, penalties, self.lifetimes)
+            if run is not None:
+                return run
+
+    def _run(
+        self, params: Params, inputs: list[np.ndarray], ctx: Context, record: bool, penalties: bool,
+        lifetimes: Lifetimes | None,
+    ) -> Forward | None:
+        """One pass; None when an output turned out to be a view `lifetimes` did not know of
+        (`self.lifetimes` is widened then, and the pass is to start over)."""
         values: list = [None] * self.n_slots
         masks: list = [None] * self.n_slots
         for slot, x in zip(self.input_slots, inputs):
@@ -104,12 +129,17 @@ class Plan:
         ctx.record = record
         penalty = 0.0
         for i, step in enumerate(self.steps):
-            ctx.node = step.node
+            ctx.node = step.node if lifetimes is None else lifetimes.groups[i]
             ctx.need_dx = step.need_dx
             xs = [values[s] for s in step.inputs]
             if self.uses_masks:
                 ctx.masks = [masks[s] for s in step.inputs]
             ys, backprop = step.layer.forward(params.get(step.owner, NO_WEIGHTS), xs, ctx)
+            if lifetimes is not None:
+                found = views_of(xs, ys)
+                if not lifetimes.knows(i, found):
+                    self.lifetimes = self._lifetimes(lifetimes.widen(i, found))
+                    return None
             for slot, y in zip(step.outputs, ys):
                 values[slot] = y
             if step.makes_masks:

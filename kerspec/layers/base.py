@@ -67,6 +67,11 @@ class Context:
     masks: list = field(default_factory=list)
     # False when no backward pass will follow (inference): layers may keep less for it.
     record: bool = True
+    # True for a context that serves only predict and evaluate: an unrecorded pass then keys
+    # `buffers` by lifetime rather than by node, so steps whose values are dead share arrays
+    # (graph/lifetimes.py). Off for training's context, whose validation passes reuse the
+    # training steps' buffers.
+    reuse_buffers: bool = False
 
     # Generators of layers that carry their own `seed`, kept across batches.
     seeded: dict = field(default_factory=dict)
