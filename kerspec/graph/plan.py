@@ -45,11 +45,12 @@ class Plan:
     def __init__(self, graph: Graph, *, inference: bool = False):
         self.graph = graph
         slots: dict[Ref, int] = {}
+        shapes = []
         for node in graph.nodes:
-            for index in range(len(node.output_shapes)):
+            for index, shape in enumerate(node.output_shapes):
                 slots[Ref(node.name, index)] = len(slots)
+                shapes.append(shape)
         self.n_slots = len(slots)
-        shapes = {slot: graph.node(ref.node).output_shapes[ref.index] for ref, slot in slots.items()}
         self.input_slots = [slots[Ref(name)] for name in graph.inputs]
         self.output_slots = [slots[ref] for ref in graph.outputs]
         input_names = set(graph.inputs)
