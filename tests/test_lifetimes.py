@@ -12,7 +12,9 @@ import pytest
 import kerspec
 
 ROOT = Path(__file__).parent.parent
-SPECS = sorted((ROOT / "specs").glob("*.yaml")) + sorted((ROOT / "specs" / "gallery").glob("*.yaml"))
+SPECS = sorted((ROOT / "specs").glob("*.yaml")) + sorted(
+    (ROOT / "specs" / "gallery").glob("*.yaml")
+)
 
 HEAD = "kerspec: 1\nname: t\nseed: 3\ndtype: float32\ncompile: {optimizer: adam, loss: mse}\n"
 
@@ -90,7 +92,9 @@ def _assert_no_value_overwritten(plan) -> None:
         for slot, where in lies_in.items():
             assert last.get(slot, -1) < j or groups[j] not in where, (j, slot)
         for slot, positions in zip(step.outputs, views[j]):
-            lies_in[slot] = {groups[j]}.union(*(lies_in.get(step.inputs[k], set()) for k in positions))
+            lies_in[slot] = {groups[j]}.union(
+                *(lies_in.get(step.inputs[k], set()) for k in positions)
+            )
 
 
 def _predict_both_ways(model: kerspec.Model, x) -> None:
@@ -132,14 +136,16 @@ def test_a_view_found_late_restarts_the_pass_and_is_kept():
     assert groups["a"] != groups["c"]
 
 
-R4_LIKE = """
+R4_LIKE = (
+    """
 layers:
   - {type: Input, shape: [16, 16, 3], name: x}
   - {type: Conv2D, filters: 8, kernel_size: 3, padding: same}
   - {type: BatchNormalization}
   - {type: Activation, activation: relu, name: stem}
-""" + "".join(
-    f"""
+"""
+    + "".join(
+        f"""
   - {{type: Conv2D, filters: 8, kernel_size: 3, padding: same, from: {src}}}
   - {{type: BatchNormalization}}
   - {{type: Activation, activation: relu}}
@@ -148,11 +154,13 @@ layers:
   - {{type: Add, from: [b{k}_bn, {src}]}}
   - {{type: Activation, activation: relu, name: b{k}}}
 """
-    for k, src in enumerate(["stem", "b0", "b1"])
-) + """
+        for k, src in enumerate(["stem", "b0", "b1"])
+    )
+    + """
   - {type: GlobalAveragePooling2D}
   - {type: Dense, units: 10, name: y}
 """
+)
 
 
 def test_a_residual_cnn_keeps_one_convolution_output_buffer():

@@ -117,9 +117,9 @@ class Plan:
                 return run
 
     def _run(
-        self, params: Params, inputs: list[np.ndarray], ctx: Context, record: bool, penalties: bool,
+        self, params: Params, inputs: list, ctx: Context, record: bool, penalties: bool,
         lifetimes: Lifetimes | None,
-    ) -> Forward | None:
+    ) -> Forward | None:  # fmt: skip
         """One pass; None when an output turned out to be a view `lifetimes` did not know of
         (`self.lifetimes` is widened then, and the pass is to start over)."""
         values: list = [None] * self.n_slots
@@ -199,4 +199,3 @@ class Plan:
                 for name, g in dws.items():
                     into[name] = g if name not in into else into[name] + g
         return weight_grads
-
