@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import kerspec
+from kerspec.training.data import Dataset
 
 ROOT = Path(__file__).parent.parent
 SPECS = sorted((ROOT / "specs").glob("*.yaml")) + sorted(
@@ -178,3 +179,21 @@ def test_a_residual_cnn_keeps_one_convolution_output_buffer():
     assert sum(key[1:3] == ("z", z) for key in kept[True]) == 1
     by_lifetime, per_step = (sum(a.nbytes for a in kept[r].values()) for r in (True, False))
     assert by_lifetime < per_step / 2
+
+
+@pytest.mark.parametrize("name", ["views", "masked_rnn"])
+def test_evaluate_by_lifetime_gives_the_same_scores(name):
+    model = kerspec.from_yaml(HEAD + GRAPHS[name], seed=1)
+    rng = np.random.default_rng(0)
+    x = _inputs(model, 19, rng)
+    y = {
+        out: rng.standard_normal(p.shape).astype(model.dtype) for out, p in model.predict(x).items()
+    }
+    data = Dataset(x=x, y=y, source="test")
+    model.inference_ctx.buffers.clear()
+    by_lifetime = model.evaluate(data, batch_size=8)
+    assert any(
+        isinstance(key[0], tuple) and key[0][0] == "group" for key in model.inference_ctx.buffers
+    )
+    model.inference_ctx.reuse_buffers = False
+    assert model.evaluate(data, batch_size=8) == by_lifetime
