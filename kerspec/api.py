@@ -77,7 +77,7 @@ class Model:
         # predict and evaluate keep their buffers (a convolution's output at 1,024 samples is
         # tens of MB) here between calls, apart from the training ones: memory handed back to
         # the system and taken again is fresh pages to fault in on every call.
-        self.inference_ctx = Context(training=False, rng=self.ctx.rng)
+        self.inference_ctx = Context(training=False, rng=self.ctx.rng, reuse_buffers=True)
         self._inference_lock = threading.Lock()
         init_rng = np.random.default_rng(init_seq)
         self.params: Params = {
@@ -414,7 +414,7 @@ class Model:
         """The kept inference context, or, while another thread is using it (predict from
         several threads at once), a fresh one: buffers are never shared by two calls."""
         if not self._inference_lock.acquire(blocking=False):
-            yield Context(training=False, rng=self.ctx.rng)
+            yield Context(training=False, rng=self.ctx.rng, reuse_buffers=True)
             return
         try:
             yield self.inference_ctx

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kerspec.graph.compile import Graph, Ref
+from kerspec.graph.lifetimes import Lifetimes, buffer_groups, no_views, views_of
 from kerspec.graph.step import Params, Step
 from kerspec.layers import Context, hand_over
 
@@ -47,9 +48,11 @@ class Plan:
     def __init__(self, graph: Graph, *, inference: bool = False):
         self.graph = graph
         slots: dict[Ref, int] = {}
+        shapes = []
         for node in graph.nodes:
-            for index in range(len(node.output_shapes)):
+            for index, shape in enumerate(node.output_shapes):
                 slots[Ref(node.name, index)] = len(slots)
+                shapes.append(shape)
         self.n_slots = len(slots)
         self.input_slots = [slots[Ref(name)] for name in graph.inputs]
         self.output_slots = [slots[ref] for ref in graph.outputs]
@@ -78,6 +81,15 @@ class Plan:
             self.steps, self.folds = fuse(steps, self.output_slots, inference=inference)
         self.uses_masks = any(step.makes_masks for step in self.steps)
         self.free_after = self._last_reads()
+        # A step's kind: steps of one kind take the same buffers, so they best share a group.
+        self._kinds = [
+            (type(s.layer), tuple(shapes[i] for i in s.inputs), tuple(shapes[o] for o in s.outputs))
+            for s in self.steps
+        ]
+        self.lifetimes = self._lifetimes(no_views(self.steps))
+
+    def _lifetimes(self, views) -> Lifetimes:
+        return buffer_groups(self.steps, self.output_slots, self._kinds, views)
 
     def _last_reads(self) -> list[tuple[int, ...]]:
         """For inference: the slots no later step reads, to drop after each step."""
@@ -102,7 +114,21 @@ class Plan:
         penalties: bool = False,
     ) -> Forward:
         """Run every step. The activity penalty is computed when recording or when `penalties`
-        asks for it, as evaluation does."""
+        asks for it, as evaluation does. Unrecorded passes on a context with `reuse_buffers`
+        key its buffers by `self.lifetimes`' groups (graph/lifetimes.py)."""
+        if record or not ctx.reuse_buffers:
+            return self._run(params, inputs, ctx, record, penalties, None)
+        while True:
+            run = self._run(params, inputs, ctx, record, penalties, self.lifetimes)
+            if run is not None:
+                return run
+
+    def _run(
+        self, params: Params, inputs: list, ctx: Context, record: bool, penalties: bool,
+        lifetimes: Lifetimes | None,
+    ) -> Forward | None:  # fmt: skip
+        """One pass; None when an output turned out to be a view `lifetimes` did not know of
+        (`self.lifetimes` is widened then, and the pass is to start over)."""
         values: list = [None] * self.n_slots
         masks: list = [None] * self.n_slots
         for slot, x in zip(self.input_slots, inputs):
@@ -111,12 +137,17 @@ class Plan:
         ctx.record = record
         penalty = 0.0
         for i, step in enumerate(self.steps):
-            ctx.node = step.node
+            ctx.node = step.node if lifetimes is None else lifetimes.groups[i]
             ctx.need_dx = step.need_dx
             xs = [values[s] for s in step.inputs]
             if self.uses_masks:
                 ctx.masks = [masks[s] for s in step.inputs]
             ys, backprop = step.layer.forward(params.get(step.owner, NO_WEIGHTS), xs, ctx)
+            if lifetimes is not None:
+                found = views_of(xs, ys)
+                if not lifetimes.knows(i, found):
+                    self.lifetimes = self._lifetimes(lifetimes.widen(i, found))
+                    return None
             for slot, y in zip(step.outputs, ys):
                 values[slot] = y
             if step.makes_masks:
@@ -175,4 +206,3 @@ class Plan:
                 for name, g in dws.items():
                     into[name] = g if name not in into else into[name] + g
         return weight_grads
-

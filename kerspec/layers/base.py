@@ -20,7 +20,7 @@ are never checked, and a Concatenate's disjoint slices of one dy are not shared.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -60,13 +60,20 @@ class Context:
     rng: np.random.Generator
     # Preallocated arrays per (node, name, shape, dtype), reused batch after batch (`out=`).
     buffers: dict = field(default_factory=dict)
-    node: int = 0
+    # The running step's node index, or in an unrecorded pass with `reuse_buffers` its buffer
+    # group (graph/lifetimes.py): what `buffer` keys arrays by.
+    node: Hashable = 0
     # False when no gradient is wanted for the inputs (they are model inputs): skip computing it.
     need_dx: bool = True
     # The masks of the current step's inputs (None where an input has none), for masking layers.
     masks: list = field(default_factory=list)
     # False when no backward pass will follow (inference): layers may keep less for it.
     record: bool = True
+    # True for a context that serves only predict and evaluate: an unrecorded pass then keys
+    # `buffers` by lifetime rather than by node, so steps whose values are dead share arrays
+    # (graph/lifetimes.py). Off for training's context, whose validation passes reuse the
+    # training steps' buffers.
+    reuse_buffers: bool = False
 
     # Generators of layers that carry their own `seed`, kept across batches.
     seeded: dict = field(default_factory=dict)
@@ -78,8 +85,9 @@ class Context:
         return rng
 
     def buffer(self, name: str, shape: tuple[int, ...], dtype, *, shared: bool = False) -> np.ndarray:
-        """An array kept for this node's `name`; `shared`: one array for every node's `name`,
-        for scratch that is dead once the layer's forward returns (and no backward follows)."""
+        """An array kept for this node's (or buffer group's) `name`; `shared`: one array for
+        every node's `name`, for scratch that is dead once the layer's forward returns (and no
+        backward follows)."""
         key = (None if shared else self.node, name, shape, dtype)
         array = self.buffers.get(key)
         if array is None:
