@@ -732,7 +732,10 @@ def w1_gemm_fraction(w1: dict, own: dict) -> list[str]:
             f" [{min(gemm):.1f}-{max(gemm):.1f}]"
         )
     ]
-    names = {"kerspec": "kerspec", "torch": "torch", "numpy": "plain NumPy (numpy_w1.py)"}
+    names = {
+        "kerspec": "kerspec", "torch": "torch", "numpy": "plain NumPy (numpy_w1.py)",
+        "baseline": "kerspec of --baseline",
+    }
     for framework, seconds in w1["train_seconds"].items():
         rates = [w1["samples"] / s * flops / 1e9 for s in seconds]
         fractions = [r / g for r, g in zip(rates, gemm)]
@@ -848,14 +851,7 @@ def main(argv: list[str] | None = None) -> None:
         "load_average_after": os.getloadavg(),
         "quick": args.quick,
     }
-    print(render(results, gemm, header))
-    print(
-        f"\nload average before {load_before[0]:.2f}, after {header['load_average_after'][0]:.2f}"
-        " (anything else running on the machine skews the numbers)"
-    )
-    if args.quick:
-        print("--quick: 1/8 of the samples; a smoke run, not a result")
-    if args.json:
+    if args.json:  # first, so that the measurements outlive a failure to render them
         payload = {
             "header": header,
             "gemm": gemm,
@@ -863,6 +859,13 @@ def main(argv: list[str] | None = None) -> None:
             "summary": {r["workload"]: summarize(r) for r in results},
         }
         args.json.write_text(json.dumps(payload, indent=1))
+    print(render(results, gemm, header))
+    print(
+        f"\nload average before {load_before[0]:.2f}, after {header['load_average_after'][0]:.2f}"
+        " (anything else running on the machine skews the numbers)"
+    )
+    if args.quick:
+        print("--quick: 1/8 of the samples; a smoke run, not a result")
 
 
 def _git_state() -> str:
