@@ -58,6 +58,7 @@ THREADS = 2
 PREDICT_BATCH = 1024
 PREDICTING = ("kerspec", "torch", "baseline")
 OPENBLAS_WORKAROUNDS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+SETTLE_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -478,6 +479,13 @@ class Spinner:
         self.proc.wait()
 
 
+def settle() -> None:
+    """A pause before each timed call: the BLAS and OpenMP threads of the child that ran last spin
+    on after their work for a while, and would take the cores from the next child: without it, the
+    same kerspec in two slots ran slower in the slot after another kerspec (bench/RESULTS.md)."""
+    time.sleep(SETTLE_SECONDS)
+
+
 def run_rounds(w: Workload, children: dict[str, Child], rounds: int, label: str) -> dict:
     """Timed rounds, one training round then one predict per framework, the order rotating."""
     frameworks = list(children)
@@ -490,11 +498,13 @@ def run_rounds(w: Workload, children: dict[str, Child], rounds: int, label: str)
         shift = r % len(frameworks)
         order = frameworks[shift:] + frameworks[:shift]
         for framework in order:
+            settle()
             answer = children[framework].ask("train")
             train[framework].append(answer["seconds"])
             losses[framework].append(answer["loss"])
         for framework in order:
             if framework in PREDICTING:
+                settle()
                 predict[framework].append(children[framework].ask("predict")["seconds"])
         if w.name == "W1" and label == "idle":
             gemm.append(children["kerspec"].ask("gemm")["gflops"])
