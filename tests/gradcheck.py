@@ -9,18 +9,22 @@ import numpy as np
 from kerspec.layers import Context
 
 
+def derivative(f: Callable[[], float], x: np.ndarray, at: tuple, eps: float) -> float:
+    """d f / d x[at] by a central difference, perturbing x in place and putting it back."""
+    old = x[at]
+    x[at] = old + eps
+    up = f()
+    x[at] = old - eps
+    down = f()
+    x[at] = old
+    return (up - down) / (2 * eps)
+
+
 def numerical_grad(f: Callable[[], float], x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
-    """d f / d x by central differences, perturbing x in place one element at a time."""
+    """d f / d x by central differences, one element at a time."""
     grad = np.zeros_like(x, dtype=np.float64)
-    flat, gflat = x.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
-        up = f()
-        flat[i] = old - eps
-        down = f()
-        flat[i] = old
-        gflat[i] = (up - down) / (2 * eps)
+    for at in np.ndindex(x.shape):
+        grad[at] = derivative(f, x, at, eps)
     return grad
 
 

@@ -13,6 +13,7 @@ import numpy as np
 
 import kerspec
 from kerspec.layers import Context
+from tests.gradcheck import derivative
 
 SMALL = 16  # weight arrays up to this size are checked element by element
 
@@ -74,23 +75,14 @@ def check_training_gradients(
             # By index: weights may be non-contiguous views (a recurrent layer's layout), and
             # a reshaped copy would not be the weight.
             at = np.unravel_index(i, weight.shape)
-            numeric = _derivative(run, weight, at, eps)
+            numeric = derivative(run, weight, at, eps)
             if abs(numeric - grad[at]) > rtol * abs(grad[at]) + atol:
                 # A ReLU or a pooling maximum in a large layer (hundreds of thousands of values)
                 # may switch within eps of the point: central differences then average two
                 # slopes. Such a kink is rarely within eps / 100 too; a wrong gradient is
                 # wrong at both.
-                numeric = _derivative(run, weight, at, eps / 100)
+                numeric = derivative(run, weight, at, eps / 100)
                 assert abs(numeric - grad[at]) <= rtol * abs(grad[at]) + 100 * atol, (
                     f"{where}{tuple(map(int, at))}: {grad[at]} analytic, {numeric} numeric"
                 )
 
-
-def _derivative(loss, weight: np.ndarray, at: tuple, eps: float) -> float:
-    old = weight[at]
-    weight[at] = old + eps
-    up = loss()
-    weight[at] = old - eps
-    down = loss()
-    weight[at] = old
-    return (up - down) / (2 * eps)
