@@ -5,6 +5,8 @@ relies on, and tests/test_fusions.py checks it in float64 against the unrewritte
 (graph/plan.py) runs `fuse` once, when it is built; layers know nothing of the rewrites. All of
 them look at pairs of steps where the second is all that reads the first's output
 (`sole_readers`), so no other step, model output, penalty or mask sees what changed between them.
+Each ends in a pooling or BatchNormalization step: the plan runs `fuse` only when it has one
+(`plan.REWRITTEN_FAMILIES`); a rewrite ending elsewhere would add its family there.
 
 - `relu_after_max_pooling` (every plan): a ReLU read only by max pooling moves after the pooling.
 - `split_into_windows` (every plan): a convolution read only by a pooling over non-overlapping
