@@ -13,9 +13,10 @@ to what it was when the work ends.
 
 Evaluate and predict may change the count after any batch. A training run keeps one count from
 its first step to its last, because the weights depend on it (OpenBLAS sums a GEMM's products in
-another order on another count): it starts on the last choice if that is recent, else on one
-read over FIRST_INTERVAL before its first step, and the count goes into its checkpoints so that
-a resumed run carries on with it, bit for bit.
+another order on another count): it starts on a reading of the machine over FIRST_INTERVAL
+before its first step, never on an earlier choice (a load that began since would be missed for
+the whole run), and the count goes into its checkpoints so that a resumed run carries on with
+it, bit for bit.
 
 Setting threads needs threadpoolctl (the `threads` extra: pip install 'kerspec[threads]').
 Without it, or off Linux, BLAS keeps its own count and kerspec runs as before.
@@ -23,7 +24,6 @@ Without it, or off Linux, BLAS keeps its own count and kerspec runs as before.
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 import time
@@ -35,9 +35,7 @@ SLACK = 0.25
 # The shortest stretch of work a choice is made from (/proc/stat counts in 10 ms ticks: 40 ticks
 # on two cores).
 INTERVAL = 0.2
-# A run takes the last choice if it is at most this old, else reads the machine over
-# FIRST_INTERVAL before its first step.
-RECENT = 30.0
+# A run reads the machine over this long before its first step.
 FIRST_INTERVAL = 0.05
 
 
@@ -114,12 +112,11 @@ _original: list[tuple[object, int]] = []  # (library, its thread count before)
 _applied = 0  # the count set now (0: the original ones)
 _fixed = False  # the outermost use is a run, which keeps one count throughout
 # The reading the next choice is made from (taken during the work now running) and when the next
-# reading is due; the last choice and when it was made, which outlive a BlasThreads: the next
-# work starts on that choice.
+# reading is due; the last choice, which outlives a BlasThreads: the next evaluate or predict
+# starts on it.
 _last: Reading | None = None
 _due = 0.0
 _choice = 0
-_chosen_at = -math.inf
 
 
 def _apply(threads: int) -> None:
@@ -137,9 +134,8 @@ def _read() -> None:
 
 
 def _choose(before: Reading, after: Reading, most: int) -> int:
-    global _choice, _chosen_at
+    global _choice
     _choice = threads_for(before, after, len(_cpus()), most)
-    _chosen_at = time.monotonic()
     return _choice
 
 
@@ -162,10 +158,8 @@ def after_batch() -> None:
 
 
 def _count_for_a_run(most: int) -> int:
-    """A recent choice from kerspec's own work, else one from the machine over FIRST_INTERVAL
-    from now; BLAS's own count where the machine cannot be read."""
-    if _choice and time.monotonic() - _chosen_at < RECENT:
-        return min(_choice, most)
+    """A choice from the machine over FIRST_INTERVAL from now; BLAS's own count where the
+    machine cannot be read."""
     before = read_machine()
     time.sleep(FIRST_INTERVAL)
     after = read_machine()

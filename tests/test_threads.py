@@ -164,14 +164,24 @@ def test_a_resumed_run_carries_on_with_the_count_its_checkpoint_recorded(machine
     assert json.loads(str(np.load(tmp_path / "run" / "checkpoint.npz")["meta"]))["blas_threads"] == 1
 
     machine["others"] = 0.0  # idle now: a fresh run would take two threads
-    threads._choice = 0  # and nothing recent to go by
     seen = SeenThreads()
     kerspec.from_yaml(SPEC).fit(data, run_dir=tmp_path / "run", resume=True, callbacks=[seen])
     assert seen.seen == [1, 1]
-    threads._choice = 0
     fresh = SeenThreads()
     kerspec.from_yaml(SPEC).fit(data, callbacks=[fresh])
     assert fresh.seen == [2, 2, 2]
+
+
+def test_a_run_reads_the_machine_afresh_rather_than_start_on_the_last_choice(machine):
+    model = kerspec.from_yaml(SPEC)
+    x = np.ones((16, 4), np.float32)
+    machine["others"] = 0.0
+    model.predict(x, batch_size=4)
+    assert threads._choice == 2  # the machine was idle a moment ago
+    machine["others"] = 1.0  # another process starts between that call and the run
+    seen = SeenThreads()
+    model.fit(Dataset({"x": x}, {"y": np.arange(16) % 3}, "test"), callbacks=[seen])
+    assert seen.seen == [1, 1, 1]
 
 
 def test_what_ran_between_two_calls_does_not_choose_the_count(machine):
