@@ -163,7 +163,7 @@ def forward_gemm(views, kernel, bias, activation, g: Geometry, ctx):
     from the kernel every time, and touching them cost more than the GEMM. Only one block of
     columns exists at a time unless training keeps them all (KEEP_COLUMNS_BYTES); otherwise
     backprop unfolds them again, block by block."""
-    zg = ctx.buffer("z", (g.groups, g.rows, g.out_group), kernel.dtype)
+    zg = ctx.buffer("z", _by_group_shape(g), kernel.dtype)
     # Whether a backward pass will follow (training, a gradient check), not ctx.training.
     keep = ctx.record and g.rows * g.width * g.groups * kernel.itemsize <= KEEP_COLUMNS_BYTES
     kept = columns(ctx, g, g.batch, kernel.dtype, shared=False) if keep else None
@@ -240,6 +240,8 @@ def backward_buffers(ctx, g: Geometry, dtype, kept) -> dict:
     if not ctx.record:
         return {}
     buffers = {"cols": columns(ctx, g, g.step, dtype)} if kept is None else {}
+    if g.groups > 1:
+        buffers["dzg"] = ctx.buffer("dzg", _by_group_shape(g), dtype, shared=True)
     if not ctx.need_dx:
         return buffers
     if dx_as_one_gemm(g):
@@ -252,6 +254,10 @@ def backward_buffers(ctx, g: Geometry, dtype, kept) -> dict:
     if g.blocks:
         buffers["dz_natural"] = ctx.buffer("dz_natural", _natural_shape(g), dtype, shared=True)
     return buffers
+
+
+def _by_group_shape(g: Geometry) -> tuple[int, ...]:
+    return (g.groups, g.rows, g.out_group)
 
 
 def _input_shape(g: Geometry) -> tuple[int, ...]:
@@ -284,8 +290,13 @@ def backward(views, kept, dz, kernel, g: Geometry, buffers, need_dx: bool, use_b
     gradient, and the same output gradient rows go on to the block's input gradient while
     still in cache."""
     dtype = kernel.dtype
-    # Contiguous per group for BLAS; no copy when groups == 1.
-    dzg = np.ascontiguousarray(dz.reshape(g.rows, g.groups, g.out_group).transpose(1, 0, 2))
+    # Contiguous per group for BLAS; no copy when groups == 1 (and dz is contiguous).
+    by_group = dz.reshape(g.rows, g.groups, g.out_group).transpose(1, 0, 2)
+    if g.groups == 1:
+        dzg = np.ascontiguousarray(by_group)
+    else:
+        dzg = _or_empty(buffers.get("dzg"), _by_group_shape(g), dtype)
+        np.copyto(dzg, by_group)
     cols = buffers.get("cols")
     if cols is None and kept is None:
         cols = columns(None, g, g.step, dtype)
