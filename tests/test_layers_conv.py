@@ -324,20 +324,20 @@ def test_inference_in_parts_and_reused_training_buffers_give_the_same_numbers(
     fresh = [run(Context(training=True, rng=rng), x) for x in batches]
     reused_ctx = Context(training=True, rng=rng)
     reused = [run(reused_ctx, x) for x in batches]
-    # Training's forward blocks and the input gradient two samples at a time (a shorter last
+    # Training's forward and backward blocks two samples at a time (a shorter last
     # block), in reused buffers.
     first = config.get("data_format") == "channels_first"
     out_shape = conv_layer.output_shape(shape[1:])
     positions = int(np.prod(out_shape[1:] if first else out_shape[:-1]))
     window = int(np.prod(as_tuple(config["kernel_size"], len(shape) - 2)))
     sample_bytes = positions * window * (shape[1] if first else shape[-1]) * 4
-    monkeypatch.setattr(im2col, "DX_CHUNK_BYTES", 2 * sample_bytes)
+    monkeypatch.setattr(im2col, "BACKWARD_CHUNK_BYTES", 2 * sample_bytes)
     monkeypatch.setattr(im2col, "CHUNK_BYTES", 2 * sample_bytes)
     blocks_ctx = Context(training=True, rng=rng)
     blocks = [run(blocks_ctx, x) for x in batches]
     # One sample's columns at a time (inference, a backward after it unfolds them again).
     monkeypatch.setattr(im2col, "CHUNK_BYTES", 1)
-    monkeypatch.setattr(im2col, "DX_CHUNK_BYTES", 1)
+    monkeypatch.setattr(im2col, "BACKWARD_CHUNK_BYTES", 1)
     parts_ctx = Context(training=False, rng=rng, record=False)
     parts = [run(parts_ctx, x) for x in batches]
     for want, *gots in zip(fresh, reused, blocks, parts):
@@ -418,3 +418,87 @@ layers:
     ctx = Context(training=False, rng=np.random.default_rng(0))
     (recorded,) = model.plan.forward(model.params, [x], ctx, record=True).outputs
     np.testing.assert_allclose(predicted, recorded, rtol=1e-6, atol=1e-6)
+
+
+# Convolutions of every kind the backward pass handles in its own way: a first layer (no input
+# gradient) with offset-major columns, groups, an output split into pooling windows, strides,
+# and a 1-D input gradient from the output gradient's windows.
+BLOCKWISE_SPECS = {
+    "2d": """
+layers:
+  - {type: Input, shape: [6, 14, 1]}
+  - {type: Conv2D, filters: 4, kernel_size: 3, padding: same, activation: tanh}
+  - {type: Conv2D, filters: 6, kernel_size: 3, groups: 2, activation: relu}
+  - {type: MaxPooling2D, pool_size: 2}
+  - {type: Conv2D, filters: 4, kernel_size: 2, strides: 2, padding: same}
+  - {type: Flatten}
+  - {type: Dense, units: 3, name: y}
+""",
+    "1d": """
+layers:
+  - {type: Input, shape: [9, 2]}
+  - {type: Conv1D, filters: 6, kernel_size: 3, padding: same, activation: tanh}
+  - {type: Conv1D, filters: 3, kernel_size: 3, padding: same}
+  - {type: Flatten}
+  - {type: Dense, units: 3, name: y}
+""",
+}
+
+
+@pytest.mark.parametrize("keep_bytes", [0, 1 << 30], ids=["unfolded_again", "kept"])
+@pytest.mark.parametrize("max_depth", [0, 1 << 30], ids=["bias_after", "bias_inside"])
+@pytest.mark.parametrize("name", sorted(BLOCKWISE_SPECS))
+def test_training_gradients_summed_over_many_blocks(name, max_depth, keep_bytes, monkeypatch):
+    """Backward goes one sample at a time, its columns unfolded again or kept by the forward
+    pass: the kernel and bias gradients (in the GEMM's last row or added after it) are sums over
+    the blocks, and each block's input gradient lands in its samples, through the training step
+    as fit runs it."""
+    import kerspec
+    from kerspec.layers import im2col
+    from tests.wholeplan import check_training_gradients
+
+    monkeypatch.setattr(im2col, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(im2col, "BACKWARD_CHUNK_BYTES", 1)
+    monkeypatch.setattr(im2col, "FUSED_BIAS_MAX_DEPTH", max_depth)
+    monkeypatch.setattr(im2col, "KEEP_COLUMNS_BYTES", keep_bytes)
+    model = kerspec.from_yaml(
+        "name: blocks\ndtype: float64\ncompile: {loss: mse}\n" + BLOCKWISE_SPECS[name], seed=2
+    )
+    rng = np.random.default_rng(4)
+    (shape,) = model.graph.input_shapes().values()
+    x = rng.standard_normal((5, *shape))
+    y = rng.standard_normal((5, 3))
+    check_training_gradients(model, [x], [y], rng=rng)
+
+
+def test_a_training_step_holds_no_batch_of_columns_beyond_the_bound(monkeypatch):
+    """Training keeps a convolution's padded input, output and input gradient between its
+    passes, and its columns (25 times the input for a 5x5 kernel) only up to
+    KEEP_COLUMNS_BYTES: past it, after fit, the whole context holds less than half of one
+    convolution's columns."""
+    import kerspec
+    from kerspec.layers import im2col
+
+    batch = 32
+    columns = batch * 16 * 16 * 5 * 5 * 8 * 4
+    monkeypatch.setattr(im2col, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(im2col, "BACKWARD_CHUNK_BYTES", 1)
+    monkeypatch.setattr(im2col, "KEEP_COLUMNS_BYTES", columns - 1)
+    model = kerspec.from_yaml(
+        """
+name: columns
+compile: {loss: sparse_categorical_crossentropy}
+layers:
+  - {type: Input, shape: [16, 16, 8]}
+  - {type: Conv2D, filters: 8, kernel_size: 5, padding: same, activation: relu}
+  - {type: Conv2D, filters: 8, kernel_size: 5, padding: same, activation: relu}
+  - {type: GlobalAveragePooling2D}
+  - {type: Dense, units: 4, activation: softmax, name: y}
+""",
+        seed=0,
+    )
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, 16, 16, 8)).astype(np.float32)
+    model.fit(x, rng.integers(0, 4, batch), epochs=1, batch_size=batch)
+    held = sum(a.nbytes for a in model.ctx.buffers.values())
+    assert held < columns / 2

@@ -16,15 +16,11 @@ from pydantic import PositiveInt, model_validator
 from kerspec.layers.base import LAYERS, ShapeError, format_shape, require_known
 from kerspec.layers.core import DataFormat, KernelBiasLayer
 from kerspec.layers.im2col import (
-    all_columns,
-    dx_as_one_gemm,
-    dx_buffers,
-    dx_from_dz_windows,
+    backward,
+    backward_buffers,
     forward_gemm,
     gemm_kernel,
     geometry,
-    input_gradient,
-    kernel_gradient,
     window_view,
 )
 from kerspec.layers.windows import (
@@ -34,7 +30,6 @@ from kerspec.layers.windows import (
     as_tuple,
     check_lengths,
     from_last,
-    interior,
     join_channels,
     out_sizes,
     pad_amounts,
@@ -133,26 +128,12 @@ def convolve(layer: BaseConv, w, x: np.ndarray, ctx, blocks: tuple[int, ...] | N
     z, y, kept_cols = forward_gemm(views, kernel, bias, activation, g, ctx)
     kept_z = z if activation.uses_input else None
     need_dx = ctx.need_dx
-    direct = dx_as_one_gemm(g)
-    buffers = dx_buffers(ctx, g, xl.shape, grouped.shape, direct, x.dtype)
+    buffers = backward_buffers(ctx, g, x.dtype, kept_cols)
 
     def backprop(dy):
         dz = activation.backward(kept_z, y, to_last(layer, dy).reshape(g.rows, g.filters))
-        # Contiguous per group for BLAS; no copy when groups == 1.
-        dzg = np.ascontiguousarray(dz.reshape(g.rows, g.groups, g.out_group).transpose(1, 0, 2))
-        cols = kept_cols if kept_cols is not None else all_columns(views, g, x.dtype)
-        grads = kernel_gradient(cols, dzg, dz, g, w["kernel"].shape, layer.use_bias)
-        if not need_dx:
-            return None, grads
-        if direct:
-            dx = dx_from_dz_windows(
-                dzg[0].reshape(g.batch, *g.out, g.filters), w["kernel"], g.pads[0][0],
-                g.spatial[0], buffers.get("dz_windows"), buffers.get("dx"),
-            )  # fmt: skip
-        else:
-            dxp = input_gradient(dzg, kernel, g, buffers, grouped.shape, x.dtype)
-            dx = dxp[interior(g.pads, g.spatial)].reshape(xl.shape)
-        return from_last(layer, dx), grads
+        dx, grads = backward(views, kept_cols, dz, kernel, g, buffers, need_dx, layer.use_bias)
+        return (None if dx is None else from_last(layer, dx)), grads
 
     return from_last(layer, y.reshape(g.batch, *g.placed, g.filters)), backprop
 

@@ -1,19 +1,23 @@
 """The arithmetic of a convolution as GEMMs: im2col forward, kernel gradient, col2im backward.
 
 The forward pass is im2col: the padded input's windows (a strided view, `window_view`) are
-copied once into a `(groups, positions, window)` matrix and multiplied by the kernel in a batched
+copied into a `(groups, positions, window)` matrix and multiplied by the kernel in a batched
 GEMM (`forward_gemm`; with short windows the bias rides in it as a column of ones). The kernel
-gradient is that matrix's transpose times the output gradient (one GEMM, `kernel_gradient`), and
-the input gradient is the matching col2im (`input_gradient`): a GEMM to window gradients, then
-one strided add per kernel offset (kh * kw of them), never a loop over positions or samples; a
-plain 1-D convolution with fewer filters than channels takes it as one GEMM instead
-(`dx_from_dz_windows`). Both go through the batch in blocks of a few samples (CHUNK_BYTES,
-DX_CHUNK_BYTES) so that what a GEMM writes is still in cache when the next step reads it.
+gradient is that matrix's transpose times the output gradient, and the input gradient is the
+matching col2im: a GEMM to window gradients, then one strided add per kernel offset (kh * kw
+of them), never a loop over positions or samples; a plain 1-D convolution with fewer filters
+than channels takes it as one GEMM instead (`dx_from_dz_windows`).
 
-Training unfolds the whole batch into a buffer reused batch after batch and keeps it for the
-kernel gradient; its backward writes into buffers too. Inference (ctx.record False: predict,
-evaluate, no backward follows) keeps one block of columns and none afterwards, so a large
-predict batch does not hold a column array nine times the size of its input.
+Both passes go through the batch in blocks of a few samples (CHUNK_BYTES, BACKWARD_CHUNK_BYTES),
+so that what a GEMM writes is still in cache when the next step reads it. Training does not keep
+the whole batch's columns (nine times the input for a 3x3 kernel, per convolution) for the
+kernel gradient: the forward pass unfolds a block into a small buffer and multiplies it, and
+`backward` unfolds it again and takes, block by block, the kernel gradient (summed over the
+blocks) and the input gradient. A large batch's columns written whole leave the cache before
+their GEMM reads them, and again before the kernel gradient does, which costs about what
+unfolding twice does; and they would be most of training's memory. Only columns small enough
+to stay in cache are kept from forward to backward (KEEP_COLUMNS_BYTES). The block buffers are
+scratch shared by every convolution of the plan.
 
 Everything here is channels_last, with the sizes of one call in a `Geometry`. When the output
 goes to a pooling over non-overlapping windows (`blocks`, graph/fusions.py), the GEMM rows are
@@ -27,34 +31,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kerspec.layers.windows import Pads, offset_region, to_blocks, windows
+from kerspec.layers.windows import Pads, interior, offset_region, to_blocks, windows
 
 # The forward pass unfolds the columns of at most this many bytes at a time (at least one
 # sample): a block small enough to stay in cache between being written and being read by its
 # GEMM, still hundreds of rows for the GEMM.
 CHUNK_BYTES = 1 << 20
-# The input gradient's window gradients are made (one GEMM) and added back (col2im) in blocks of
-# about this many bytes, which also bounds their buffer.
-DX_CHUNK_BYTES = 4 << 20
+# The backward pass unfolds the columns again, and makes the window gradients (one GEMM) and adds
+# them back (col2im), in blocks of about this many bytes, which also bounds their buffers.
+BACKWARD_CHUNK_BYTES = 4 << 20
+# Training keeps the batch's columns from the forward pass to the backward pass when they take
+# at most this many bytes: small enough to stay in cache, where unfolding them again costs more
+# than reading them back.
+KEEP_COLUMNS_BYTES = 8 << 20
 # Windows of at most this many values (kernel positions times input channels per group) take the
 # bias into the GEMM as a column of ones.
 FUSED_BIAS_MAX_DEPTH = 64
-
-
-def column_buffer(ctx, groups: int, rows: int, width: int, dtype, offset_major: bool):
-    """A (groups, rows, width) column array: the context's buffer (a fresh array when ctx is
-    None), stored as (groups, width, rows) when `offset_major`."""
-    shape = (groups, width, rows) if offset_major else (groups, rows, width)
-    cols = np.empty(shape, dtype) if ctx is None else ctx.buffer("cols", shape, dtype)
-    return cols.transpose(0, 2, 1) if offset_major else cols
-
-
-def unfold_buffer(cols: np.ndarray, depth: int) -> np.ndarray:
-    """cols (groups, rows, width) with its column `depth` (the bias's ones, when width > depth)
-    set to 1; the columns before it receive the windows."""
-    if cols.shape[-1] > depth:
-        cols[..., depth] = 1
-    return cols
 
 
 @dataclass(frozen=True)
@@ -84,9 +76,9 @@ class Geometry:
     width: int
     fused_bias: bool
     offset_major: bool
-    # Samples unfolded and multiplied (forward), or turned into the input gradient, at a time.
+    # Samples unfolded and multiplied at a time by the forward pass, and by the backward pass.
     chunk: int
-    dx_step: int
+    step: int
 
     @property
     def filters(self) -> int:
@@ -118,8 +110,8 @@ def geometry(xl: np.ndarray, sizes, pads: Pads, out, groups: int, filters: int, 
     # windows add it after: there the extra column costs the GEMMs more (an odd leading
     # dimension) than the bias pass.
     fused_bias = use_bias and depth <= FUSED_BIAS_MAX_DEPTH
-    # Both passes go about CHUNK_BYTES (DX_CHUNK_BYTES) of columns at a time, so that each block
-    # is still in cache for its GEMM and what follows it.
+    # The forward (backward) pass goes about CHUNK_BYTES (BACKWARD_CHUNK_BYTES) of columns at a
+    # time, so that each block is still in cache for its GEMMs and what follows them.
     sample_bytes = max(per_sample * depth * groups * xl.itemsize, 1)
     return Geometry(
         kernel=kernel, strides=strides, dilation=dilation, pads=pads, spatial=spatial, out=out,
@@ -131,7 +123,7 @@ def geometry(xl: np.ndarray, sizes, pads: Pads, out, groups: int, filters: int, 
         # output rows at a time instead of runs of kernel_w * channels values.
         offset_major=2 * kernel[-1] * in_group < placed[-1],
         chunk=max(1, min(batch, CHUNK_BYTES // sample_bytes)),
-        dx_step=max(1, min(batch, DX_CHUNK_BYTES // sample_bytes)),
+        step=max(1, min(batch, BACKWARD_CHUNK_BYTES // sample_bytes)),
     )  # fmt: skip
 
 
@@ -165,19 +157,17 @@ def gemm_kernel(w, g: Geometry, dtype) -> np.ndarray:
 
 def forward_gemm(views, kernel, bias, activation, g: Geometry, ctx):
     """The windows unfolded into columns and multiplied by the kernel, a block of samples at a
-    time, then the bias and activation: (z, y, the whole batch's columns or None).
+    time, then the bias and activation: (z, y, the batch's columns kept for backprop or None).
 
-    The output and the columns live in buffers reused batch after batch: a fresh large array
-    is new pages from the kernel every time, and touching them cost more than the GEMM.
-    Training keeps the whole batch's columns for the kernel gradient; inference (predict,
-    evaluate) keeps one block of them, so a large batch does not hold its whole column array
-    (backprop, if a caller asks for it in inference, unfolds them again)."""
+    The output lives in a buffer reused batch after batch: a fresh large array is new pages
+    from the kernel every time, and touching them cost more than the GEMM. Only one block of
+    columns exists at a time unless training keeps them all (KEEP_COLUMNS_BYTES); otherwise
+    backprop unfolds them again, block by block."""
+    zg = ctx.buffer("z", _by_group_shape(g), kernel.dtype)
     # Whether a backward pass will follow (training, a gradient check), not ctx.training.
-    training = ctx.record
-    zg = ctx.buffer("z", (g.groups, g.rows, g.out_group), kernel.dtype)
-    rows = g.rows if training else g.chunk * g.per_sample
-    cols = column_buffer(ctx, g.groups, rows, g.width, kernel.dtype, g.offset_major)
-    cols = unfold_buffer(cols, g.depth)
+    keep = ctx.record and g.rows * g.width * g.groups * kernel.itemsize <= KEEP_COLUMNS_BYTES
+    kept = columns(ctx, g, g.batch, kernel.dtype, shared=False) if keep else None
+    cols = kept if keep else columns(ctx, g, g.chunk, kernel.dtype)
     in_place = activation.elementwise and not activation.uses_input
     late_bias = bias is not None and not g.fused_bias
     # With one group z is zg's rows: each block gets its bias and activation (in place, as
@@ -186,52 +176,50 @@ def forward_gemm(views, kernel, bias, activation, g: Geometry, ctx):
     for start in range(0, g.batch, g.chunk):
         stop = min(start + g.chunk, g.batch)
         rows_in = slice(start * g.per_sample, stop * g.per_sample)
-        part = cols[:, rows_in] if training else cols[:, : (stop - start) * g.per_sample]
-        np.copyto(
-            part[..., : g.depth].reshape(g.groups, stop - start, *g.placed, *g.kernel, g.in_group),
-            views[:, start:stop],
-        )
+        part = unfold(cols, views, start, stop, g, start if keep else 0)
         np.matmul(part, kernel, out=zg[:, rows_in])
         if blockwise:
             block = zg[0, rows_in]
             if late_bias:
                 block += bias
             activation.forward(block, out=block)
-    kept_cols = cols if training or g.chunk >= g.batch else None
     # A view when groups == 1; otherwise the group outputs are interleaved into filters.
     z = zg.transpose(1, 0, 2).reshape(g.rows, g.filters)
     if blockwise:
-        return z, z, kept_cols
+        return z, z, kept
     if late_bias:
         z += bias
     y = activation.forward(z, out=z) if in_place else activation.forward(z)
-    return z, y, kept_cols
+    return z, y, kept
 
 
-def all_columns(views, g: Geometry, dtype) -> np.ndarray:
-    """The whole batch's columns in a fresh array (for a backward after inference)."""
-    cols = column_buffer(None, g.groups, g.rows, g.width, dtype, g.offset_major)
-    cols = unfold_buffer(cols, g.depth)
-    windows_at = cols[..., : g.depth].reshape(g.groups, g.batch, *g.placed, *g.kernel, g.in_group)
-    np.copyto(windows_at, views)
-    return cols
+def columns(ctx, g: Geometry, samples: int, dtype, shared: bool = True) -> np.ndarray:
+    """A buffer for the columns of `samples` samples, (groups, rows, width), stored as
+    (groups, width, rows) when `offset_major`: the context's (a fresh array when ctx is None).
 
-
-def kernel_gradient(cols, dzg, dz, g: Geometry, kernel_shape, use_bias: bool) -> dict:
-    """The kernel's (and bias's) gradient: the columns' transpose times the output gradient."""
-    # The long-K product with the columns in their contiguous layout, which OpenBLAS runs
-    # faster: (dz^T cols)^T row-major, cols^T dz offset-major.
-    if g.offset_major:
-        dkernel = np.matmul(cols.transpose(0, 2, 1), dzg)
+    A block's buffer is scratch, written whole before every GEMM that reads it, so every
+    convolution of the plan shares it (`shared`); kept columns are the layer's own."""
+    rows = samples * g.per_sample
+    shape = (g.groups, g.width, rows) if g.offset_major else (g.groups, rows, g.width)
+    if ctx is None:
+        cols = np.empty(shape, dtype)
     else:
-        dkernel = np.matmul(dzg.transpose(0, 2, 1), cols).transpose(0, 2, 1)
-    grads = {"kernel": dkernel[:, : g.depth].transpose(1, 0, 2).reshape(kernel_shape)}
+        cols = ctx.buffer("cols" if shared else "kept_cols", shape, dtype, shared=shared)
+    return cols.transpose(0, 2, 1) if g.offset_major else cols
+
+
+def unfold(cols: np.ndarray, views, start: int, stop: int, g: Geometry, at: int = 0):
+    """The columns of samples start:stop written into `cols` from its sample `at` on, with the
+    bias's column of ones when it rides in the GEMM (set every time: a block's buffer is
+    shared)."""
+    part = cols[:, at * g.per_sample : (at + stop - start) * g.per_sample]
+    windows_at = part[..., : g.depth].reshape(
+        g.groups, stop - start, *g.placed, *g.kernel, g.in_group
+    )
+    np.copyto(windows_at, views[:, start:stop])
     if g.fused_bias:
-        grads["bias"] = dkernel[:, g.depth].reshape(g.filters)
-    elif use_bias:
-        # A GEMV with ones, several times faster than dz.sum(axis=0) down the rows.
-        grads["bias"] = np.ones(g.rows, dz.dtype) @ dz
-    return grads
+        part[..., g.depth] = 1
+    return part
 
 
 def dx_as_one_gemm(g: Geometry) -> bool:
@@ -244,39 +232,123 @@ def dx_as_one_gemm(g: Geometry) -> bool:
     )  # fmt: skip
 
 
-def dx_buffers(ctx, g: Geometry, x_shape, grouped_shape, direct: bool, dtype) -> dict:
-    """The input gradient's buffers, taken now (backprop runs when ctx.node names another
-    layer) and only when a backward pass will follow; backprop makes fresh arrays otherwise."""
-    if not (ctx.need_dx and ctx.record):
+def backward_buffers(ctx, g: Geometry, dtype, kept) -> dict:
+    """The backward pass's buffers, taken now (backprop runs when ctx.node names another
+    layer) and only when a backward pass will follow; backprop makes fresh arrays otherwise.
+    The input gradient is the layer's own; the rest is scratch for one block of samples,
+    shared by every convolution (see `columns`). `kept`: the columns forward kept, or None."""
+    if not ctx.record:
         return {}
-    if direct:
-        return {
-            "dz_windows": ctx.buffer(
-                "dz_windows", (g.batch, *g.spatial, g.n_offsets, g.filters), dtype
-            ),
-            "dx": ctx.buffer("dx", x_shape, dtype),
-        }
-    buffers = {
-        "dcols": ctx.buffer("dcols", _dcols_shape(g), dtype),
-        "dx": ctx.buffer("dx", grouped_shape, dtype),
-    }
+    buffers = {"cols": columns(ctx, g, g.step, dtype)} if kept is None else {}
+    if g.groups > 1:
+        buffers["dzg"] = ctx.buffer("dzg", _by_group_shape(g), dtype, shared=True)
+    if not ctx.need_dx:
+        return buffers
+    if dx_as_one_gemm(g):
+        buffers["dx"] = ctx.buffer("dx", _input_shape(g), dtype)
+        shape = _dz_windows_shape(g)
+        buffers["dz_windows"] = ctx.buffer("dz_windows", shape, dtype, shared=True)
+        return buffers
+    buffers["dx"] = ctx.buffer("dx", _grouped_shape(g), dtype)
+    buffers["dcols"] = ctx.buffer("dcols", _dcols_shape(g), dtype, shared=True)
     if g.blocks:
-        buffers["dz_natural"] = ctx.buffer("dz_natural", _natural_shape(g), dtype)
+        buffers["dz_natural"] = ctx.buffer("dz_natural", _natural_shape(g), dtype, shared=True)
     return buffers
 
 
+def _by_group_shape(g: Geometry) -> tuple[int, ...]:
+    return (g.groups, g.rows, g.out_group)
+
+
+def _input_shape(g: Geometry) -> tuple[int, ...]:
+    return (g.batch, *g.spatial, g.groups * g.in_group)
+
+
+def _grouped_shape(g: Geometry) -> tuple[int, ...]:
+    padded = (n + lo + hi for n, (lo, hi) in zip(g.spatial, g.pads))
+    return (g.batch, *padded, g.groups, g.in_group)
+
+
+def _dz_windows_shape(g: Geometry) -> tuple[int, ...]:
+    return (g.step, *g.spatial, g.n_offsets, g.filters)
+
+
 def _dcols_shape(g: Geometry) -> tuple[int, ...]:
-    return (g.n_offsets, g.groups, g.dx_step * g.per_sample, g.in_group)
+    return (g.n_offsets, g.groups, g.step * g.per_sample, g.in_group)
 
 
 def _natural_shape(g: Geometry) -> tuple[int, ...]:
-    return (g.groups, g.dx_step * g.per_sample, g.out_group)
+    return (g.groups, g.step * g.per_sample, g.out_group)
 
 
-def input_gradient(dzg, kernel, g: Geometry, buffers, grouped_shape, dtype) -> np.ndarray:
-    """The padded input's gradient, (batch, *padded, groups, in_group), as col2im: a few samples
-    at a time, a GEMM to the window gradients, then one strided add per kernel offset, while
-    the block's window gradients are still in cache.
+def backward(views, kept, dz, kernel, g: Geometry, buffers, need_dx: bool, use_bias: bool):
+    """The input gradient (batch, *spatial, channels), None unless `need_dx`, and the kernel's
+    (and bias's) gradients, from the output gradient dz (rows, filters).
+
+    One pass over the batch, a block of samples at a time: the block's columns (unfolded
+    again unless forward `kept` them) are multiplied by its output gradient into the kernel
+    gradient, and the same output gradient rows go on to the block's input gradient while
+    still in cache."""
+    dtype = kernel.dtype
+    # Contiguous per group for BLAS; no copy when groups == 1 (and dz is contiguous).
+    by_group = dz.reshape(g.rows, g.groups, g.out_group).transpose(1, 0, 2)
+    if g.groups == 1:
+        dzg = np.ascontiguousarray(by_group)
+    else:
+        dzg = _or_empty(buffers.get("dzg"), _by_group_shape(g), dtype)
+        np.copyto(dzg, by_group)
+    cols = buffers.get("cols")
+    if cols is None and kept is None:
+        cols = columns(None, g, g.step, dtype)
+    # Summed over the blocks: cols^T dz, (groups, width, out_group).
+    dkernel = np.empty((g.groups, g.width, g.out_group), dtype)
+    partial = np.empty_like(dkernel)
+    dx, input_block = _input_gradient(kernel, g, buffers, dtype) if need_dx else (None, None)
+    for start in range(0, g.batch, g.step):
+        stop = min(start + g.step, g.batch)
+        rows = slice(start * g.per_sample, stop * g.per_sample)
+        part = unfold(cols, views, start, stop, g) if kept is None else kept[:, rows]
+        dz_rows = dzg[:, rows]
+        np.matmul(part.transpose(0, 2, 1), dz_rows, out=dkernel if start == 0 else partial)
+        if start:
+            dkernel += partial
+        if need_dx:
+            input_block(dz_rows, start, stop)
+    kernel_shape = (*g.kernel, g.in_group, g.filters)
+    grads = {"kernel": dkernel[:, : g.depth].transpose(1, 0, 2).reshape(kernel_shape)}
+    if g.fused_bias:
+        grads["bias"] = dkernel[:, g.depth].reshape(g.filters)
+    elif use_bias:
+        # A GEMV with ones, several times faster than dz.sum(axis=0) down the rows.
+        grads["bias"] = np.ones(g.rows, dtype) @ dz
+    return dx, grads
+
+
+def _input_gradient(kernel, g: Geometry, buffers, dtype):
+    """The input gradient's array (batch, *spatial, channels), and the function that fills
+    samples start:stop of it from their output gradient rows (groups, rows, out_group)."""
+    if dx_as_one_gemm(g):
+        dx = _or_empty(buffers.get("dx"), _input_shape(g), dtype)
+        dz_windows = _or_empty(buffers.get("dz_windows"), _dz_windows_shape(g), dtype)
+        flipped = flipped_kernel(kernel[0, : g.depth].reshape(*g.kernel, g.in_group, g.filters))
+
+        def direct(dz_rows, start, stop):
+            dz_block = dz_rows[0].reshape(stop - start, *g.out, g.filters)
+            dx_from_dz_windows(
+                dz_block, flipped, g.pads[0][0], dz_windows[: stop - start], dx[start:stop]
+            )
+
+        return dx, direct
+    dxp = _or_empty(buffers.get("dx"), _grouped_shape(g), dtype)
+    block = col2im(kernel, g, buffers, dxp, dtype)
+    return dxp[interior(g.pads, g.spatial)].reshape(_input_shape(g)), block
+
+
+def col2im(kernel, g: Geometry, buffers, dxp, dtype):
+    """The function that writes samples start:stop of the padded input's gradient dxp (batch,
+    *padded, groups, in_group) from their output gradient rows: a GEMM to the window
+    gradients, then one strided add per kernel offset, while the window gradients are still in
+    cache.
 
     The window gradients are made one kernel offset at a time, (offsets, groups, rows,
     in_group), with the rows in natural position order: each offset's block is then contiguous,
@@ -291,17 +363,15 @@ def input_gradient(dzg, kernel, g: Geometry, buffers, grouped_shape, dtype) -> n
     naturals = buffers.get("dz_natural")
     if g.blocks is not None and naturals is None:
         naturals = np.empty(_natural_shape(g), dtype)
-    dxp = _or_empty(buffers.get("dx"), grouped_shape, dtype)
     regions = [
         offset_region(offset, g.strides, g.dilation, g.span) for offset in np.ndindex(*g.kernel)
     ]
     # Offset 0 covers the box [0, span) of every axis when strides and dilation are 1: copy it
     # there and zero only the rest, instead of zeroing everything and adding it.
     boxed = max(g.strides) == 1 and max(g.dilation) == 1
-    for start in range(0, g.batch, g.dx_step):
-        stop = min(start + g.dx_step, g.batch)
+
+    def block(dz_rows, start, stop):
         n_rows = (stop - start) * g.per_sample
-        dz_rows = dzg[:, start * g.per_sample : stop * g.per_sample]
         if g.blocks is not None:
             # From the window-split order (batch, *blocks, *inner) back to natural order.
             natural = naturals[:, :n_rows]
@@ -314,7 +384,8 @@ def input_gradient(dzg, kernel, g: Geometry, buffers, grouped_shape, dtype) -> n
         dcols = np.matmul(dz_rows, kernel_by_offset, out=dcols_all[:, :, :n_rows])
         dcols = dcols.reshape(g.n_offsets, g.groups, stop - start, *g.span, g.in_group)
         _add_back(dxp[start:stop], dcols, regions, g.span, boxed)
-    return dxp
+
+    return block
 
 
 def _add_back(block, dcols, regions, span, boxed: bool) -> None:
@@ -335,27 +406,32 @@ def _or_empty(buffer, shape, dtype) -> np.ndarray:
     return buffer if buffer is not None else np.empty(shape, dtype)
 
 
-def dx_from_dz_windows(dz, kernel, before: int, steps: int, windows=None, dx=None):
-    """The input gradient of a 1-D convolution with strides and dilation 1 as one GEMM: input
-    step s gets sum_j dz[s - j + before] @ kernel[j].T, so with u = k - 1 - j it is the
-    windows of dz (rows s + u - (k - 1) + before, zero outside dz) times the kernel flipped
-    along its steps. The windows are copied one offset at a time from dz itself, no padded copy.
+def flipped_kernel(kernel: np.ndarray) -> np.ndarray:
+    """A 1-D kernel (k, channels, filters) as dx_from_dz_windows takes it: flipped along its
+    steps, (k * filters, channels)."""
+    k, channels, filters = kernel.shape
+    return np.ascontiguousarray(kernel[::-1].transpose(0, 2, 1)).reshape(k * filters, channels)
 
-    dz (batch, out_steps, filters), kernel (k, channels, filters) -> dx (batch, steps, channels).
+
+def dx_from_dz_windows(dz, flipped, before: int, dz_windows, dx) -> None:
+    """The input gradient of a 1-D convolution with strides and dilation 1 as one GEMM, into
+    dx: input step s gets sum_j dz[s - j + before] @ kernel[j].T, so with u = k - 1 - j it is
+    the windows of dz (rows s + u - (k - 1) + before, zero outside dz) times the kernel flipped
+    along its steps (`flipped_kernel`). The windows are copied one offset at a time from dz
+    itself into dz_windows, no padded copy.
+
+    dz (batch, out_steps, filters), dz_windows (batch, steps, k, filters) -> dx (batch, steps,
+    channels).
     """
     batch, out_steps, filters = dz.shape
-    k, channels, _ = kernel.shape
-    if windows is None:
-        windows = np.empty((batch, steps, k, filters), dz.dtype)
-    if dx is None:
-        dx = np.empty((batch, steps, channels), dz.dtype)
+    steps, k = dz_windows.shape[1:3]
     for u in range(k):
         shift = u - (k - 1) + before
         lo = max(0, -shift)
         hi = max(lo, min(steps, out_steps - shift))
-        windows[:, lo:hi, u] = dz[:, lo + shift : hi + shift]
-        windows[:, :lo, u] = 0
-        windows[:, hi:, u] = 0
-    flipped = np.ascontiguousarray(kernel[::-1].transpose(0, 2, 1)).reshape(k * filters, channels)
-    np.matmul(windows.reshape(batch * steps, k * filters), flipped, out=dx.reshape(-1, channels))
-    return dx
+        dz_windows[:, lo:hi, u] = dz[:, lo + shift : hi + shift]
+        dz_windows[:, :lo, u] = 0
+        dz_windows[:, hi:, u] = 0
+    np.matmul(
+        dz_windows.reshape(batch * steps, k * filters), flipped, out=dx.reshape(-1, dx.shape[-1])
+    )
