@@ -11,7 +11,7 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import model_validator
 
-from kerspec.layers.base import LAYERS, Arrays, Layer, Shape, ShapeError, format_shape
+from kerspec.layers.base import LAYERS, Arrays, Context, Layer, Shape, ShapeError, format_shape
 
 
 @LAYERS.register("Concatenate")
@@ -111,10 +111,13 @@ def _aligned(xs: Arrays) -> Arrays:
     return [x.reshape(x.shape[:1] + (1,) * (rank - x.ndim) + x.shape[1:]) for x in xs]
 
 
-def _fold(op: np.ufunc, aligned: Arrays) -> np.ndarray:
-    """`op(...op(op(a_0, a_1), a_2)..., a_{n-1})` into one fresh array of the broadcast shape."""
+def _fold(op: np.ufunc, aligned: Arrays, ctx: Context | None = None) -> np.ndarray:
+    """`op(...op(op(a_0, a_1), a_2)..., a_{n-1})` into one array of the broadcast shape: fresh,
+    or the buffer `ctx` keeps for the step (no input lies in it, graph/lifetimes.py)."""
     shape = np.broadcast_shapes(*(a.shape for a in aligned))
-    y = op(aligned[0], aligned[1], out=np.empty(shape, np.result_type(*aligned)))
+    dtype = np.result_type(*aligned)
+    out = np.empty(shape, dtype) if ctx is None else ctx.buffer("y", shape, dtype)
+    y = op(aligned[0], aligned[1], out=out)
     for a in aligned[2:]:
         op(y, a, out=y)
     return y
@@ -164,7 +167,7 @@ class Add(_MaskedSum):
 
     def forward(self, w, xs, ctx):
         aligned = _aligned(xs)
-        y = _fold(np.add, aligned)
+        y = _fold(np.add, aligned, ctx)
 
         def backprop(dys):
             return [_unbroadcast(dys[0], a, x) for a, x in zip(aligned, xs)], {}
