@@ -383,3 +383,32 @@ def test_an_activation_after_a_folded_norm_is_the_folded_layers_own(rng, monkeyp
     ctx = Context(training=False, rng=np.random.default_rng(0))
     want = unrewritten(model, monkeypatch).forward(model.params, [x], ctx, record=False).outputs[0]
     np.testing.assert_allclose(model.predict(x)["y"], want, rtol=1e-12, atol=1e-12)
+
+
+def test_norm_and_relu_before_max_pooling(rng, monkeypatch):
+    """The ReLU moves after the pooling in training (the normalization keeps no activation);
+    at inference it becomes the folded convolution's, then moves after the pooling, and the
+    convolution writes its output split into the windows."""
+    model = kerspec.from_yaml(
+        """
+seed: 0
+dtype: float64
+layers:
+  - {type: Input, shape: [6, 4, 3], name: x}
+  - {type: Conv2D, filters: 4, kernel_size: 3, padding: same, name: c}
+  - {type: BatchNormalization, name: bn}
+  - {type: Activation, activation: relu, name: act}
+  - {type: MaxPooling2D, name: p}
+  - {type: Flatten}
+  - {type: Dense, units: 2, name: y}
+"""
+    )
+    steps = _steps(model)
+    assert type(steps["bn"].layer).__name__ == "BatchNormalization"
+    assert steps["act"].layer.activation.type == "linear" and isinstance(steps["p"].layer, ActivationAfter)
+    inference = _steps_of(model, Plan(model.graph, inference=True))
+    assert "bn" not in inference and "act" not in inference
+    assert isinstance(inference["c"].layer, ConvIntoWindows)
+    assert inference["c"].layer.conv.activation.type == "linear"
+    assert inference["p"].layer.activation.type == "relu"
+    assert_same_as_unrewritten(model, [rng.standard_normal((3, 6, 4, 3))], monkeypatch)
