@@ -143,7 +143,7 @@ class Plan:
             if lifetimes is None:
                 ctx.node, ctx.taken = step.node, None
             else:
-                ctx.node, ctx.taken = lifetimes.groups[i], 0
+                ctx.node, ctx.taken = lifetimes.groups[i], {}
             ctx.need_dx = step.need_dx
             xs = [values[s] for s in step.inputs]
             if self.uses_masks:

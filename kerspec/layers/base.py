@@ -75,11 +75,11 @@ class Context:
     # (graph/lifetimes.py). Off for training's context, whose validation passes reuse the
     # training steps' buffers.
     reuse_buffers: bool = False
-    # In a pass by buffer group: how many buffers the running step has taken. Its next one is
-    # the group's array of that number, whatever its name, shape and dtype: steps of one group
-    # never hold values at the same time, so they may all write into the same bytes. None in
-    # any other pass.
-    taken: int | None = None
+    # In a pass by buffer group: the buffers the running step has taken, by key. Its next one
+    # is the group's array numbered len(taken), whatever its name, shape and dtype: steps of one
+    # group never hold values at the same time, so they may all write into the same bytes.
+    # None in any other pass.
+    taken: dict | None = None
 
     # Generators of layers that carry their own `seed`, kept across batches.
     seeded: dict = field(default_factory=dict)
@@ -94,18 +94,20 @@ class Context:
         """An array kept for this node's (or buffer group's) `name`; `shared`: one array for
         every node's `name`, for scratch that is dead once the layer's forward returns (and no
         backward follows)."""
-        if self.taken is not None and not shared:
-            return self._pooled(shape, np.dtype(dtype))
         key = (None if shared else self.node, name, shape, dtype)
+        if self.taken is not None and not shared:
+            array = self.taken.get(key)
+            if array is None:
+                array = self.taken[key] = self._pooled(len(self.taken), shape, np.dtype(dtype))
+            return array
         array = self.buffers.get(key)
         if array is None:
             array = self.buffers[key] = np.empty(shape, dtype)
         return array
 
-    def _pooled(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        """The group's array number `taken` as `shape` and `dtype`, grown when too small."""
-        key = (self.node, self.taken)
-        self.taken += 1
+    def _pooled(self, number: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """The group's array `number` as `shape` and `dtype`, grown when too small."""
+        key = (self.node, number)
         size = math.prod(shape) * dtype.itemsize
         flat = self.buffers.get(key)
         if flat is None or flat.nbytes < size:
