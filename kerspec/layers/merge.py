@@ -111,13 +111,12 @@ def _aligned(xs: Arrays) -> Arrays:
     return [x.reshape(x.shape[:1] + (1,) * (rank - x.ndim) + x.shape[1:]) for x in xs]
 
 
-def _fold(op: np.ufunc, aligned: Arrays, ctx: Context | None = None) -> np.ndarray:
-    """`op(...op(op(a_0, a_1), a_2)..., a_{n-1})` into one array of the broadcast shape: fresh,
-    or the buffer `ctx` keeps for the step (no input lies in it, graph/lifetimes.py)."""
+def _fold(op: np.ufunc, aligned: Arrays, ctx: Context) -> np.ndarray:
+    """`op(...op(op(a_0, a_1), a_2)..., a_{n-1})` into the buffer `ctx` keeps for the step, of
+    the broadcast shape (no input lies in it, graph/lifetimes.py): a fresh array of a large
+    batch would cost its page faults on every call."""
     shape = np.broadcast_shapes(*(a.shape for a in aligned))
-    dtype = np.result_type(*aligned)
-    out = np.empty(shape, dtype) if ctx is None else ctx.buffer("y", shape, dtype)
-    y = op(aligned[0], aligned[1], out=out)
+    y = op(aligned[0], aligned[1], out=ctx.buffer("y", shape, np.result_type(*aligned)))
     for a in aligned[2:]:
         op(y, a, out=y)
     return y
@@ -184,7 +183,7 @@ class Subtract(_MaskedSum):
 
     def forward(self, w, xs, ctx):
         aligned = _aligned(xs)
-        y = aligned[0] - aligned[1]
+        y = _fold(np.subtract, aligned, ctx)
 
         def backprop(dys):
             dy = dys[0]
@@ -206,7 +205,7 @@ class Multiply(_Elementwise):
 
     def forward(self, w, xs, ctx):
         aligned = _aligned(xs)
-        y = _fold(np.multiply, aligned)
+        y = _fold(np.multiply, aligned, ctx)
 
         def backprop(dys):
             dxs = []
@@ -229,7 +228,7 @@ class Average(_MaskedSum):
 
     def forward(self, w, xs, ctx):
         aligned = _aligned(xs)
-        y = _fold(np.add, aligned)
+        y = _fold(np.add, aligned, ctx)
         n = len(xs)
         y /= y.dtype.type(n)
 
@@ -250,7 +249,7 @@ class _Extremum(_Elementwise):
 
     def forward(self, w, xs, ctx):
         aligned = _aligned(xs)
-        y = _fold(self.op, aligned)
+        y = _fold(self.op, aligned, ctx)
 
         def backprop(dys):
             dy = dys[0]
