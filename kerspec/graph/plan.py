@@ -17,7 +17,7 @@ from kerspec.graph.step import Params, Step
 from kerspec.layers import Context, hand_over
 
 NO_WEIGHTS: dict[str, np.ndarray] = {}
-# Every rewrite in graph/fusions.py ends in a pooling or a BatchNormalization step. A plan with
+# Every rewrite in graph/fusions.py has a pooling or a BatchNormalization step. A plan with
 # neither has nothing to rewrite and does not import fusions, nor through it the convolution,
 # pooling and normalization layers (`validate` of an MLP builds none of them).
 REWRITTEN_FAMILIES = ("kerspec.layers.pooling", "kerspec.layers.normalization")
