@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 
 import kerspec
+from kerspec.activations import ACTIVATIONS
 from kerspec.graph import Plan, fusions
 from kerspec.graph.fusions import ActivationAfter, ConvIntoWindows, PoolingFromWindows
 from kerspec.layers import Context
+from kerspec.training.data import Dataset
 from tests.gradcheck import check_model_grads
 
 
@@ -47,7 +49,11 @@ def assert_same_as_unrewritten(model: kerspec.Model, xs: list[np.ndarray], monke
 
 
 def _steps(model):
-    return {model.graph.nodes[s.node].name: s for s in model.plan.steps}
+    return _steps_of(model, model.plan)
+
+
+def _steps_of(model, plan):
+    return {model.graph.nodes[s.node].name: s for s in plan.steps}
 
 
 def _conv(layer):
@@ -250,3 +256,159 @@ def test_no_fold_where_the_identity_does_not_hold(conv, norm):
     assert len(folds) == 2  # the Conv1D's and the Dense's only
     x = inputs()
     np.testing.assert_allclose(model.predict(x)["y"], unfolded(model, x), rtol=1e-12, atol=1e-12)
+
+
+# --- activation_over_norm, activation_into_fold ---
+
+NORM_ACT = """
+name: norm_act
+seed: 0
+dtype: float64
+layers:
+  - {{type: Input, shape: [5, 4, 3], name: x}}
+  - {{type: Conv2D, filters: 4, kernel_size: 3, padding: same, name: c}}
+  - {{type: BatchNormalization, momentum: 0.5, name: bn}}
+  - {{type: Activation, activation: {activation}, name: act}}
+  - {{type: Conv2D, filters: 4, kernel_size: 3, padding: same, name: c2}}
+  - {{type: BatchNormalization, name: bn2}}
+  - {{type: Add, from: [bn2, act], name: add}}
+  - {{type: Activation, activation: relu, name: out}}
+  - {{type: GlobalAveragePooling2D}}
+  - {{type: Dense, units: 2, name: y}}
+{extra}"""
+
+
+def norm_act(activation: str = "relu", extra: str = "") -> kerspec.Model:
+    return kerspec.from_yaml(NORM_ACT.format(activation=activation, extra=extra))
+
+
+def run_copy(plan: Plan, params, xs):
+    """`run` on a copy of the weights, returned with the copy (the moving statistics moved)."""
+    params = {owner: {n: w.copy() for n, w in ws.items()} for owner, ws in params.items()}
+    return run(plan, params, xs), params
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "{type: relu, max_value: 0.5, threshold: 0.2}"])
+def test_batch_normalization_and_activation_as_one_step(activation, rng, monkeypatch):
+    model = norm_act(activation)
+    steps = _steps(model)
+    assert isinstance(steps["bn"].layer, fusions.NormThenActivation)
+    assert "act" not in steps
+    # bn2 is read by the Add: not an activation, so it stays a step of its own, as does the Add.
+    assert type(steps["bn2"].layer).__name__ == "BatchNormalization" and "out" in steps
+    x = rng.standard_normal((3, 5, 4, 3))
+    reference = unrewritten(model, monkeypatch)
+    assert steps["bn"].outputs == _steps_of(model, reference)["act"].outputs
+    (got, got_grads), got_params = run_copy(model.plan, model.params, [x])
+    (want, want_grads), want_params = run_copy(reference, model.params, [x])
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-12, atol=1e-12)
+    for owner, grads in want_grads.items():
+        for name, g in grads.items():
+            np.testing.assert_allclose(got_grads[owner][name], g, rtol=1e-12, atol=1e-12)
+    assert got_grads.keys() == want_grads.keys()
+    for owner in ("bn", "bn2"):
+        for name in ("moving_mean", "moving_variance"):
+            np.testing.assert_allclose(got_params[owner][name], want_params[owner][name], rtol=1e-12)
+            assert not np.allclose(got_params[owner][name], model.params[owner][name])
+    assert_same_as_unrewritten(model, [x], monkeypatch)
+
+
+@pytest.mark.parametrize(
+    "activation,extra",
+    [
+        # The activation's backward reads its input, which the in-place forward overwrites.
+        ("elu", ""),
+        ("gelu", ""),
+        ("swish", ""),
+        # Not elementwise.
+        ("softmax", ""),
+        # The normalization's output has a second reader, or is a model output.
+        ("relu", "  - {type: Flatten, from: bn, name: f}\noutputs: [y, f]\n"),
+        ("relu", "outputs: [y, bn]\n"),
+    ],
+)
+def test_no_activation_over_norm_where_the_identity_does_not_hold(activation, extra, rng, monkeypatch):
+    model = norm_act(activation, extra)
+    steps = _steps(model)
+    assert type(steps["bn"].layer).__name__ == "BatchNormalization"
+    assert steps["act"].layer.activation.type == ACTIVATIONS.create(activation).type
+    x = rng.standard_normal((3, 5, 4, 3))
+    reference = unrewritten(model, monkeypatch)
+    (got, got_grads), (want, want_grads) = run(model.plan, model.params, [x]), run(reference, model.params, [x])
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    for owner, grads in want_grads.items():
+        for name, g in grads.items():
+            np.testing.assert_allclose(got_grads[owner][name], g, rtol=1e-12, atol=1e-12)
+
+
+def test_training_with_norm_and_activation_in_one_step_is_bit_for_bit_the_same(monkeypatch):
+    """float32, several steps of Adam through `fit` as a user runs it: the same operations in
+    the same order, so the same bits."""
+    spec = NORM_ACT.format(activation="relu", extra="compile: {optimizer: adam, loss: mse}\nfit: {epochs: 3, batch_size: 4}\n")
+    spec = spec.replace("dtype: float64", "dtype: float32")
+    rng = np.random.default_rng(3)
+    data = Dataset(
+        x={"x": rng.standard_normal((10, 5, 4, 3)).astype(np.float32)},
+        y={"y": rng.standard_normal((10, 2)).astype(np.float32)},
+        source="test",
+    )
+    fused = kerspec.from_yaml(spec)
+    with monkeypatch.context() as patch:
+        patch.setattr(fusions, "REWRITES", ())
+        plain = kerspec.from_yaml(spec)
+    assert isinstance(_steps(fused)["bn"].layer, fusions.NormThenActivation)
+    assert "act" in _steps(plain)
+    losses = [model.fit(data).history["loss"] for model in (fused, plain)]
+    assert losses[0] == losses[1]
+    for owner, weights in plain.params.items():
+        for name, w in weights.items():
+            assert np.array_equal(fused.params[owner][name], w), f"{owner}/{name}"
+
+
+def test_an_activation_after_a_folded_norm_is_the_folded_layers_own(rng, monkeypatch):
+    model = norm_act("tanh")
+    plan = Plan(model.graph, inference=True)
+    steps = _steps_of(model, plan)
+    # c, bn, act in one Dense-like step; c2 and bn2 folded, but the Add reads them.
+    assert "bn" not in steps and "act" not in steps and "bn2" not in steps
+    assert steps["c"].layer.activation.type == "tanh" and steps["c2"].layer.activation.type == "linear"
+    assert [f.owner for f in plan.folds] == ["c/bn", "c2/bn2"]
+    x = rng.standard_normal((3, 5, 4, 3))
+    for weights in model.params.values():  # moving statistics far from their start
+        for name, w in weights.items():
+            w[...] = rng.standard_normal(w.shape)
+            if name == "moving_variance":
+                w[...] = np.abs(w) + 0.1
+    ctx = Context(training=False, rng=np.random.default_rng(0))
+    want = unrewritten(model, monkeypatch).forward(model.params, [x], ctx, record=False).outputs[0]
+    np.testing.assert_allclose(model.predict(x)["y"], want, rtol=1e-12, atol=1e-12)
+
+
+def test_norm_and_relu_before_max_pooling(rng, monkeypatch):
+    """The ReLU moves after the pooling in training (the normalization keeps no activation);
+    at inference it becomes the folded convolution's, then moves after the pooling, and the
+    convolution writes its output split into the windows."""
+    model = kerspec.from_yaml(
+        """
+seed: 0
+dtype: float64
+layers:
+  - {type: Input, shape: [6, 4, 3], name: x}
+  - {type: Conv2D, filters: 4, kernel_size: 3, padding: same, name: c}
+  - {type: BatchNormalization, name: bn}
+  - {type: Activation, activation: relu, name: act}
+  - {type: MaxPooling2D, name: p}
+  - {type: Flatten}
+  - {type: Dense, units: 2, name: y}
+"""
+    )
+    steps = _steps(model)
+    assert type(steps["bn"].layer).__name__ == "BatchNormalization"
+    assert steps["act"].layer.activation.type == "linear" and isinstance(steps["p"].layer, ActivationAfter)
+    inference = _steps_of(model, Plan(model.graph, inference=True))
+    assert "bn" not in inference and "act" not in inference
+    assert isinstance(inference["c"].layer, ConvIntoWindows)
+    assert inference["c"].layer.conv.activation.type == "linear"
+    assert inference["p"].layer.activation.type == "relu"
+    assert_same_as_unrewritten(model, [rng.standard_normal((3, 6, 4, 3))], monkeypatch)

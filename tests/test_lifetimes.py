@@ -164,9 +164,12 @@ layers:
 )
 
 
-def test_a_residual_cnn_keeps_one_convolution_output_buffer():
-    """Every convolution's output is dead once the relu or Add after it ran, so the seven
-    convolutions need one output buffer between them, where a buffer per step keeps seven."""
+def test_a_residual_cnn_keeps_as_many_output_buffers_as_values_live_at_once():
+    """At predict, each relu after a BatchNormalization becomes its convolution's own (both
+    folded, graph/fusions.py). At most three values of a convolution's output size are live at
+    once (a block's input, its first convolution's output and its second's), so three arrays of
+    that size are kept, whichever layers wrote them, where a buffer per step keeps one for each
+    of the seven convolutions, three Adds and three relus."""
     x = _inputs(kerspec.from_yaml(HEAD + R4_LIKE), 32, np.random.default_rng(0))
     kept = {}
     for reuse in (True, False):
@@ -174,9 +177,9 @@ def test_a_residual_cnn_keeps_one_convolution_output_buffer():
         model.inference_ctx.reuse_buffers = reuse
         model.predict(x)
         kept[reuse] = model.inference_ctx.buffers
-    z = (1, 32 * 16 * 16, 8)  # a convolution's output, as its buffer holds it
-    assert sum(key[1:3] == ("z", z) for key in kept[False]) == 7
-    assert sum(key[1:3] == ("z", z) for key in kept[True]) == 1
+    size = 32 * 16 * 16 * 8 * 4  # a convolution's output, float32
+    assert sum(a.nbytes == size for a in kept[False].values()) == 7 + 3 + 3
+    assert sum(a.nbytes == size for a in kept[True].values()) == 3
     # Scratch every convolution shares (key[0] None) is the same either way.
     by_lifetime, per_step = (
         sum(a.nbytes for key, a in kept[r].items() if key[0] is not None) for r in (True, False)
@@ -200,3 +203,30 @@ def test_evaluate_by_lifetime_gives_the_same_scores(name):
     )
     model.inference_ctx.reuse_buffers = False
     assert model.evaluate(data, batch_size=8) == by_lifetime
+
+
+def test_predict_over_batches_keeps_each_batchs_activation_and_add_outputs():
+    """Model outputs written into kept buffers (an Activation's, an Add's, a BatchNormalization
+    with its relu): the next batch writes into the same arrays, so predict must have kept each
+    batch's outputs elsewhere before it runs."""
+    model = kerspec.from_yaml(
+        HEAD
+        + """
+layers:
+  - {type: Input, shape: [6], name: x}
+  - {type: Dense, units: 4, name: a}
+  - {type: Dense, units: 4, name: b}
+  - {type: Add, from: [a, b], name: s}
+  - {type: Activation, activation: tanh, name: t}
+  - {type: BatchNormalization, from: s}
+  - {type: Activation, activation: relu, name: r}
+outputs: [t, s, r]
+""",
+        seed=1,
+    )
+    x = np.random.default_rng(0).standard_normal((11, 6)).astype(np.float32)
+    together = model.predict(x, batch_size=4)
+    for name, y in together.items():
+        apart = np.concatenate([model.predict(x[i : i + 4])[name] for i in range(0, 11, 4)])
+        np.testing.assert_array_equal(y, apart, err_msg=name)
+    assert len(np.unique(together["t"][:, 0])) == 11  # no two samples alike

@@ -5,15 +5,21 @@ relies on, and tests/test_fusions.py checks it in float64 against the unrewritte
 (graph/plan.py) runs `fuse` once, when it is built; layers know nothing of the rewrites. All of
 them look at pairs of steps where the second is all that reads the first's output
 (`sole_readers`), so no other step, model output, penalty or mask sees what changed between them.
-Each ends in a pooling or BatchNormalization step: the plan runs `fuse` only when it has one
-(`plan.REWRITTEN_FAMILIES`); a rewrite ending elsewhere would add its family there.
+Each has a pooling or BatchNormalization step: the plan runs `fuse` only when it has one
+(`plan.REWRITTEN_FAMILIES`); a rewrite without one would add its family there.
 
-- `relu_after_max_pooling` (every plan): a ReLU read only by max pooling moves after the pooling.
-- `split_into_windows` (every plan): a convolution read only by a pooling over non-overlapping
-  windows writes its output already split into those windows.
+In the order they run:
+
 - `fold_batch_norm` (inference plans only): a BatchNormalization folded into the Dense or
   convolution before it, whose weights `folded_params` makes from the current ones. Training
   never uses it: there BatchNormalization normalizes with the batch's statistics.
+- `activation_into_fold` (inference plans only): an elementwise activation after a folded
+  BatchNormalization becomes the folded layer's own activation.
+- `relu_after_max_pooling` (every plan): a ReLU read only by max pooling moves after the pooling.
+- `split_into_windows` (every plan): a convolution read only by a pooling over non-overlapping
+  windows writes its output already split into those windows.
+- `activation_over_norm` (every plan): an elementwise activation whose backward needs only its
+  output runs in place over the output of the BatchNormalization before it, in its step.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from kerspec.activations import ACTIVATIONS, Activation, Linear, Relu
 from kerspec.graph.step import Params, Step, sole_readers
 from kerspec.layers.base import Layer, SimpleLayer
 from kerspec.layers.conv import BaseConv, convolve
+from kerspec.layers.core import Activation as ActivationLayer
 from kerspec.layers.core import Dense
 from kerspec.layers.normalization import BatchNormalization
 from kerspec.layers.pooling import (
@@ -54,11 +61,14 @@ def fuse(
     steps: list[Step], output_slots: list[int], *, inference: bool
 ) -> tuple[list[Step], list[Fold]]:
     """The steps with every rewrite made, and the BatchNormalization folds (inference only)."""
+    folds: list[Fold] = []
+    if inference:
+        # First, so that the rewrites below see a folded layer as any Dense or convolution.
+        steps, folds = fold_batch_norm(steps, output_slots)
+        steps = activation_into_fold(steps, output_slots, folds)
     for rewrite in REWRITES:
         steps = rewrite(steps, output_slots)
-    if not inference:
-        return steps, []
-    return fold_batch_norm(steps, output_slots)
+    return steps, folds
 
 
 # The fused layers are made with `model_construct`: their parts are layers and activations
@@ -170,7 +180,6 @@ def _tiling_window(layer: Layer) -> tuple[int, ...] | None:
     return pool
 
 
-REWRITES = (relu_after_max_pooling, split_into_windows)
 
 
 def fold_batch_norm(steps: list[Step], output_slots: list[int]) -> tuple[list[Step], list[Fold]]:
@@ -233,3 +242,91 @@ def folded_params(params: Params, folds: list[Fold]) -> Params:
             bias = bias + bn["beta"]
         out[fold.owner] = {"kernel": kernel * scale, "bias": bias}
     return out
+
+
+def _elementwise_activation(step: Step) -> Activation | None:
+    """The activation of an `Activation` layer applied elementwise, but not linear (which
+    returns its input and costs no pass); None for any other step."""
+    layer = step.layer
+    if not isinstance(layer, ActivationLayer):
+        return None
+    activation = layer.activation
+    if not activation.elementwise or isinstance(activation, Linear):
+        return None
+    return activation
+
+
+def activation_into_fold(steps: list[Step], output_slots: list[int], folds: list[Fold]) -> list[Step]:
+    """An elementwise activation read only after a folded BatchNormalization, made the folded
+    layer's own activation, whose output it reads alone.
+
+    A fold's layer has a linear activation (`_foldable`), and `activation(layer(x))` is the same
+    layer with that activation, for any elementwise activation. The Dense or convolution then
+    applies it as it applies its own (in place over its output when the activation's backward
+    needs only its output), and the step of the activation is gone."""
+    owners = {fold.owner for fold in folds}
+    steps = list(steps)
+    dropped: set[int] = set()
+    for i, j in sole_readers(steps, output_slots):
+        folded, after = steps[i], steps[j]
+        activation = _elementwise_activation(after)
+        if folded.owner not in owners or activation is None:
+            continue
+        layer = folded.layer.model_copy(update={"activation": activation})
+        steps[i] = replace(
+            folded, layer=layer, outputs=after.outputs, activity=after.activity,
+            makes_masks=after.makes_masks,
+        )
+        dropped.add(j)
+    return [step for k, step in enumerate(steps) if k not in dropped]
+
+
+class NormThenActivation(SimpleLayer):
+    """`norm`, then `activation` in place over its output; the backprop of both."""
+
+    norm: BatchNormalization
+    activation: Activation
+
+    def call(self, w, x, ctx):
+        y, backprop = self.norm.call(w, x, ctx)
+        activation = self.activation
+        activation.forward(y, out=y)
+
+        def then_backprop(dy):
+            # The activation's backward overwrites dy, which the step owns (layers/base.py).
+            return backprop(activation.backward(None, y, dy))
+
+        return y, then_backprop
+
+
+def activation_over_norm(steps: list[Step], output_slots: list[int]) -> list[Step]:
+    """A BatchNormalization whose output only an elementwise `Activation` reads, run with that
+    activation as one step when the activation's backward needs only its output (relu, tanh,
+    sigmoid; not elu, gelu, swish).
+
+    BatchNormalization writes y into a buffer of its own and its backprop reads its input and
+    dy, never y; the activation's backward reads only its output and dy. So the activation can
+    overwrite y with its output, and its backward dy with the gradient of y, which
+    BatchNormalization's backprop then reads: the same operations in the same order as the two
+    steps, with no second array the size of the output and no second pass to fault it in."""
+    steps = list(steps)
+    dropped: set[int] = set()
+    for i, j in sole_readers(steps, output_slots):
+        norm, after = steps[i], steps[j]
+        activation = _elementwise_activation(after)
+        if not isinstance(norm.layer, BatchNormalization) or activation is None:
+            continue
+        if activation.uses_input:
+            continue
+        layer = NormThenActivation.model_construct(norm=norm.layer, activation=activation)
+        steps[i] = replace(
+            norm, layer=layer, outputs=after.outputs, activity=after.activity,
+            makes_masks=after.makes_masks,
+        )
+        dropped.add(j)
+    return [step for k, step in enumerate(steps) if k not in dropped]
+
+
+# In this order: a ReLU moved after max pooling runs on the pooled output, smaller than the
+# normalization's, which it then no longer follows.
+REWRITES = (relu_after_max_pooling, split_into_windows, activation_over_norm)

@@ -5,7 +5,10 @@ the whole pass (a convolution's output at 1,024 samples is over 100 MB) although
 each value after its last reader (`Plan.free_after`). An unrecorded pass on a context that asks
 for it (`Context.reuse_buffers`) keys them by a buffer group instead: a step may take group g only
 when every value lying in g's buffers is dead before the step runs (its last reader ran before
-it), so none of the step's inputs lies there either. The model's outputs live to the end.
+it), so none of the step's inputs lies there either. The model's outputs live to the end. Two
+steps of a group thus never need their buffers at once: the k-th buffer a step takes is the
+group's k-th array, whatever the layer names it (`Context.taken`), so that a convolution's
+output and an Add's that later take the same group are one array, not two.
 
 A value lies in its producer's buffers, and also wherever the input it is a view of lies (Flatten,
 Reshape, Dropout at inference, a Lambda returning its input...). Which outputs are views is

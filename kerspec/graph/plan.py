@@ -17,7 +17,7 @@ from kerspec.graph.step import Params, Step
 from kerspec.layers import Context, hand_over
 
 NO_WEIGHTS: dict[str, np.ndarray] = {}
-# Every rewrite in graph/fusions.py ends in a pooling or a BatchNormalization step. A plan with
+# Every rewrite in graph/fusions.py has a pooling or a BatchNormalization step. A plan with
 # neither has nothing to rewrite and does not import fusions, nor through it the convolution,
 # pooling and normalization layers (`validate` of an MLP builds none of them).
 REWRITTEN_FAMILIES = ("kerspec.layers.pooling", "kerspec.layers.normalization")
@@ -118,10 +118,13 @@ class Plan:
         key its buffers by `self.lifetimes`' groups (graph/lifetimes.py)."""
         if record or not ctx.reuse_buffers:
             return self._run(params, inputs, ctx, record, penalties, None)
-        while True:
-            run = self._run(params, inputs, ctx, record, penalties, self.lifetimes)
-            if run is not None:
-                return run
+        try:
+            while True:
+                run = self._run(params, inputs, ctx, record, penalties, self.lifetimes)
+                if run is not None:
+                    return run
+        finally:
+            ctx.taken = None
 
     def _run(
         self, params: Params, inputs: list, ctx: Context, record: bool, penalties: bool,
@@ -137,7 +140,10 @@ class Plan:
         ctx.record = record
         penalty = 0.0
         for i, step in enumerate(self.steps):
-            ctx.node = step.node if lifetimes is None else lifetimes.groups[i]
+            if lifetimes is None:
+                ctx.node, ctx.taken = step.node, None
+            else:
+                ctx.node, ctx.taken = lifetimes.groups[i], {}
             ctx.need_dx = step.need_dx
             xs = [values[s] for s in step.inputs]
             if self.uses_masks:

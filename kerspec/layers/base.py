@@ -20,6 +20,7 @@ are never checked, and a Concatenate's disjoint slices of one dy are not shared.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -74,6 +75,11 @@ class Context:
     # (graph/lifetimes.py). Off for training's context, whose validation passes reuse the
     # training steps' buffers.
     reuse_buffers: bool = False
+    # In a pass by buffer group: the buffers the running step has taken, by key. Its next one
+    # is the group's array numbered len(taken), whatever its name, shape and dtype: steps of one
+    # group never hold values at the same time, so they may all write into the same bytes.
+    # None in any other pass.
+    taken: dict | None = None
 
     # Generators of layers that carry their own `seed`, kept across batches.
     seeded: dict = field(default_factory=dict)
@@ -89,10 +95,24 @@ class Context:
         every node's `name`, for scratch that is dead once the layer's forward returns (and no
         backward follows)."""
         key = (None if shared else self.node, name, shape, dtype)
+        if self.taken is not None and not shared:
+            array = self.taken.get(key)
+            if array is None:
+                array = self.taken[key] = self._pooled(len(self.taken), shape, np.dtype(dtype))
+            return array
         array = self.buffers.get(key)
         if array is None:
             array = self.buffers[key] = np.empty(shape, dtype)
         return array
+
+    def _pooled(self, number: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """The group's array `number` as `shape` and `dtype`, grown when too small."""
+        key = (self.node, number)
+        size = math.prod(shape) * dtype.itemsize
+        flat = self.buffers.get(key)
+        if flat is None or flat.nbytes < size:
+            flat = self.buffers[key] = np.empty(size, np.uint8)
+        return flat[:size].view(dtype).reshape(shape)
 
 
 class Layer(Item):

@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import Field, PositiveInt, model_validator
 
-from kerspec.activations import ACTIVATIONS
+from kerspec.activations import ACTIVATIONS, Linear
 from kerspec.constraints import CONSTRAINTS
 from kerspec.initializers import INITIALIZERS
 from kerspec.layers.base import (
@@ -143,10 +143,17 @@ class Activation(SimpleLayer):
         return shape
 
     def call(self, w, x, ctx):
-        y = self.activation.forward(x)
+        activation = self.activation
+        # The output into a buffer kept for the node (or, at inference, its buffer group): a
+        # fresh array of a large batch costs its page faults on every call. Linear returns x
+        # itself; an integer input keeps the float result NumPy gives it.
+        out = None
+        if not isinstance(activation, Linear) and np.issubdtype(x.dtype, np.floating):
+            out = ctx.buffer("y", x.shape, x.dtype)
+        y = activation.forward(x, out=out)
 
         def backprop(dy):
-            return self.activation.backward(x, y, dy), {}
+            return activation.backward(x, y, dy), {}
 
         return y, backprop
 

@@ -11,7 +11,7 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import model_validator
 
-from kerspec.layers.base import LAYERS, Arrays, Layer, Shape, ShapeError, format_shape
+from kerspec.layers.base import LAYERS, Arrays, Context, Layer, Shape, ShapeError, format_shape
 
 
 @LAYERS.register("Concatenate")
@@ -111,10 +111,12 @@ def _aligned(xs: Arrays) -> Arrays:
     return [x.reshape(x.shape[:1] + (1,) * (rank - x.ndim) + x.shape[1:]) for x in xs]
 
 
-def _fold(op: np.ufunc, aligned: Arrays) -> np.ndarray:
-    """`op(...op(op(a_0, a_1), a_2)..., a_{n-1})` into one fresh array of the broadcast shape."""
+def _fold(op: np.ufunc, aligned: Arrays, ctx: Context) -> np.ndarray:
+    """`op(...op(op(a_0, a_1), a_2)..., a_{n-1})` into the buffer `ctx` keeps for the step, of
+    the broadcast shape (no input lies in it, graph/lifetimes.py): a fresh array of a large
+    batch would cost its page faults on every call."""
     shape = np.broadcast_shapes(*(a.shape for a in aligned))
-    y = op(aligned[0], aligned[1], out=np.empty(shape, np.result_type(*aligned)))
+    y = op(aligned[0], aligned[1], out=ctx.buffer("y", shape, np.result_type(*aligned)))
     for a in aligned[2:]:
         op(y, a, out=y)
     return y
@@ -164,7 +166,7 @@ class Add(_MaskedSum):
 
     def forward(self, w, xs, ctx):
         aligned = _aligned(xs)
-        y = _fold(np.add, aligned)
+        y = _fold(np.add, aligned, ctx)
 
         def backprop(dys):
             return [_unbroadcast(dys[0], a, x) for a, x in zip(aligned, xs)], {}
@@ -181,7 +183,7 @@ class Subtract(_MaskedSum):
 
     def forward(self, w, xs, ctx):
         aligned = _aligned(xs)
-        y = aligned[0] - aligned[1]
+        y = _fold(np.subtract, aligned, ctx)
 
         def backprop(dys):
             dy = dys[0]
@@ -203,7 +205,7 @@ class Multiply(_Elementwise):
 
     def forward(self, w, xs, ctx):
         aligned = _aligned(xs)
-        y = _fold(np.multiply, aligned)
+        y = _fold(np.multiply, aligned, ctx)
 
         def backprop(dys):
             dxs = []
@@ -226,7 +228,7 @@ class Average(_MaskedSum):
 
     def forward(self, w, xs, ctx):
         aligned = _aligned(xs)
-        y = _fold(np.add, aligned)
+        y = _fold(np.add, aligned, ctx)
         n = len(xs)
         y /= y.dtype.type(n)
 
@@ -247,7 +249,7 @@ class _Extremum(_Elementwise):
 
     def forward(self, w, xs, ctx):
         aligned = _aligned(xs)
-        y = _fold(self.op, aligned)
+        y = _fold(self.op, aligned, ctx)
 
         def backprop(dys):
             dy = dys[0]

@@ -165,11 +165,12 @@ class BatchNormalization(_Normalization):
         inv = 1.0 / np.sqrt(var + dtype(self.epsilon))
         # y = x * scale + shift, with scale = gamma / sqrt(v + epsilon) and shift = beta -
         # mean * scale: the normalisation and the affine map in one multiply and one add, into
-        # a buffer reused batch after batch in training. Inference keeps none: its batches are
-        # large (predict's 1,024) and the plan frees y after its last reader.
+        # a buffer reused batch after batch (at inference, one its buffer group shares with
+        # steps whose values are dead, graph/lifetimes.py). Backprop never reads y, so a
+        # rewrite may run an activation in place over it (graph/fusions.py).
         scale = inv if gamma is None else inv * gamma
         shift = -mean * scale if beta is None else beta - mean * scale
-        y = ctx.buffer("y", x.shape, x.dtype) if ctx.record else np.empty(x.shape, x.dtype)
+        y = ctx.buffer("y", x.shape, x.dtype)
         # y is contiguous, x may be a strided view (a Cropping2D's output): y shaped as x's view.
         ym = _channels_last(y, axis).reshape(xm.shape)
         np.multiply(xm, scale, out=ym)

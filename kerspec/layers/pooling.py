@@ -401,12 +401,14 @@ class GlobalAveragePooling(GlobalPooling):
         positions = flat.shape[axis]
         y = self._shaped(flat.mean(axis=axis, keepdims=True), x)
         need_dx = ctx.need_dx
+        # An array, not a broadcast view: the layer below may write into its dy. One kept for
+        # the node, taken now because backprop runs when ctx.node names another layer.
+        dx_buffer = ctx.buffer("dx", flat.shape, x.dtype) if need_dx and ctx.record else None
 
         def backprop(dy):
             if not need_dx:
                 return None, {}
-            # A fresh array, not a broadcast view: the layer below may write into its dy.
-            dflat = np.empty(flat.shape, x.dtype)
+            dflat = dx_buffer if dx_buffer is not None else np.empty(flat.shape, x.dtype)
             np.divide(np.expand_dims(dy.reshape(x.shape[0], -1), axis), positions, out=dflat)
             return dflat.reshape(x.shape), {}
 
