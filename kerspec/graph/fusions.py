@@ -180,8 +180,6 @@ def _tiling_window(layer: Layer) -> tuple[int, ...] | None:
     return pool
 
 
-
-
 def fold_batch_norm(steps: list[Step], output_slots: list[int]) -> tuple[list[Step], list[Fold]]:
     """Every BatchNormalization that can be folded into the Dense or convolution before it,
     folded: the steps without it, and the folds made.
@@ -205,10 +203,23 @@ def fold_batch_norm(steps: list[Step], output_slots: list[int]) -> tuple[list[St
         owner = f"{producer.owner}/{norm.owner}"
         fold = Fold(producer.owner, norm.owner, owner, norm.layer.epsilon)
         layer = producer.layer.model_copy(update={"use_bias": True})
-        steps[i] = replace(producer, layer=layer, owner=fold.owner, outputs=norm.outputs)
+        steps[i] = _taking_over(producer, norm, layer, owner=fold.owner)
         dropped.add(j)
         folds.append(fold)
-    return [step for k, step in enumerate(steps) if k not in dropped], folds
+    return _without(steps, dropped), folds
+
+
+def _taking_over(step: Step, reader: Step, layer: Layer, **changes) -> Step:
+    """`step` run as `layer`, which also does what its sole `reader` did: it gives the reader's
+    outputs, with the reader's activity penalty and masks, and the reader's step is dropped."""
+    return replace(
+        step, layer=layer, outputs=reader.outputs, activity=reader.activity,
+        makes_masks=reader.makes_masks, **changes,
+    )  # fmt: skip
+
+
+def _without(steps: list[Step], dropped: set[int]) -> list[Step]:
+    return [step for k, step in enumerate(steps) if k not in dropped]
 
 
 def _foldable(producer: Step, norm: Step) -> bool:
@@ -273,12 +284,9 @@ def activation_into_fold(steps: list[Step], output_slots: list[int], folds: list
         if folded.owner not in owners or activation is None:
             continue
         layer = folded.layer.model_copy(update={"activation": activation})
-        steps[i] = replace(
-            folded, layer=layer, outputs=after.outputs, activity=after.activity,
-            makes_masks=after.makes_masks,
-        )
+        steps[i] = _taking_over(folded, after, layer)
         dropped.add(j)
-    return [step for k, step in enumerate(steps) if k not in dropped]
+    return _without(steps, dropped)
 
 
 class NormThenActivation(SimpleLayer):
@@ -319,12 +327,9 @@ def activation_over_norm(steps: list[Step], output_slots: list[int]) -> list[Ste
         if activation.uses_input:
             continue
         layer = NormThenActivation.model_construct(norm=norm.layer, activation=activation)
-        steps[i] = replace(
-            norm, layer=layer, outputs=after.outputs, activity=after.activity,
-            makes_masks=after.makes_masks,
-        )
+        steps[i] = _taking_over(norm, after, layer)
         dropped.add(j)
-    return [step for k, step in enumerate(steps) if k not in dropped]
+    return _without(steps, dropped)
 
 
 # In this order: a ReLU moved after max pooling runs on the pooled output, smaller than the
