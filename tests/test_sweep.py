@@ -399,7 +399,7 @@ max_concurrent: 1
     assert len(trials) == 4
     failed = trials["1e+30"]
     assert failed["status"] == "failed" and "the loss became" in failed["message"], failed
-    assert [t["status"] for k, t in trials.items() if k != "1e+30"] == ["finished"] * 3
+    assert [t["status"] for k, t in trials.items() if k != "1e+30"] == ["finished"] * 3, trials
     assert json.loads((folder / "sweep.json").read_text())["status"] == "finished"
 
 
