@@ -179,6 +179,42 @@ def test_a_resumed_trial_waits_for_its_earlier_worker_to_let_go(project):
     assert run["status"] == "finished" and run["epochs_done"] == 2 and "loss" in final
 
 
+def test_a_trial_stopped_before_its_first_checkpoint_starts_afresh(project, monkeypatch):
+    """Ray may end a trial's worker right after its run.json, before its first checkpoint (the
+    Ctrl-C of a sweep): run again, the trial starts over in its folder instead of failing."""
+    from kerspec.runs import CHECKPOINT, RunFolder
+    from kerspec.sweep.trial import train_trial
+
+    write = RunFolder._write_arrays
+
+    def stopped_at_the_first_checkpoint(self, name, arrays):
+        if name == CHECKPOINT:
+            raise KeyboardInterrupt
+        write(self, name, arrays)
+
+    run_dir = project / "trial-0000"
+    monkeypatch.setattr(RunFolder, "_write_arrays", stopped_at_the_first_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        train_trial("tiny.yaml", ["fit.epochs=1"], run_dir)
+    assert (run_dir / "run.json").is_file() and not (run_dir / CHECKPOINT).exists()
+    monkeypatch.setattr(RunFolder, "_write_arrays", write)
+    final = train_trial("tiny.yaml", ["fit.epochs=1"], run_dir)
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["status"] == "finished" and run["epochs_done"] == 1 and "loss" in final
+
+
+def test_a_trial_folder_with_a_foreign_file_and_no_checkpoint_is_not_trained_over(project):
+    from kerspec.errors import RunError
+    from kerspec.sweep.trial import train_trial
+
+    run_dir = project / "trial-0000"
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text("{}")  # not written by kerspec: no manifest lists it
+    with pytest.raises(RunError, match="not one of"):
+        train_trial("tiny.yaml", ["fit.epochs=1"], run_dir)
+    assert (run_dir / "run.json").read_text() == "{}"
+
+
 def test_a_trial_folder_tune_did_not_get_from_kerspec_is_refused():
     from kerspec.errors import KerspecError
     from kerspec.sweep.trial import trial_name, trial_number

@@ -92,11 +92,17 @@ def train_trial(
 
     model = api.load(spec, sets, seed=seed)
     train_data = model.dataset("train")
-    resume = (run_dir / CHECKPOINT).is_file()
-    if resume:
+    if run_dir.is_dir():
+        # An earlier worker of this trial may still be in its folder, and may write its first
+        # checkpoint before it lets go: look for one only once the folder is free.
         wait_for_lock(run_dir).release()
+    resume = (run_dir / CHECKPOINT).is_file()
+    # Without a checkpoint, an earlier worker was stopped while the run started (after run.json,
+    # before the first checkpoint): the folder holds nothing to resume, only files kerspec wrote
+    # then, which a fresh start replaces (`overwrite` refuses any other file there).
     # The lock is let go however the trial ends: a Ray worker may go on to run another trial.
-    with _Reporting(run_dir, model, resume=resume, final_metrics=True, report=report) as folder:
+    with _Reporting(run_dir, model, resume=resume, overwrite=not resume, final_metrics=True,
+                    report=report) as folder:
         history = model.fit(train_data, run=folder)
         final = history.last()
         try:
